@@ -1,0 +1,194 @@
+"""Speed of the genetic superpixel search, side by side in one run on one backbone.
+
+Rows:
+- plain: batched inference on whole images (batch 50): the throughput ceiling;
+- naive: one genome per forward pass, no channels-last, for ``--naive-generations`` generations
+  of the first image only; its full-run time is extrapolated to the paper's 50 × 50 = 2,500
+  evaluations per image that an implementation without a cache spends;
+- paper: ``mode="paper"`` batched over all images (the default settings: the paper's);
+- fast: ``mode="fast"`` on the same images.
+
+Prints one JSON object, then a table. Run from the repository root:
+
+    python benchmarks/bench_genetic.py --images 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import sxai_plugins as sx
+from sxai_plugins.genetic import GAConfig, search_best_superpixels
+from sxai_plugins.images import list_images, load_image, to_array
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "dogs-vs-cats" / "train" / "dog"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4, help="images searched (default 4)")
+    parser.add_argument("--backbone", default=sx.DEFAULT_BACKBONE)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of images")
+    parser.add_argument("--generations", type=int, default=50)
+    parser.add_argument("--population", type=int, default=50)
+    parser.add_argument("--naive-generations", type=int, default=2, help="generations the naive run does")
+    parser.add_argument("--plain-batches", type=int, default=2, help="batches of 50 for the plain row")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    return parser.parse_args(argv)
+
+
+def load(folder: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    paths = list_images(folder)[:count]
+    if len(paths) < count:
+        sys.exit(f"{folder}: only {len(paths)} images, --images asks for {count}")
+    return [to_array(load_image(p), size) for p in paths]
+
+
+def plain_throughput(model: sx.TraitModel, images: list[np.ndarray], batches: int) -> float:
+    batch = torch.from_numpy(np.stack([images[i % len(images)] for i in range(50)])).permute(0, 3, 1, 2)
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model.logits(batch[:2])  # warm-up
+        start = time.perf_counter()
+        for _ in range(batches):
+            model.logits(batch)
+        return 50 * batches / (time.perf_counter() - start)
+
+
+def timed_search(model, images, targets, config, seed):
+    start = time.perf_counter()
+    results = search_best_superpixels(model, images, targets, config, seed=seed, progress=False)
+    return results, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    model = sx.create_model(args.backbone)
+    size = (model.input_size[1], model.input_size[2])
+    images = load(args.data, args.images, size)
+    with torch.inference_mode():
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+        original = model.logits(batch).softmax(1)
+    folder_class = args.data.name
+    if folder_class in model.class_names:
+        targets = [model.class_names.index(folder_class)] * len(images)
+    else:  # an unlabelled folder: explain what the model predicts
+        targets = original.argmax(1).tolist()
+    original_p = [float(original[i, t]) for i, t in enumerate(targets)]
+
+    paper_cfg = GAConfig(population=args.population, generations=args.generations, mode="paper")
+    fast_cfg = GAConfig(population=args.population, generations=args.generations, mode="fast")
+    naive_cfg = GAConfig(
+        population=args.population,
+        generations=args.naive_generations,
+        batch_size=1,
+        channels_last=False,
+    )
+
+    plain = plain_throughput(model, images, args.plain_batches)
+    naive, naive_s = timed_search(model, images[:1], targets[:1], naive_cfg, args.seed)
+    paper, paper_s = timed_search(model, images, targets, paper_cfg, args.seed)
+    fast, fast_s = timed_search(model, images, targets, fast_cfg, args.seed)
+
+    naive_rate = naive[0].n_evaluations / naive_s
+    naive_full_evals = args.population * args.generations
+    paper_evals = [r.n_evaluations for r in paper]
+    fast_evals = [r.n_evaluations for r in fast]
+    paper_rate = sum(paper_evals) / paper_s
+    prefix = len(naive[0].history)
+    report = {
+        "backbone": args.backbone,
+        "device": str(next(model.parameters()).device),
+        "torch_threads": torch.get_num_threads(),
+        "images": len(images),
+        "population": args.population,
+        "generations": args.generations,
+        "plain_images_per_s": plain,
+        "naive": {
+            "generations_run": args.naive_generations,
+            "evaluations": naive[0].n_evaluations,
+            "genomes_per_s": naive_rate,
+            "extrapolated_s_per_image_2500_evals": naive_full_evals / naive_rate,
+            "history_matches_paper_prefix_max_abs_diff": float(
+                np.max(np.abs(np.subtract(naive[0].history, paper[0].history[:prefix])))
+            ),
+        },
+        "paper": {
+            "seconds": paper_s,
+            "s_per_image": paper_s / len(images),
+            "evaluations_per_image": paper_evals,
+            "genomes_per_s": paper_rate,
+            "ratio_to_plain": paper_rate / plain,
+            "median_fitness": statistics.median(r.fitness for r in paper),
+            "fitness": [r.fitness for r in paper],
+            "kept_superpixels": [int(r.genome.sum()) for r in paper],
+            "superpixels": [int(r.genome.size) for r in paper],
+        },
+        "fast": {
+            "seconds": fast_s,
+            "s_per_image": fast_s / len(images),
+            "evaluations_per_image": fast_evals,
+            "fewer_passes_than_paper": statistics.mean(paper_evals) / statistics.mean(fast_evals),
+            "median_fitness": statistics.median(r.fitness for r in fast),
+            "median_fitness_drop_vs_paper": statistics.median(r.fitness for r in paper)
+            - statistics.median(r.fitness for r in fast),
+            "fitness": [r.fitness for r in fast],
+            "generations_run": [len(r.history) - 1 for r in fast],
+        },
+        "original_fitness": original_p,
+        "speedup_paper_vs_naive_per_image": (naive_full_evals / naive_rate) / (paper_s / len(images)),
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        from sxai_plugins.io import write_json
+
+        write_json(args.json, report)
+    print_table(report)
+    return report
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("plain inference (batch 50)", f"{r['plain_images_per_s']:.1f} img/s", "", "", ""),
+        (
+            f"naive GA (1 genome/pass, {r['naive']['generations_run']} gen, extrapolated)",
+            f"{r['naive']['genomes_per_s']:.1f} genomes/s",
+            "2500 (no cache)",
+            f"{r['naive']['extrapolated_s_per_image_2500_evals']:.0f}",
+            "",
+        ),
+        (
+            "paper mode, batched",
+            f"{r['paper']['genomes_per_s']:.1f} genomes/s ({r['paper']['ratio_to_plain']:.2f}× plain)",
+            f"{statistics.mean(r['paper']['evaluations_per_image']):.0f}",
+            f"{r['paper']['s_per_image']:.0f}",
+            f"{r['paper']['median_fitness']:.5f}",
+        ),
+        (
+            "fast mode",
+            "",
+            f"{statistics.mean(r['fast']['evaluations_per_image']):.0f} "
+            f"({r['fast']['fewer_passes_than_paper']:.1f}× fewer)",
+            f"{r['fast']['s_per_image']:.0f}",
+            f"{r['fast']['median_fitness']:.5f} (−{r['fast']['median_fitness_drop_vs_paper']:.5f})",
+        ),
+    ]
+    header = ("run", "throughput", "passes/image", "s/image", "median fitness")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(5)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""sxai: Semantic Explainable AI (S-XAI) for timm CNNs.
+
+>>> import sxai_plugins as sx
+>>> model = sx.create_model()                       # the embedded default, offline
+>>> out = model(images)                              # images: B×3×224×224 in [0, 1]
+>>> out.logits.shape, out.traits.shape               # (B, 2), (B, 1280)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import (
+    BackboneNotFoundError,
+    ImageLoadError,
+    PluginNotFoundError,
+    SpaceError,
+    SxaiError,
+    WeightsError,
+)
+from .hookspecs import hookimpl, hookspec
+from .model import TraitModel, TraitOutput
+from .registry import explanation_templates as list_explanation_templates
+from .registry import feature_inverters as list_feature_inverters
+from .registry import maskers as list_maskers
+from .registry import (
+    BackboneSpec,
+    backbone_table,
+    get_backbone_spec,
+    get_explanation_template,
+    get_feature_inverter,
+    get_masker,
+    get_plugin_manager,
+    register_plugin,
+    reload_plugins,
+)
+
+DEFAULT_BACKBONE = "lite0_catdog"
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "BackboneNotFoundError",
+    "BackboneSpec",
+    "ImageLoadError",
+    "PluginNotFoundError",
+    "SpaceError",
+    "SxaiError",
+    "TraitModel",
+    "TraitOutput",
+    "WeightsError",
+    "backbone_table",
+    "create_model",
+    "get_explanation_template",
+    "get_feature_inverter",
+    "get_masker",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "list_backbones",
+    "list_explanation_templates",
+    "list_feature_inverters",
+    "list_maskers",
+    "register_plugin",
+    "reload_plugins",
+]
+
+
+def create_model(
+    name: str = DEFAULT_BACKBONE,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    class_names: list[str] | None = None,
+    head: str | Path | None = None,
+) -> TraitModel:
+    """Build a backbone with a GAP trait layer by name, in eval mode.
+
+    Args:
+        name: a name from :func:`list_backbones` or any timm CNN (generic adapter).
+        pretrained: load the backbone's published weights (needs the model hub unless the plugin
+            ships them, as the default does). Offline, pass ``weights`` instead.
+        weights: a local backbone state dict (``.safetensors`` or ``.pth``); wins over ``pretrained``.
+        class_names: the classifier's classes (a fresh head); default: the backbone's own.
+        head: a head file written by ``sxai train-head`` (its card gives the classes).
+    """
+    spec = get_backbone_spec(name)
+    if head is not None:
+        from .train import load_head_file
+
+        head_state, classes = load_head_file(head)
+        model = spec.build(pretrained=pretrained, weights=weights, class_names=classes)
+        model.load_head(head_state, str(head))
+    else:
+        model = spec.build(pretrained=pretrained, weights=weights, class_names=class_names)
+    return model.eval()
+
+
+def list_backbones() -> dict[str, str]:
+    """Installed backbone names and the plugin that provides each."""
+    return {name: plugin for name, (plugin, _spec) in sorted(backbone_table().items())}

@@ -1,0 +1,189 @@
+"""The ``sxai`` command line. Every command has ``--help``; ``--json`` output is documented there."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import DEFAULT_BACKBONE
+from .errors import SxaiError
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def command(register: Callable[[argparse._SubParsersAction], None]):
+    """Decorator: ``register(subparsers)`` adds one sub-command (kept in definition order)."""
+    _COMMANDS.append(register)
+    return register
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", "-b", default=DEFAULT_BACKBONE,
+                        help=f"backbone name (see `sxai backbones`; default {DEFAULT_BACKBONE})")
+    parser.add_argument("--weights", help="local backbone weights (.safetensors/.pth) instead of downloading")
+    parser.add_argument("--head", help="a head file written by `sxai train-head`")
+    parser.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
+
+
+def model_from_args(args: argparse.Namespace):
+    from . import create_model
+
+    return create_model(args.backbone, pretrained=not args.no_pretrained, weights=args.weights, head=args.head)
+
+
+# ---------------------------------------------------------------------------------------- backbones
+@command
+def _backbones(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backbones", help="list installed backbones and the plugin providing each",
+                       description="List the backbones installed plugins provide. Any timm CNN name "
+                                   "also works through the core's generic adapter.")
+    p.add_argument("--json", action="store_true", help="print [{name, plugin, description, weights}]")
+    p.set_defaults(handler=_run_backbones)
+
+
+def _run_backbones(args: argparse.Namespace) -> int:
+    from .registry import backbone_table, plugin_failures
+
+    rows = [
+        {"name": name, "plugin": plugin, "description": spec.description, "weights": spec.pretrained_source}
+        for name, (plugin, spec) in sorted(backbone_table().items())
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    pwidth = max(len(r["plugin"]) for r in rows)
+    for r in rows:
+        default = "  (default)" if r["name"] == DEFAULT_BACKBONE else ""
+        print(f"{r['name']:<{width}}  {r['plugin']:<{pwidth}}  {r['description']}{default}")
+    print("+ any timm CNN by name (generic adapter in sxai_plugins.backbones.timm_generic)")
+    for failure in plugin_failures():
+        print(f"! plugin {failure.name} failed to load: {failure.error}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ predict
+@command
+def _predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="class probabilities of images",
+        description="Print the class probabilities of each image (files or folders). With --json, "
+                    "print a list with one record per image: "
+                    '{"path": str, "predicted": class name, "probabilities": {class: p, ...}}. '
+                    "Unreadable files are reported on stderr and skipped.",
+    )
+    p.add_argument("images", nargs="+", help="image files or folders")
+    add_model_args(p)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top", type=int, default=5, help="classes shown per image in text output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .images import expand_paths
+    from .inference import score_paths
+
+    model = model_from_args(args)
+    paths = expand_paths(args.images)
+    scored = score_paths(model, paths, args.batch_size, progress=not args.json and len(paths) > 64)
+    for path, why in scored.failures:
+        print(f"skipped: {why}", file=sys.stderr)
+    records = []
+    for path, probs in zip(scored.paths, scored.probabilities):
+        records.append({
+            "path": str(path),
+            "predicted": model.class_names[int(probs.argmax())],
+            "probabilities": {c: round(float(p), 6) for c, p in zip(model.class_names, probs)},
+        })
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        for record in records:
+            top = sorted(record["probabilities"].items(), key=lambda kv: -kv[1])[: args.top]
+            shown = ", ".join(f"{c} {p:.3f}" for c, p in top)
+            print(f"{record['path']}: {record['predicted']}  ({shown})")
+    return 0 if records or not paths else 1
+
+
+# --------------------------------------------------------------------------------------- train-head
+@command
+def _train_head(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-head", help="train a GAP classifier head on an ImageFolder",
+        description="Train the classifier head of a backbone on frozen GAP traits (paper recipe: Adam, "
+                    "batch 16, 3 epochs). Writes OUT (safetensors) and OUT with .json (the card: "
+                    "backbone, classes, accuracy, data, seed, held-out files).",
+    )
+    p.add_argument("data", help="ImageFolder root: DATA/<class>/<images>")
+    p.add_argument("--out", "-o", required=True, help="output .safetensors path")
+    add_model_args(p)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--heldout", type=float, default=0.2, help="fraction kept out for the accuracy")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_train_head)
+
+
+def _run_train_head(args: argparse.Namespace) -> int:
+    from .train import train_head
+
+    model = model_from_args(args)
+    result = train_head(model, args.data, args.out, heldout_fraction=args.heldout, epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    print(f"wrote {result.weights} and {result.card}")
+    print(f"train accuracy {result.train_accuracy:.4f} on {result.n_train} images; "
+          f"held-out accuracy {result.heldout_accuracy:.4f} on {result.n_heldout} images")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sxai", description="Semantic explanations (S-XAI) for timm CNNs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _load_extra_commands()
+    for register in _COMMANDS:
+        register(sub)
+    return parser
+
+
+def _load_extra_commands() -> None:
+    """Commands that live in their own modules register themselves on import."""
+    import importlib
+
+    for module in ("traits", "spaces_cli", "explain_cli", "hub_cli", "compare_cli"):
+        try:
+            importlib.import_module(f"sxai_plugins.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sxai_plugins.{module}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except SxaiError as exc:
+        print(f"sxai: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sxai: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    # Re-import so that command modules register on the same module object `main` reads.
+    from sxai_plugins.cli import main as _main
+
+    sys.exit(_main())

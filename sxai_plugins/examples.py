@@ -1,0 +1,12 @@
+"""The bundled example images (three cats, three dogs, held out from the default head's training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent / "assets" / "examples"
+
+
+def example_images() -> list[Path]:
+    """Paths of the bundled examples, named ``<class>_<id>.jpg``."""
+    return sorted(EXAMPLES.glob("*.jpg"))

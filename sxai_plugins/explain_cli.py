@@ -1,0 +1,206 @@
+"""CLI commands ``explain``, ``index`` and ``search`` (registered on import by ``sxai_plugins.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .cli import add_model_args, command, model_from_args
+
+EXPLAIN_JSON = (
+    "With --json, print a list with one record per readable image: "
+    '{"path": str, "predicted": class, "probabilities": {class: p}, "sentence": str, '
+    '"radar": PNG path, "p_max": float|null, "concept_max": str|null, "delta_max_p": float|null, '
+    '"concepts": [{"concept", "probability", "delta", "rival", "rival_probability"}], '
+    '"spaces": [{"space": "class.concept", "class": str, "concept": str, "activation": A_s, '
+    '"probability": P_s}]}. '
+    "Numbers are rounded to 6 decimals."
+)
+
+
+def _add_space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spaces", "-s", action="append", metavar="PATH|hf://owner/name@rev",
+                   help="a space file, a folder of them, or a hub source (repeatable); default: "
+                        "the spaces bundled with the backbone, if any")
+    p.add_argument("--force", action="store_true",
+                   help="use spaces built on other weights of the same architecture")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+# ------------------------------------------------------------------------------------ explain
+@command
+def _explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain", help="prediction, semantic probabilities, explanation sentence and radar map",
+        description="Assess each image (files or folders) with the semantic spaces: print the "
+                    "prediction, the class probabilities, every space's P_s and the explanation "
+                    "sentence, and write a radar map PNG per image to --out. " + EXPLAIN_JSON +
+                    " Unreadable files are reported on stderr and skipped.",
+    )
+    p.add_argument("images", nargs="+", help="image files or folders")
+    add_model_args(p)
+    _add_space_args(p)
+    p.add_argument("--template", "-t", default="english",
+                   help="explanation template by name (default english; an unknown name lists the installed ones)")
+    p.add_argument("--out", "-o", default="sxai-out", help="folder for the radar maps (default sxai-out/)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
+    p.set_defaults(handler=_run_explain)
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _record(assessment, sentence: str, radar: Path) -> dict:
+    return {
+        "path": assessment.path,
+        "predicted": assessment.predicted,
+        "probabilities": {c: _r(p) for c, p in assessment.class_probabilities.items()},
+        "sentence": sentence,
+        "radar": str(radar),
+        "p_max": _r(assessment.p_max),
+        "concept_max": assessment.concept_max,
+        "delta_max_p": _r(assessment.delta_max_p),
+        "concepts": [
+            {"concept": c.concept, "probability": _r(c.probability), "delta": _r(c.delta),
+             "rival": c.rival, "rival_probability": _r(c.rival_probability)}
+            for c in assessment.concepts
+        ],
+        "spaces": [
+            {"space": s.key, "class": s.class_name, "concept": s.concept,
+             "activation": _r(s.activation), "probability": _r(s.probability)}
+            for s in assessment.spaces
+        ],
+    }
+
+
+def _radar_name(path: Path, taken: set[str]) -> str:
+    name = f"{path.stem}.radar.png"
+    n = 1
+    while name in taken:  # two images with the same stem in different folders
+        n += 1
+        name = f"{path.stem}-{n}.radar.png"
+    taken.add(name)
+    return name
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .images import expand_paths, iter_batches
+    from .inference import model_size
+    from .radar import radar_map
+    from .registry import get_explanation_template
+    from .trust import assess, load_space_set
+
+    template = get_explanation_template(args.template)  # fail on a bad name before any work
+    model = model_from_args(args)
+    spaces = load_space_set(args.spaces, model, force=args.force)
+    paths = expand_paths(args.images)
+    out = Path(args.out)
+    failures: list[tuple[Path, str]] = []
+    records = []
+    taken: set[str] = set()
+    with tqdm(total=len(paths), desc="explaining", unit="img",
+              disable=args.json or len(paths) <= 64) as bar:
+        for batch in iter_batches(paths, model_size(model), args.batch_size, failures):
+            for assessment in assess(model, spaces, batch.images, batch.paths):
+                sentence = template.render(assessment)
+                radar = radar_map(assessment, out / _radar_name(Path(assessment.path), taken))
+                records.append(_record(assessment, sentence, radar))
+            bar.update(len(batch.paths))
+    for _path, why in failures:
+        print(f"skipped: {why}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        for r in records:
+            shown = ", ".join(f"{c} {p:.3f}" for c, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+            print(f"{r['path']}: {r['predicted']}  ({shown})")
+            print("  " + "  ".join(f"{s['space']} {s['probability']:.3f}" for s in r["spaces"]))
+            print(f"  {r['sentence']}")
+            print(f"  radar map: {r['radar']}")
+    return 0 if records or not paths else 1
+
+
+# -------------------------------------------------------------------------------------- index
+@command
+def _index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index", help="score a folder of images into a search index (SQLite)",
+        description="Score every image under DIR (prediction and every space's P_s, one forward pass "
+                    "per batch) into the SQLite file --db. Incremental: files already indexed with "
+                    "the same mtime and size are skipped; after an interruption, run it again to "
+                    "finish. Unreadable files are reported and recorded, and retried once they change.",
+    )
+    p.add_argument("folder", help="folder of images (searched recursively)")
+    p.add_argument("--db", required=True, help="the index file (created if missing)")
+    add_model_args(p)
+    _add_space_args(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_index)
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from .search import index_folder
+    from .trust import load_space_set
+
+    model = model_from_args(args)
+    spaces = load_space_set(args.spaces, model, force=args.force)
+    report = index_folder(model, spaces, args.folder, args.db, batch_size=args.batch_size,
+                          progress=not args.quiet)
+    for _path, why in report.failed:
+        print(f"skipped: {why}", file=sys.stderr)
+    print(f"{args.db}: {report.found} images found, {report.scored} scored, {report.unchanged} "
+          f"unchanged, {len(report.failed)} unreadable, {report.removed} removed")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- search
+@command
+def _search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search", help="find indexed images by semantic probabilities",
+        description='Find images in an index built by `sxai index`, e.g. "dog.nose > 0.9 and '
+                    'cat.legs < 0.1" or "predicted = cat and not (cat.eyes < 0.5)". Names: indexed '
+                    "spaces class.concept (their P_s) and predicted (the predicted class, compared "
+                    "with = or != to a class name); operators < <= > >= = == != <>; and, or, not, "
+                    "parentheses. Matches are ordered by path; the exit status is 1 when "
+                    'nothing matches. With --json, print {"query", "total", "matches": [{"path", "predicted", "class_probabilities", '
+                    '"probabilities": {space: P_s}}]}.',
+    )
+    p.add_argument("query", help="the search query (quote it in the shell)")
+    p.add_argument("--db", required=True, help="an index written by `sxai index`")
+    p.add_argument("--limit", type=int, default=50, help="matches shown (default 50; 0: all)")
+    p.add_argument("--sheet", help="write a contact sheet PNG of the matches shown")
+    p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
+    p.set_defaults(handler=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from .search import SearchIndex, contact_sheet
+
+    with SearchIndex(args.db) as index:
+        result = index.search(args.query, limit=args.limit or None)
+    if args.json:
+        print(json.dumps({
+            "query": result.query, "total": result.total,
+            "matches": [{"path": m.path, "predicted": m.predicted,
+                         "class_probabilities": {k: _r(v) for k, v in m.class_probabilities.items()},
+                         "probabilities": {k: _r(v) for k, v in m.probabilities.items()}}
+                        for m in result.matches],
+        }, indent=2))
+    else:
+        for m in result.matches:
+            shown = "  ".join(f"{k} {m.probabilities[k]:.3f}" for k in result.spaces)
+            print(f"{m.path}  {m.predicted}  {shown}".rstrip())
+        print(f"{len(result.matches)} shown of {result.total} matches")
+    if args.sheet:
+        if result.matches:
+            contact_sheet(result.matches, args.sheet, result.spaces)
+            print(f"contact sheet: {args.sheet}", file=sys.stderr if args.json else sys.stdout)
+        else:
+            print("no matches: no contact sheet written", file=sys.stderr)
+    return 0 if result.matches else 1

@@ -1,0 +1,55 @@
+"""Radar maps of semantic probabilities: concepts on the axes, one polygon per class (paper Fig. 4)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .io import atomic_write
+from .trust import Assessment
+
+
+def radar_data(assessment: Assessment) -> tuple[list[str], dict[str, list[float]]]:
+    """(concepts in first-seen order, class -> P per concept); a missing space counts as 0."""
+    concepts: list[str] = []
+    classes: list[str] = []
+    table: dict[tuple[str, str], float] = {}
+    for score in assessment.spaces:
+        if score.concept not in concepts:
+            concepts.append(score.concept)
+        if score.class_name not in classes:
+            classes.append(score.class_name)
+        table[score.class_name, score.concept] = score.probability
+    return concepts, {c: [table.get((c, k), 0.0) for k in concepts] for c in classes}
+
+
+def radar_map(assessment: Assessment, path: str | Path, title: str | None = None, dpi: int = 100) -> Path:
+    """Draw the radar map of one assessment and write it as a PNG, atomically."""
+    # the object-oriented API with an Agg canvas: no pyplot global state, no display needed
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    concepts, series = radar_data(assessment)
+    n = len(concepts)
+    angles = [2 * math.pi * i / n for i in range(n)]
+    fig = Figure(figsize=(4.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(projection="polar")
+    ax.set_theta_offset(math.pi / 2)
+    ax.set_theta_direction(-1)
+    ax.set_xticks(angles)
+    ax.set_xticklabels(concepts)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_yticks([0.2, 0.5, 0.8])
+    for class_name, values in series.items():
+        style = "-" if class_name == assessment.predicted else "--"
+        ax.plot(angles + angles[:1], values + values[:1], style, linewidth=2, label=class_name)
+        ax.fill(angles + angles[:1], values + values[:1], alpha=0.15)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.25, 1.12), fontsize="small")
+    if title is None:
+        p = assessment.class_probabilities.get(assessment.predicted)
+        title = f"predicted: {assessment.predicted}" + (f" ({p:.3f})" if p is not None else "")
+    ax.set_title(title, pad=18, fontsize="medium")
+    # fixed margins instead of tight_layout, which draws the figure twice (half the time per map)
+    fig.subplots_adjust(left=0.12, right=0.84, top=0.84, bottom=0.08)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models that build in milliseconds, seeded RNGs, the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sxai_plugins.model import TraitModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SXAI_SHARED", ROOT.parent / "shared"))
+DATA = SHARED / "data" / "dogs-vs-cats"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_tiny_model(trait_dim: int = 8, classes: tuple[str, ...] = ("cat", "dog"), size: int = 32,
+                    seed: int = 0) -> TraitModel:
+    """A two-conv CNN with a GAP head: enough structure for every S-XAI step, built in a millisecond."""
+    torch.manual_seed(seed)
+    body = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6, trait_dim, 3, stride=2, padding=1), nn.ReLU(),
+    )
+    return TraitModel(body, trait_dim, list(classes), name="tiny", input_size=(3, size, size),
+                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).eval()
+
+
+@pytest.fixture
+def tiny_model() -> TraitModel:
+    return make_tiny_model()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    import sxai_plugins
+
+    return sxai_plugins.create_model()

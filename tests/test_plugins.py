@@ -1,0 +1,109 @@
+"""Plugin discovery through real entry points: a distribution on sys.path is all it takes."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import sxai_plugins as sx
+from sxai_plugins import registry
+from sxai_plugins.errors import PluginNotFoundError
+
+PLUGIN_SOURCE = '''
+from functools import partial
+from sxai_plugins import BackboneSpec, hookimpl
+from sxai_plugins.backbones import build_timm_trait_model
+
+@hookimpl
+def sxai_backbones():
+    return [BackboneSpec("tiny_from_plugin", partial(build_timm_trait_model, "resnet10t"), "test plugin")]
+
+class Shout:
+    name = "shout"
+    def render(self, assessment):
+        return "IT IS A " + str(assessment).upper()
+
+@hookimpl
+def sxai_explanation_templates():
+    return [Shout()]
+'''
+
+
+def install_fake_distribution(site: Path, dist: str, module: str, source: str) -> None:
+    """Write a real installed distribution (dist-info with entry_points.txt) into ``site``."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[sxai]\n{module} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
+    importlib.invalidate_caches()
+    registry.reload_plugins()
+
+
+def test_installed_distribution_is_discovered_and_removed(site: Path) -> None:
+    install_fake_distribution(site, "sxai-plugin-tiny", "sxai_tiny_plugin", PLUGIN_SOURCE)
+    registry.reload_plugins()
+    assert sx.list_backbones()["tiny_from_plugin"] == "sxai-plugin-tiny"
+    assert sx.get_explanation_template("shout").render("cat") == "IT IS A CAT"
+
+    sys.path.remove(str(site))
+    importlib.invalidate_caches()
+    registry.reload_plugins()
+    assert "tiny_from_plugin" not in sx.list_backbones()
+    with pytest.raises(PluginNotFoundError, match="shout"):
+        sx.get_explanation_template("shout")
+
+
+def test_broken_plugin_is_reported_and_the_rest_keeps_working(site: Path) -> None:
+    install_fake_distribution(site, "sxai-plugin-broken", "sxai_broken_plugin", "raise ImportError('boom')\n")
+    with pytest.warns(RuntimeWarning, match="sxai-plugin-broken.*boom"):
+        registry.reload_plugins()
+    assert [f.name for f in registry.plugin_failures()] == ["sxai-plugin-broken"]
+    assert "lite0_catdog" in sx.list_backbones()
+
+
+def test_missing_first_party_plugin_names_the_package(monkeypatch) -> None:
+    real = importlib.metadata.entry_points
+
+    def without_vgg(**kwargs):  # what the environment looks like after `pip uninstall sxai-plugins-vgg`
+        return [ep for ep in real(**kwargs) if ep.dist is None or ep.dist.name != "sxai-plugins-vgg"]
+
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", without_vgg)
+    registry.reload_plugins()
+    try:
+        assert "vgg19" not in sx.list_backbones()
+        with pytest.raises(PluginNotFoundError, match=r"sxai-plugins-vgg.*pip install"):
+            sx.create_model("vgg19", pretrained=False)
+    finally:
+        monkeypatch.undo()
+        registry.reload_plugins()
+
+
+def test_plugins_are_listed_with_their_distribution() -> None:
+    table = sx.list_backbones()
+    assert table["lite0_catdog"].startswith("sxai (built-in")
+    if "vgg19" in table:
+        assert table["vgg19"] == table["vgg16"] == table["vgg19_bn"] == "sxai-plugins-vgg"
+    if "alexnet" in table:
+        assert table["alexnet"] == "sxai-plugins-alexnet"
+
+
+def test_runtime_registration_of_a_plain_module(tmp_path) -> None:
+    module = type(sys)("my_rules")
+    exec(textwrap.dedent(PLUGIN_SOURCE), module.__dict__)
+    sx.register_plugin(module, name="my_rules")
+    try:
+        assert "tiny_from_plugin" in sx.list_backbones()
+    finally:
+        sx.get_plugin_manager().unregister(name="my_rules")

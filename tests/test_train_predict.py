@@ -1,0 +1,80 @@
+"""Head training on an ImageFolder, and `sxai predict` on files with a bad one among them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sxai_plugins as sx
+from sxai_plugins.cli import main
+from sxai_plugins.train import load_head_file, train_head
+
+
+def write_two_class_folder(root, n=12, side=24):
+    """Class 'bright' and class 'dark' images: separable by any CNN's traits."""
+    rng = np.random.default_rng(0)
+    for cls, base in (("bright", 200), ("dark", 30)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            pixels = np.clip(base + rng.normal(0, 20, (side, side, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{cls}{i}.png")
+    return root
+
+
+def test_train_head_writes_weights_and_card(tmp_path) -> None:
+    data = write_two_class_folder(tmp_path / "data")
+    (data / "dark" / "broken.jpg").write_text("oops")
+    model = sx.create_model("resnet10t", pretrained=False)
+    out = tmp_path / "head.safetensors"
+    result = train_head(model, data, out, epochs=30, lr=1e-2, heldout_fraction=0.25, seed=1, progress=False)
+    card = json.loads(result.card.read_text())
+    assert card["classes"] == ["bright", "dark"] and card["seed"] == 1
+    assert card["n_images"] == 24 and len(card["heldout"]) == 6
+    assert any("broken.jpg" in s for s in card["skipped"])
+    assert result.heldout_accuracy == card["heldout_accuracy"] >= 0.8
+    state, classes = load_head_file(out)
+    assert classes == ["bright", "dark"] and state["weight"].shape == (2, model.trait_dim)
+
+    reloaded = sx.create_model("resnet10t", pretrained=False, head=out)
+    assert reloaded.class_names == ["bright", "dark"]
+    torch.testing.assert_close(reloaded.head.weight, model.head.weight)
+
+
+def test_training_is_deterministic(tmp_path) -> None:
+    data = write_two_class_folder(tmp_path / "data", n=6)
+    model = sx.create_model("resnet10t", pretrained=False)
+    a = train_head(model, data, tmp_path / "a.safetensors", seed=3, progress=False)
+    b = train_head(model, data, tmp_path / "b.safetensors", seed=3, progress=False)
+    assert load_head_file(a.weights)[0]["weight"].equal(load_head_file(b.weights)[0]["weight"])
+
+
+def test_predict_json_skips_bad_file(tmp_path, capsys) -> None:
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(tmp_path / "a.png")
+    Image.new("L", (30, 30), 128).save(tmp_path / "b.png")
+    (tmp_path / "c.jpg").write_text("not an image")
+    assert main(["predict", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert [r["path"].rsplit("/", 1)[-1] for r in records] == ["a.png", "b.png"]
+    for record in records:
+        assert set(record) == {"path", "predicted", "probabilities"}
+        assert set(record["probabilities"]) == {"cat", "dog"}
+        assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert record["predicted"] == max(record["probabilities"], key=record["probabilities"].get)
+    assert "c.jpg" in captured.err
+
+
+def test_cli_errors_are_one_line(capsys) -> None:
+    assert main(["predict", "x.jpg", "--backbone", "nope_net"]) == 2
+    assert "unknown backbone 'nope_net'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["backbones", "predict", "train-head"])
+def test_every_command_has_help(command, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0 and "usage: sxai" in capsys.readouterr().out
