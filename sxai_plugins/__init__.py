@@ -20,9 +20,6 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .model import TraitModel, TraitOutput
-from .registry import explanation_templates as list_explanation_templates
-from .registry import feature_inverters as list_feature_inverters
-from .registry import maskers as list_maskers
 from .registry import (
     BackboneSpec,
     backbone_table,
@@ -34,6 +31,9 @@ from .registry import (
     register_plugin,
     reload_plugins,
 )
+from .registry import explanation_templates as list_explanation_templates
+from .registry import feature_inverters as list_feature_inverters
+from .registry import maskers as list_maskers
 
 DEFAULT_BACKBONE = "lite0_catdog"
 

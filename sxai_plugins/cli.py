@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from . import DEFAULT_BACKBONE
 from .errors import SxaiError
@@ -92,7 +91,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     paths = expand_paths(args.images)
     scored = score_paths(model, paths, args.batch_size, progress=not args.json and len(paths) > 64)
-    for path, why in scored.failures:
+    for _path, why in scored.failures:
         print(f"skipped: {why}", file=sys.stderr)
     records = []
     for path, probs in zip(scored.paths, scored.probabilities):

@@ -167,7 +167,9 @@ def _search(sub: argparse._SubParsersAction) -> None:
                     'cat.legs < 0.1" or "predicted = cat and not (cat.eyes < 0.5)". Names: indexed '
                     "spaces class.concept (their P_s) and predicted (the predicted class, compared "
                     "with = or != to a class name); operators < <= > >= = == != <>; and, or, not, "
-                    "parentheses. Matches are ordered by path; the exit status is 1 when "
+                    "parentheses. Matches come most extreme first on the query's first space (descending "
+                    "for > >= = !=, ascending for < <=), then by path; a query without a space is "
+                    "ordered by path. The exit status is 1 when "
                     'nothing matches. With --json, print {"query", "total", "matches": [{"path", "predicted", "class_probabilities", '
                     '"probabilities": {space: P_s}}]}.',
     )

@@ -130,11 +130,11 @@ class _Scorer:
         self.model = model
         self.config = config
         device = next(model.parameters()).device
-        # kept channels-last (N×H×W×3 in memory) so composing needs no layout change
+        # channels-last storage (H×W×3 in memory), the layout compose_indexed works in
         pixels = torch.from_numpy(np.stack(images).astype(np.float32)).to(device)
         self.images = pixels.permute(0, 3, 1, 2)
         self.segments = torch.from_numpy(np.stack(segments).astype(np.int64)).to(device)
-        self.fills = backgrounds(self.images, config.fill)
+        self.fills = None if config.fill == "black" else backgrounds(self.images, config.fill)
         self.targets = torch.as_tensor(list(targets), dtype=torch.long, device=device)
         self.device = device
 
@@ -172,7 +172,8 @@ class _Search:
         self.log_fitness = np.zeros(0)  # log-probabilities, best first
         self.history: list[float] = []
         self.active = True
-        self.stale = 0
+        self.stale = 0  # generations since the best last rose by min_improvement
+        self.reference = 0.0  # the best fitness at that rise
 
     def unseen(self, genomes: np.ndarray) -> list[np.ndarray]:
         """Genomes not scored yet, each once, in order."""
@@ -197,10 +198,12 @@ class _Search:
         order = np.argsort(-scores, kind="stable")[: self.config.size]
         self.population, self.log_fitness = genomes[order], scores[order]
         best = float(np.exp(self.log_fitness[0]))
-        if self.history and best < self.history[-1] + self.config.min_improvement:
+        # compared with the best at the last real improvement, so a string of tiny gains
+        # cannot keep the search alive forever, nor stop it once they add up
+        if self.history and best < self.reference + self.config.min_improvement:
             self.stale += 1
         else:
-            self.stale = 0
+            self.stale, self.reference = 0, best
         self.history.append(best)
         if self.config.mode == "fast" and self.stale >= self.config.patience:
             self.active = False

@@ -127,7 +127,7 @@ def backgrounds(images: torch.Tensor, fill: Fill = "black") -> torch.Tensor:
 def compose_indexed(
     images: torch.Tensor,
     segments: torch.Tensor,
-    fills: torch.Tensor,
+    fills: torch.Tensor | None,
     owners: torch.Tensor,
     genomes: torch.Tensor,
 ) -> torch.Tensor:
@@ -136,7 +136,7 @@ def compose_indexed(
     Args:
         images: ``B×3×H×W`` (channels-last memory saves a copy).
         segments: ``B×H×W`` integer labels.
-        fills: ``B×3×H×W`` backgrounds (see :func:`backgrounds`).
+        fills: ``B×3×H×W`` backgrounds (see :func:`backgrounds`), or None for black.
         owners: ``N`` image indices, one per genome.
         genomes: ``N×S`` bool, ``S`` at least the largest label + 1 (pad with False).
     """
@@ -148,20 +148,26 @@ def compose_indexed(
         raise ValueError(
             f"segments use label {int(labels.max())} but genomes have only {genomes.shape[1]} genes"
         )
-    # work in N×H×W×3 so the result is already the channels-last layout CPU convs run fastest on
+    # N×H×W×3 work: the result is already the channels-last layout CPU convs run fastest on
     pixels = images.permute(0, 2, 3, 1).contiguous()
-    backdrop = fills.permute(0, 2, 3, 1).contiguous()
+    backdrop = None if fills is None else fills.permute(0, 2, 3, 1).contiguous()
+    # 0/1 floats: index_select on floats is the fastest gather, and x·1 + fill·0 is exactly x,
+    # so kept pixels stay bit-identical
+    genes = genomes.to(images.dtype)
     out = torch.empty((len(owners), height, width, channels), dtype=images.dtype, device=images.device)
-    genomes = genomes.bool()
     # one vectorised step per image (never per genome): each pixel takes its superpixel's gene
     for b in torch.unique(owners).tolist():
         rows = torch.nonzero(owners == b).flatten()
-        kept = genomes.index_select(0, rows)[:, labels[b]].view(-1, height, width, 1)
+        kept = genes.index_select(0, rows).index_select(1, labels[b]).view(-1, height, width, 1)
         first, last = int(rows[0]), int(rows[-1])
-        if last - first + 1 == len(rows):  # a contiguous run of rows: write in place
-            torch.where(kept, pixels[b], backdrop[b], out=out[first : last + 1])
+        target = out[first : last + 1] if last - first + 1 == len(rows) else None
+        if backdrop is None:
+            block = torch.mul(kept, pixels[b], out=target)
         else:
-            out.index_copy_(0, rows, torch.where(kept, pixels[b], backdrop[b]))
+            removed = torch.mul(1.0 - kept, backdrop[b])
+            block = torch.addcmul(removed, kept, pixels[b], out=target)
+        if target is None:  # this image's rows are scattered: copy them into place
+            out.index_copy_(0, rows, block)
     return out.permute(0, 3, 1, 2)
 
 
@@ -180,7 +186,7 @@ def compose(
         fill: a fill mode, or precomputed ``B×3×H×W`` backgrounds.
 
     Returns:
-        ``(B·G)×3×H×W`` (channels-last memory); row ``b·G + g`` is genome ``g`` of image ``b``.
+        ``(B·G)×3×H×W`` in channels-last memory; row ``b·G + g`` is genome ``g`` of image ``b``.
     """
     if images.ndim != 4 or segments.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(
@@ -189,7 +195,10 @@ def compose(
         )
     if genomes.ndim != 3 or genomes.shape[0] != images.shape[0]:
         raise ValueError(f"genomes must be B×G×S, got {tuple(genomes.shape)}")
-    fills = backgrounds(images, fill) if isinstance(fill, str) else fill
+    if isinstance(fill, str):
+        fills = None if fill == "black" else backgrounds(images, fill)
+    else:
+        fills = fill
     batch, per_image, length = genomes.shape
     owners = torch.arange(batch, device=images.device).repeat_interleave(per_image)
     return compose_indexed(images, segments, fills, owners, genomes.reshape(batch * per_image, length))

@@ -12,19 +12,21 @@ The built-in ``english`` template follows Extended Data Table 1 of the paper:
 
 Each concept of the predicted class is placed by its P (the predicted class's space) and its ΔP:
 
-- P in [−∞, 0.2): not mentioned; [0.2, 0.5): plain ("it has a nose"); [0.5, +∞): "vivid";
-- ΔP in [−∞, 0.2): no semantic support; [0.2, 0.35): "perhaps"; [0.35, 0.5): "something like";
-  [0.5, +∞): "obviously".
+- P ≤ 0.2: not mentioned; (0.2, 0.5]: plain ("it has a nose"); > 0.5: "vivid";
+- ΔP < 0.2: no semantic support; [0.2, 0.35): "perhaps"; [0.35, 0.5]: "something like";
+  > 0.5: "obviously".
 - A vivid concept without semantic support (ΔP < 0.2) is "a little confusing"; a plain one without
   support is not mentioned (the table's "None").
 
-**Boundaries**: every band includes its lower bound and excludes its upper bound, so a value equal
-to a threshold belongs to the band above it (ΔmaxP = 0.2 is "probably", P = 0.5 is "vivid",
-P = 0.2 is mentioned). Values are rounded to ``Rules.decimals`` places first, so float noise such
+**Boundaries** follow the issue's wording literally: "> 0.5" is strict everywhere (ΔmaxP = 0.5 is
+"probably", P = 0.5 is plain, ΔP = 0.5 is "something like"), "P ≤ 0.2 is not mentioned" (P = 0.2 is
+not mentioned), and "< 0.2" bands end below 0.2 (ΔmaxP = 0.2 is "probably", ΔP = 0.2 "perhaps").
+A band's ``inclusive`` flag says whether a value equal to its ``lower`` bound belongs to it. Values are rounded to ``Rules.decimals`` places first, so float noise such
 as 0.7 − 0.5 = 0.19999999999999996 lands where the printed numbers say it should.
 
-Concepts in the same (position, semanteme) cell share one clause ("its vivid eyes and nose,
-which are a cat's eyes and nose obviously"). The engine (:class:`RuleTemplate`) reads everything
+Concepts in the same (position, semanteme) cell share one clause, listed in the order of the
+spaces ("its vivid eyes and nose, which are a cat's eyes and nose obviously"); clauses come
+strongest first (vivid before plain, then by ΔP band), confusing concepts last. The engine (:class:`RuleTemplate`) reads everything
 from a :class:`Rules` instance, so a plugin can reuse it with other thresholds or words; see
 ``tests/fixtures/terse_template`` for one.
 """
@@ -44,10 +46,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Band(Generic[T]):
-    """A value band: from ``lower`` (inclusive) up to the next band's ``lower`` (exclusive)."""
+    """A value band: from ``lower`` (included when ``inclusive``) up to the next band's ``lower``."""
 
     lower: float
     value: T
+    inclusive: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,10 +119,10 @@ class Rules:
 
 
 def pick(bands: Sequence[Band[T]], value: float) -> tuple[int, T]:
-    """(index, value) of the band holding ``value``: the last band whose lower bound ≤ value."""
+    """(index, value) of the band holding ``value``: the last band whose lower bound it reaches."""
     index = 0
     for i, band in enumerate(bands):
-        if value >= band.lower:
+        if value > band.lower or (band.inclusive and value == band.lower):
             index = i
     return index, bands[index].value
 
@@ -254,18 +257,18 @@ ENGLISH_RULES = Rules(
         Band(0.2, Verdict("probably", "It is probably {a_cls} mainly because {reasons}.",
                           text_without_reasons="It is probably {a_cls}.")),
         Band(0.5, Verdict("sure", "I am sure it is {a_cls} mainly because {reasons}.",
-                          text_without_reasons="I am sure it is {a_cls}.")),
+                          text_without_reasons="I am sure it is {a_cls}."), inclusive=False),
     ),
     position=(
         Band(-math.inf, None),
-        Band(0.2, Position("plain", "it has {concepts_a}")),
-        Band(0.5, Position("vivid", "its vivid {concepts}", confusing=True)),
+        Band(0.2, Position("plain", "it has {concepts_a}"), inclusive=False),
+        Band(0.5, Position("vivid", "its vivid {concepts}", confusing=True), inclusive=False),
     ),
     semanteme=(
         Band(-math.inf, None),
         Band(0.2, "perhaps {x}"),
         Band(0.35, "something like {x}"),
-        Band(0.5, "{x} obviously"),
+        Band(0.5, "{x} obviously", inclusive=False),
     ),
 )
 

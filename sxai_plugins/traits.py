@@ -300,6 +300,7 @@ def plot_information_ratios(ratios: np.ndarray, path: str | Path, shown: int = 1
     ax.plot(x, np.cumsum(ratios), "kx--", label="cumulative")
     ax.axhline(85, color="grey", lw=0.8, ls=":", label="85%")
     ax.set_xticks(x, [f"PC{i}" for i in x])
+    ax.set_ylim(0, 108)  # room for the labels above a dominant PC1
     ax.set_ylabel("information ratio (%)")
     ax.set_title(title or "Row-centred PCA of the GAP traits")
     ax.legend()
@@ -314,6 +315,7 @@ def plot_stability(result: Stability, path: str | Path, title: str = "") -> Path
     ax.plot(result.sizes, values, "o-")
     for n, e in zip(result.sizes, values):
         ax.annotate(f"{e:.1f}%", (n, e), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xticks(result.sizes)
     ax.set_xlabel("number of samples Ns")
     ax.set_ylabel(f"spread e of PC1 (%), {result.repeats} repeats")
     ax.set_title(title or "Stability of the common traits")
@@ -365,7 +367,7 @@ def _traits(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--data", required=True, help="ImageFolder root (uses DATA/<class>) or a folder of images")
-    p.add_argument("--class", dest="target_class", required=True, help="the class, e.g. cat")
+    p.add_argument("--class", dest="target_class", metavar="CLASS", required=True, help="the class, e.g. cat")
     p.add_argument("--n", type=int, default=300, help="sample size Ns (default 300, the paper's)")
     p.add_argument("--out", "-o", required=True, help="results folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -404,7 +406,7 @@ def _run_traits(args: argparse.Namespace) -> int:
     if not args.no_ga:
         from .genetic import GAConfig
 
-        ga_config = GAConfig(mode=args.ga_mode, batch_size=max(args.batch_size, 2))
+        ga_config = GAConfig(mode=args.ga_mode)
     progress = not args.json
 
     found = common_traits(model, paths, args.target_class, n=args.n, seed=args.seed, ga_config=ga_config,

@@ -216,14 +216,15 @@ def load_space_set(
         if folder is None:
             raise SpaceError(
                 f"no semantic spaces given and none are bundled for backbone {model.name!r}; "
-                "build them with `sxai spaces build ...` (or the Python API) and pass "
-                "--spaces FILE_OR_FOLDER (repeatable), or --spaces hf://owner/name@rev")
+                "build spaces for it (see `sxai --help`, or sxai_plugins.spaces in Python) and pass "
+                "--spaces FILE_OR_FOLDER (repeatable), or pass shared ones as --spaces hf://owner/name@rev")
         sources = [str(folder)]
     if any(s.startswith("hf://") for s in sources):
+        # the hub module checks every space (local ones too) against the model itself
         resolved = _resolve_hub(sources, model, force)
         space_set = resolved if isinstance(resolved, SpaceSet) else SpaceSet(resolved)
     else:
         space_set = SpaceSet(load_spaces(sources))
+        space_set.check_compatible(model, force=force)
     _check_unique(space_set)
-    space_set.check_compatible(model, force=force)
     return space_set

@@ -125,6 +125,19 @@ def test_malformed_queries_point_at_the_offending_token(query, position, fragmen
     assert message_lines[-1] == "  " + " " * position + "^"
 
 
+@pytest.mark.parametrize(("query", "order"), [
+    ("dog.nose > 0.9 and cat.legs < 0.1", ("dog.nose", True)),
+    ("cat.legs < 0.1 and dog.nose > 0.9", ("cat.legs", False)),
+    ("0.5 > cat.eyes", ("cat.eyes", False)),
+    ("0.5 <= cat.eyes", ("cat.eyes", True)),
+    ("not cat.eyes > 0.5", ("cat.eyes", False)),
+    ("not (predicted = cat or not dog.eyes < 0.2)", ("dog.eyes", False)),
+    ("predicted = cat", None),
+])
+def test_matches_are_ordered_most_extreme_first_on_the_first_space(query, order):
+    assert compile_query(query, SPACES, CLASSES).order == order
+
+
 def test_unknown_space_lists_the_indexed_ones():
     with pytest.raises(QueryError, match="indexed spaces: cat.eyes, cat.legs, dog.eyes, dog.nose"):
         compile_query("cat.nose > 0.5", SPACES, CLASSES)
@@ -200,8 +213,8 @@ def test_index_scores_every_image_once_and_skips_bad_files(setup):
     assert [p for p, _why in report.failed] == [str((folder / "broken.png").resolve())]
     with SearchIndex(db) as index:
         assert len(index) == 10
-        everything = index.search("cat.eyes >= 0 or cat.eyes < 0", limit=None)
-    assert [m.path for m in everything.matches] == sorted(str(p.resolve()) for p in paths)
+        everything = index.search("predicted = cat or predicted = dog", limit=None)
+    assert [m.path for m in everything.matches] == sorted(str(p.resolve()) for p in paths)  # by path
     # the stored numbers are those of a direct forward pass
     first = everything.matches[0]
     image = torch.from_numpy(np.asarray(Image.open(paths[0]).convert("RGB").resize((32, 32), Image.BILINEAR),
@@ -289,8 +302,10 @@ def test_search_limit_total_and_contact_sheet(setup, tmp_path):
         probs = {m.path: m.probabilities for m in index.search("cat.eyes >= 0", limit=None).matches}
         threshold = float(np.median([p["dog.nose"] for p in probs.values()]))
         result = index.search(f"dog.nose > {threshold!r}", limit=2)
-    expected = sorted(p for p, v in probs.items() if v["dog.nose"] > threshold)
-    assert result.total == len(expected) and result.total >= 2
+    # most extreme first on the query's space, then by path
+    expected = sorted((p for p, v in probs.items() if v["dog.nose"] > threshold),
+                      key=lambda p: (-probs[p]["dog.nose"], p))
+    assert result.total == len(expected) and result.total >= 3
     assert [m.path for m in result.matches] == expected[:2]
     assert result.spaces == ("dog.nose",)
     paths[0].unlink()  # a match whose file is gone shows as a grey tile, not a crash

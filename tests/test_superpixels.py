@@ -9,7 +9,9 @@ from scipy.ndimage import gaussian_filter
 
 from sxai_plugins.superpixels import (
     BLUR_SIGMA_FRACTION,
+    backgrounds,
     compose,
+    compose_indexed,
     fill_removed,
     n_superpixels,
     slic_segments,
@@ -86,7 +88,7 @@ def test_compose_matches_a_naive_loop(fill):
         for g in range(7):
             expected = fill_removed(images[b], segments[b], genomes[b, g], fill)
             got = composed[b * 7 + g].permute(1, 2, 0).numpy()
-            np.testing.assert_allclose(got, expected, atol=1e-6)
+            np.testing.assert_array_equal(got, expected)  # exact: kept pixels untouched
 
 
 def test_compose_rejects_short_genomes():
@@ -96,3 +98,18 @@ def test_compose_rejects_short_genomes():
     short = torch.ones(1, 2, n_superpixels(segments) - 1, dtype=torch.bool)
     with pytest.raises(ValueError, match="genes"):
         compose(batch, torch.from_numpy(segments[None]).long(), short)
+
+
+def test_compose_indexed_with_scattered_owners_matches_fill_removed():
+    images = [smooth_image(20), smooth_image(21), smooth_image(22)]
+    segments = [slic_segments(im, n_segments=12) for im in images]
+    genes = max(n_superpixels(s) for s in segments)
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    owners = torch.tensor([2, 0, 1, 0, 2, 2, 1])
+    genomes = torch.from_numpy(np.random.default_rng(1).random((7, genes)) < 0.5)
+    composed = compose_indexed(
+        batch, torch.from_numpy(np.stack(segments)), backgrounds(batch, "mean"), owners, genomes
+    )
+    for row, owner in enumerate(owners.tolist()):
+        expected = fill_removed(images[owner], segments[owner], genomes[row].numpy(), "mean")
+        np.testing.assert_array_equal(composed[row].permute(1, 2, 0).numpy(), expected)

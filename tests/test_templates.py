@@ -29,11 +29,12 @@ def render(predicted: str = "cat", **p: float) -> str:
 @pytest.mark.parametrize(("delta_max", "opening"), [
     (0.0, "It may be a cat, but I am not sure."),
     (0.1999, "It may be a cat, but I am not sure."),
-    (0.2, "It is probably a cat mainly because"),  # lower bound inclusive
+    (0.2, "It is probably a cat mainly because"),  # "< 0.2" is unsure: 0.2 is probably
     (0.3499, "It is probably a cat mainly because"),
     (0.35, "It is probably a cat mainly because"),
     (0.4999, "It is probably a cat mainly because"),
-    (0.5, "I am sure it is a cat mainly because"),  # lower bound inclusive
+    (0.5, "It is probably a cat mainly because"),  # "> 0.5" is sure: 0.5 is still probably
+    (0.5001, "I am sure it is a cat mainly because"),
     (1.0, "I am sure it is a cat mainly because"),
 ])
 def test_verdict_band_by_delta_max_p(delta_max, opening):
@@ -52,12 +53,14 @@ def test_unsure_verdict_gives_no_reasons_even_for_vivid_concepts():
 @pytest.mark.parametrize(("p", "clause"), [
     (0.1, None),
     (0.1999, None),
-    (0.2, "it has a nose, which is perhaps a cat's nose"),  # lower bound inclusive
+    (0.2, None),  # "P <= 0.2 is not mentioned"
+    (0.2001, "it has a nose, which is perhaps a cat's nose"),
     (0.34, "it has a nose, which is perhaps a cat's nose"),
     (0.35, "it has a nose, which is something like a cat's nose"),
     (0.4999, "it has a nose, which is something like a cat's nose"),
-    # vivid from 0.5: the same cell as the eyes, so they share a clause
-    (0.5, "its vivid eyes and nose, which are a cat's eyes and nose obviously"),
+    (0.5, "it has a nose, which is something like a cat's nose"),  # "> 0.5" is vivid
+    # vivid above 0.5: the same cell as the eyes, so they share a clause
+    (0.5001, "its vivid eyes and nose, which are a cat's eyes and nose obviously"),
     (0.9, "its vivid eyes and nose, which are a cat's eyes and nose obviously"),
 ])
 def test_position_band_by_p(p, clause):
@@ -74,17 +77,18 @@ def test_position_band_by_p(p, clause):
     (-0.3, "However, its legs are a little confusing."),
     (0.0, "However, its legs are a little confusing."),
     (0.1999, "However, its legs are a little confusing."),
-    (0.2, "its vivid legs, which are perhaps a cat's legs"),  # lower bound inclusive
+    (0.2, "its vivid legs, which are perhaps a cat's legs"),  # "< 0.2" is confusing: 0.2 is perhaps
     (0.3499, "its vivid legs, which are perhaps a cat's legs"),
     # same cell as the eyes from here: one clause
     (0.35, "its vivid eyes and legs, which are something like a cat's eyes and legs"),
     (0.4999, "its vivid eyes and legs, which are something like a cat's eyes and legs"),
-    (0.5, "its vivid legs, which are a cat's legs obviously"),
+    (0.5, "its vivid eyes and legs, which are something like a cat's eyes and legs"),  # "> 0.5"
+    (0.5001, "its vivid legs, which are a cat's legs obviously"),
 ])
 def test_semanteme_band_by_delta_p(delta, words):
     # the eyes (ΔP 0.4: "something like") keep the verdict at "probably" unless legs reach 0.5
     sentence = render(cat_eyes=0.9, dog_eyes=0.5, cat_legs=0.9, dog_legs=0.9 - delta)
-    opening = "I am sure it is a cat" if delta >= 0.5 else "It is probably a cat"
+    opening = "I am sure it is a cat" if delta > 0.5 else "It is probably a cat"
     assert sentence.startswith(opening + " mainly because")
     assert words in sentence
     assert sentence.count("legs") == (1 if "confusing" in words else 2)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sxai_plugins import SpaceError, TraitModel
+from sxai_plugins import SpaceError, SxaiError, TraitModel
 from sxai_plugins.radar import radar_data, radar_map
 from sxai_plugins.spaces import SemanticSpace, SpaceSet
 from sxai_plugins.trust import (
@@ -139,15 +139,20 @@ def test_no_spaces_anywhere_says_how_to_get_some(model):
         load_space_set(None, model)
 
 
-def test_hub_source_without_hub_module_is_a_clear_error(model):
+def test_hub_sources_go_to_the_hub_module(model, monkeypatch, tmp_path):
     try:
         from spaces_hub import resolve_spaces  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("spaces_hub is installed: hf:// sources are resolved by it")
-    with pytest.raises(SpaceError, match="hf://"):
+    except ImportError:  # without it, an hf:// source is a clear error, not "no such file"
+        with pytest.raises(SpaceError, match="hf:// space sources need the spaces_hub module"):
+            load_space_set(["hf://someone/spaces@main"], model)
+        return
+    # a closed local port: the hub module answers at once that it cannot reach the Hub, which
+    # shows the source went to it (load_spaces would have said "no such space file")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    with pytest.raises(SxaiError) as info:
         load_space_set(["hf://someone/spaces@main"], model)
+    assert "someone/spaces" in str(info.value) and "no such space file" not in str(info.value)
 
 
 def test_radar_map_writes_a_png_with_one_polygon_per_class(tmp_path, model, spaces):
