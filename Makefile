@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml sxai_plugins_vgg/pyproject.toml sxai_plugins_
 	touch $@
 
 demo: setup
-	$(VENV)/bin/sxai predict sxai_plugins/assets/examples
+	bash scripts/demo.sh $(VENV)
 
 test: setup
 	$(PY) -m pytest -q

@@ -35,14 +35,20 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "dogs-vs-cats" / "train"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=4, help="images searched (default 4)")
     parser.add_argument("--backbone", default=sx.DEFAULT_BACKBONE)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of images")
     parser.add_argument("--generations", type=int, default=50)
     parser.add_argument("--population", type=int, default=50)
-    parser.add_argument("--naive-generations", type=int, default=2, help="generations the naive run does")
-    parser.add_argument("--plain-batches", type=int, default=2, help="batches of 50 for the plain row")
+    parser.add_argument(
+        "--naive-generations", type=int, default=2, help="generations the naive run does"
+    )
+    parser.add_argument(
+        "--plain-batches", type=int, default=2, help="batches of 50 for the plain row"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     return parser.parse_args(argv)
@@ -56,7 +62,9 @@ def load(folder: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
 
 
 def plain_throughput(model: sx.TraitModel, images: list[np.ndarray], batches: int) -> float:
-    batch = torch.from_numpy(np.stack([images[i % len(images)] for i in range(50)])).permute(0, 3, 1, 2)
+    batch = torch.from_numpy(np.stack([images[i % len(images)] for i in range(50)])).permute(
+        0, 3, 1, 2
+    )
     batch = batch.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         model.logits(batch)  # warm-up: the first pass at a new batch shape sets up kernels
@@ -180,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
             "generations_run": [len(r.history) - 1 for r in fast],
         },
         "original_fitness": original_p,
-        "speedup_paper_vs_naive_per_image": (naive_full_evals / naive_rate) / (paper_s / len(images)),
+        "speedup_paper_vs_naive_per_image": (naive_full_evals / naive_rate)
+        / (paper_s / len(images)),
     }
     print(json.dumps(report, indent=2))
     if args.json:

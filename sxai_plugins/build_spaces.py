@@ -1,20 +1,23 @@
 """Building semantic spaces from concept annotations, and measuring whether they mean something.
 
-Two recipes:
+Two recipes, both on the same concept masks (the paper's superpixel masker, 20 SLIC segments):
 
-- ``paper``: the paper's method. Mask the concept in N images (superpixel masker, 20 SLIC
-  segments), take PC1 of the row-centred PCA of the unmasked and of the masked traits,
-  Δ = s_unmask − s_mask, and keep the 5 channels of largest |Δ| as the SSNs with weights Δ.
-- ``tuned``: this project's improvement. Channels are ranked by how consistently masking lowers
-  (or raises) them *within each image* (the paired effect size mean(d)/std(d) of
-  d = traits(original) − traits(masked)), which PC1 differences blur when a concept is a small part
-  of the image; the weights are the paired mean differences; the number of SSNs is chosen on
-  validation images among ``n_ssn_candidates``; the mask region is a disc around each annotated
-  point filled by biharmonic inpainting, so the masked copy differs from the original in the
-  concept only.
+- ``paper``: the paper's method. Take PC1 of the row-centred PCA of the unmasked and of the
+  masked traits, Δ = s_unmask − s_mask, and keep the 5 channels of largest |Δ| as the SSNs with
+  weights Δ.
+- ``tuned``: this project's improvement. A channel must pass two tests: masking the concept must
+  move it consistently *within each image* (the paired effect size mean(d)/std(d) of
+  d = traits(original) − traits(masked)), and it must separate the annotated images that show the
+  concept from the same class's images that do not (the natural negatives: Welch's t). Channels
+  are ranked by the smaller of the two normalised scores where their signs agree; the score is the
+  weight. With fewer than ``min_natural_negatives`` negatives only the masking effect is used.
+  Masking alone finds channels that react to *any* change in that image region (a "legs" space
+  ends up responding to the lower half of full-body shots); natural negatives remove those.
 
-Annotated positives are split once (seeded) into build, validation and evaluation images; both
-recipes are scored on the same evaluation images, which neither has seen.
+Annotated positives are split once (seeded) into build and evaluation images; both recipes are
+scored on the same evaluation images, which neither has seen. Natural negatives are few, so when a
+recipe builds with them, their AUROC is cross-validated: each fold's negatives are scored by a
+space built without them (scores standardised by that space's evaluation positives, then pooled).
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ class SpaceRecipe:
     region: str = "superpixel"  # concept region: "superpixel" (paper) or "disc"
     n_segments: int = 20
     n_ssn: int = 5
-    n_ssn_candidates: tuple[int, ...] = (3, 5, 8, 12, 20, 32)
-    build_fraction: float = 0.6
-    validation_fraction: float = 0.15
+    min_natural_negatives: int = 5  # tuned: fewer than this and only the masking effect ranks channels
+    build_fraction: float = 0.75
+    folds: int = 4  # tuned: cross-validation folds over the natural negatives
     seed: int = 0
 
     @classmethod
@@ -56,7 +59,7 @@ class SpaceRecipe:
 
     @classmethod
     def tuned(cls, **overrides) -> SpaceRecipe:
-        return cls(**{"mode": "tuned", "masker": "inpaint", "region": "disc", **overrides})
+        return cls(**{"mode": "tuned", **overrides})
 
     def __post_init__(self) -> None:
         if self.mode not in ("paper", "tuned"):
@@ -66,7 +69,6 @@ class SpaceRecipe:
 @dataclass
 class Split:
     build: list[ConceptAnnotation]
-    validation: list[ConceptAnnotation]
     evaluation: list[ConceptAnnotation]
     negatives: list[ConceptAnnotation]  # same class, concept not visible: never used for building
 
@@ -80,11 +82,9 @@ def split_positives(annotations: AnnotationSet, class_name: str, concept: str, r
     # which other spaces are built in the same run.
     key = sum(map(ord, f"{class_name}.{concept}"))
     order = np.random.default_rng([recipe.seed, key]).permutation(len(positives))
-    n_build = max(2, int(round(len(positives) * recipe.build_fraction)))
-    n_val = max(1, int(round(len(positives) * recipe.validation_fraction)))
+    n_build = min(len(positives) - 2, max(3, int(round(len(positives) * recipe.build_fraction))))
     pick = lambda idx: [positives[i] for i in sorted(idx)]  # noqa: E731
-    return Split(pick(order[:n_build]), pick(order[n_build:n_build + n_val]), pick(order[n_build + n_val:]),
-                 annotations.images_without(concept, class_name))
+    return Split(pick(order[:n_build]), pick(order[n_build:]), annotations.images_without(concept, class_name))
 
 
 class PairedTraits:
@@ -157,6 +157,30 @@ def paired_effect(unmasked: torch.Tensor, masked: torch.Tensor) -> tuple[np.ndar
     return mean, mean / (std + 1e-6 * (np.abs(mean).max() + 1e-12))
 
 
+def welch_t(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Per-channel Welch t statistic of ``a`` against ``b``."""
+    a, b = a.double().numpy(), b.double().numpy()
+    spread = np.sqrt(a.var(axis=0, ddof=1) / len(a) + b.var(axis=0, ddof=1) / len(b))
+    return (a.mean(axis=0) - b.mean(axis=0)) / (spread + 1e-12)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    top = np.abs(x).max()
+    return x / top if top > 0 else x
+
+
+def tuned_scores(unmasked: torch.Tensor, masked: torch.Tensor, negatives: torch.Tensor | None,
+                 min_negatives: int) -> np.ndarray:
+    """Channel scores of the tuned recipe (signed; larger |score| = more concept-specific)."""
+    _mean, effect = paired_effect(unmasked, masked)
+    score = _unit(effect)
+    if negatives is not None and len(negatives) >= max(min_negatives, 2):
+        natural = _unit(welch_t(unmasked, negatives))
+        agree = np.sign(score) == np.sign(natural)
+        score = np.where(agree, np.sign(score) * np.minimum(np.abs(score), np.abs(natural)), 0.0)
+    return score
+
+
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Probability that a random positive scores above a random negative (ties count half)."""
     from scipy.stats import mannwhitneyu
@@ -189,35 +213,47 @@ def build_space(
     recipe = recipe or SpaceRecipe()
     cache = cache or PairedTraits(model, recipe)
     split = split_positives(annotations, class_name, concept, recipe)
+    unmasked, masked = cache.pair(split.build, concept)
+    if not torch.any(unmasked != masked):
+        raise SpaceError(
+            f"masking {class_name} {concept} changed no trait of the build images: masker "
+            f"{recipe.masker!r} on {recipe.region!r} regions leaves them as they were (a region "
+            "inside a uniform patch is inpainted with the same colour); use region='superpixel' "
+            "or another masker")
+    negatives = cache.original(split.negatives) if split.negatives else None
     if recipe.mode == "paper":
-        build = split.build + split.validation
-        unmasked, masked = cache.pair(build, concept)
         indices, weights = select_ssn(paper_delta(unmasked, masked), recipe.n_ssn)
-        space = _space_from(indices, weights, model, class_name, concept, recipe, len(build))
     else:
-        unmasked, masked = cache.pair(split.build, concept)
-        mean, effect = paired_effect(unmasked, masked)
-        if not np.any(mean):
-            raise SpaceError(
-                f"masking {class_name} {concept} changed no trait of the build images: masker "
-                f"{recipe.masker!r} on {recipe.region!r} regions leaves them as they were (a region "
-                "inside a uniform patch is inpainted with the same colour); use region='superpixel' "
-                "or another masker")
-        val_unmasked, val_masked = cache.pair(split.validation, concept)
-        best = None
-        for n in recipe.n_ssn_candidates:
-            order, _ = select_ssn(effect, min(n, model.trait_dim))
-            candidate = _space_from(order, mean[order], model, class_name, concept, recipe, len(split.build))
-            a_orig = candidate.activation(val_unmasked).numpy()
-            a_mask = candidate.activation(val_masked).numpy()
-            score = (float((a_orig > a_mask).mean()), auroc(a_orig, a_mask), -n)
-            if best is None or score > best[0]:
-                best = (score, candidate)
-        space = best[1]
-        space.recipe["n_ssn_chosen"] = space.n_ssn
+        score = tuned_scores(unmasked, masked, negatives, recipe.min_natural_negatives)
+        indices, weights = select_ssn(score, recipe.n_ssn)
+    space = _space_from(indices, weights, model, class_name, concept, recipe, len(split.build))
     space.with_reference(space.activation(reference_traits))
     space.evaluation = evaluate_space(space, split, cache, concept)
+    if recipe.mode == "tuned" and negatives is not None and len(negatives) >= recipe.min_natural_negatives:
+        space.evaluation["auroc_visible_vs_not"] = _cross_validated_auroc(
+            unmasked, masked, negatives, cache.pair(split.evaluation, concept)[0], recipe)
+        space.evaluation["auroc_cross_validated"] = True
     return space
+
+
+def _cross_validated_auroc(unmasked, masked, negatives, evaluation, recipe: SpaceRecipe) -> float:
+    """AUROC of evaluation positives vs natural negatives, each negative scored by a space built
+    without its fold. Scores are standardised by the fold space's evaluation positives so that the
+    folds can be pooled (AUROC depends on ranks only)."""
+    order = np.random.default_rng(recipe.seed).permutation(len(negatives))
+    pos_scores, neg_scores = [], []
+    for fold in np.array_split(order, min(recipe.folds, len(negatives))):
+        train = np.setdiff1d(np.arange(len(negatives)), fold)
+        score = tuned_scores(unmasked, masked, negatives[train], recipe.min_natural_negatives)
+        indices, weights = select_ssn(score, recipe.n_ssn)
+        w = torch.zeros(unmasked.shape[1], dtype=torch.float64)
+        w[torch.as_tensor(indices)] = torch.as_tensor(weights)
+        a_pos = (evaluation.double() @ w).numpy()
+        a_neg = (negatives[fold].double() @ w).numpy()
+        centre, scale = a_pos.mean(), a_pos.std() + 1e-12
+        pos_scores.append((a_pos - centre) / scale)
+        neg_scores.append((a_neg - centre) / scale)
+    return auroc(np.concatenate(pos_scores), np.concatenate(neg_scores))
 
 
 def evaluate_space(space: SemanticSpace, split: Split, cache: PairedTraits, concept: str) -> dict:
@@ -273,10 +309,12 @@ def build_spaces(
     reference: tuple[torch.Tensor, torch.Tensor],
     recipe: SpaceRecipe | None = None,
     progress: bool = True,
+    cache: PairedTraits | None = None,
 ) -> SpaceBuildReport:
-    """Every (class, concept) space; ``reference`` = (traits, logits) of the reference images."""
+    """Every (class, concept) space; ``reference`` = (traits, logits) of the reference images.
+    Pass the ``cache`` of an earlier call with the same masker to reuse its masked traits."""
     recipe = recipe or SpaceRecipe()
-    cache = PairedTraits(model, recipe, progress=progress)
+    cache = cache or PairedTraits(model, recipe, progress=progress)
     spaces = []
     pairs = [(c, k) for c in classes for k in concepts]
     for class_name, concept in tqdm(pairs, desc="semantic spaces", unit="space", disable=not progress):

@@ -83,7 +83,9 @@ class GAConfig:
         if not 0.0 <= self.mutation <= 1.0:
             problems.append(f"mutation is a probability, got {self.mutation}")
         if self.mutation_scope not in ("genome", "bit"):
-            problems.append(f"mutation_scope must be 'genome' or 'bit', got {self.mutation_scope!r}")
+            problems.append(
+                f"mutation_scope must be 'genome' or 'bit', got {self.mutation_scope!r}"
+            )
         if self.fill not in FILLS:
             problems.append(f"fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
         if self.mode not in ("paper", "fast"):
@@ -145,7 +147,11 @@ class _Scorer:
             part = slice(start, start + self.config.batch_size)
             owner = torch.from_numpy(owners[part]).to(self.device)
             batch = compose_indexed(
-                self.images, self.segments, self.fills, owner, torch.from_numpy(genomes[part]).to(self.device)
+                self.images,
+                self.segments,
+                self.fills,
+                owner,
+                torch.from_numpy(genomes[part]).to(self.device),
             )
             if not self.config.channels_last:
                 batch = batch.contiguous()
@@ -160,7 +166,14 @@ class _Scorer:
 class _Search:
     """The GA state of one image; every random draw comes from its own Generator."""
 
-    def __init__(self, index: int, segments: np.ndarray, genes: int, rng: np.random.Generator, config: GAConfig):
+    def __init__(
+        self,
+        index: int,
+        segments: np.ndarray,
+        genes: int,
+        rng: np.random.Generator,
+        config: GAConfig,
+    ):
         self.index = index
         self.segments = segments
         self.length = int(segments.max()) + 1
@@ -222,7 +235,9 @@ class _Search:
         drop = scores[0] - scores[1:]
         ranked = np.argsort(-drop, kind="stable")
         seeds = [occlusions[0], occlusions[1 + int(np.argmax(scores[1:]))]]
-        sizes = np.unique(np.linspace(1, self.length, max(self.config.size - len(seeds), 1)).round())
+        sizes = np.unique(
+            np.linspace(1, self.length, max(self.config.size - len(seeds), 1)).round()
+        )
         for k in sizes.astype(int):
             genome = np.zeros(self.length, dtype=bool)
             genome[ranked[:k]] = True
@@ -250,7 +265,9 @@ class _Search:
         chosen = self.rng.random(len(kids)) < self.config.mutation
         most = max(1, self.length // 10)
         for row in np.flatnonzero(chosen):
-            flips = self.rng.choice(self.length, size=int(self.rng.integers(1, most + 1)), replace=False)
+            flips = self.rng.choice(
+                self.length, size=int(self.rng.integers(1, most + 1)), replace=False
+            )
             kids[row, flips] = ~kids[row, flips]
         return kids
 
@@ -260,7 +277,9 @@ class _Search:
         return padded
 
 
-def _score_round(searches: Sequence[_Search], proposals: dict[int, np.ndarray], scorer: _Scorer) -> None:
+def _score_round(
+    searches: Sequence[_Search], proposals: dict[int, np.ndarray], scorer: _Scorer
+) -> None:
     """Score every unseen proposed genome of every image in shared batched passes."""
     fresh = {s.index: s.unseen(proposals[s.index]) for s in searches if s.index in proposals}
     owners = np.array([i for i, genomes in fresh.items() for _ in genomes], dtype=np.int64)
@@ -282,7 +301,9 @@ def _check_inputs(
     segments: Sequence[np.ndarray] | None,
 ) -> None:
     if len(images) != len(targets):
-        raise GeneticSearchError(f"got {len(images)} images but {len(targets)} targets; give one target each")
+        raise GeneticSearchError(
+            f"got {len(images)} images but {len(targets)} targets; give one target each"
+        )
     size = tuple(model.input_size[1:])
     for n, image in enumerate(images):
         if image.ndim != 3 or image.shape[2] != 3 or tuple(image.shape[:2]) != size:
@@ -303,7 +324,9 @@ def _check_inputs(
             raise GeneticSearchError(f"got {len(segments)} segmentations for {len(images)} images")
         for n, labels in enumerate(segments):
             if labels.shape != images[n].shape[:2]:
-                raise GeneticSearchError(f"segments {n} have shape {labels.shape}, image {n} is {images[n].shape[:2]}")
+                raise GeneticSearchError(
+                    f"segments {n} have shape {labels.shape}, image {n} is {images[n].shape[:2]}"
+                )
             if set(np.unique(labels).tolist()) != set(range(int(labels.max()) + 1)):
                 raise GeneticSearchError(
                     f"segments {n} must use consecutive labels 0 … S-1 (as slic_segments gives)"
@@ -339,10 +362,14 @@ def search_best_superpixels(
     if not images:
         return []
     if segments is None:
-        segments = [slic_segments(im, config.n_segments, config.compactness, config.sigma) for im in images]
+        segments = [
+            slic_segments(im, config.n_segments, config.compactness, config.sigma) for im in images
+        ]
     segments = [np.asarray(s, dtype=np.int32) for s in segments]
     genes = max(int(s.max()) + 1 for s in segments)
-    generators = [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(len(images))]
+    generators = [
+        np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(len(images))
+    ]
     searches = [_Search(n, segments[n], genes, generators[n], config) for n in range(len(images))]
     was_training = model.training
     model.eval()
@@ -365,7 +392,9 @@ def _run(searches: list[_Search], scorer: _Scorer, config: GAConfig, progress: b
     _score_round(searches, start, scorer)
     for s in searches:
         s.adopt(start[s.index])
-    with tqdm(total=config.generations, desc="genetic search", unit="gen", disable=not progress) as bar:
+    with tqdm(
+        total=config.generations, desc="genetic search", unit="gen", disable=not progress
+    ) as bar:
         for _ in range(config.generations):
             active = [s for s in searches if s.active]
             if not active:

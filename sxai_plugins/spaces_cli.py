@@ -14,7 +14,8 @@ from .cli import add_model_args, command, model_from_args
 from .errors import SxaiError
 
 CONFIG_KEYS = {"annotations", "image_root", "reference", "classes", "concepts", "out", "recipe",
-               "recipe_options", "backbone", "head", "weights", "invert", "inversion_steps", "plots"}
+               "recipe_options", "backbone", "head", "weights", "invert", "inversion_steps", "plots",
+               "contact_sheets"}
 
 
 @command
@@ -39,10 +40,12 @@ def _space(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-ssn", type=int, help="number of SSNs (paper recipe; default 5)")
     p.add_argument("--masker", help="masker plugin name (default: superpixel for paper, inpaint for tuned)")
     p.add_argument("--region", choices=["superpixel", "disc"], help="how points grow into a region")
-    p.add_argument("--seed", type=int, help="seed of the build/validation/evaluation split (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the build/evaluation split (default 0)")
     p.add_argument("--invert", help="feature inverter for the space pictures: fourier, tv or none (default none)")
     p.add_argument("--inversion-steps", type=int)
     p.add_argument("--no-plots", action="store_true", help="skip distribution plots and contact sheets")
+    p.add_argument("--no-contact-sheets", action="store_true",
+                   help="skip the sheets of reference images (they copy the data set's images)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_model_args(p)
     p.set_defaults(handler=_run_space, backbone=None)
@@ -160,11 +163,14 @@ def _run_space(args: argparse.Namespace) -> int:
     if not args.no_plots and config.get("plots", True):
         from .space_plots import distribution_plot, extreme_sheets
 
+        predicted = logits.argmax(1)
         for space in report.spaces:
-            own = traits[logits.argmax(1) == model.class_names.index(space.class_name)]
-            own_paths = [p for p, keep in zip(paths, (logits.argmax(1) == model.class_names.index(space.class_name)).tolist()) if keep]
+            keep = predicted == model.class_names.index(space.class_name)
+            own = traits[keep]
             distribution_plot(space, space.activation(own).numpy(), out / "plots" / f"{space.key}.distribution.png")
-            extreme_sheets(space, own_paths, space.probability(own).numpy(), out / "plots")
+            if config.get("contact_sheets", True) and not args.no_contact_sheets:
+                own_paths = [p for p, k in zip(paths, keep.tolist()) if k]
+                extreme_sheets(space, own_paths, space.probability(own).numpy(), out / "plots")
     if config.get("invert", "none") != "none":
         from .space_plots import invert_spaces
 

@@ -154,7 +154,9 @@ def compose_indexed(
     # 0/1 floats: index_select on floats is the fastest gather, and x·1 + fill·0 is exactly x,
     # so kept pixels stay bit-identical
     genes = genomes.to(images.dtype)
-    out = torch.empty((len(owners), height, width, channels), dtype=images.dtype, device=images.device)
+    out = torch.empty(
+        (len(owners), height, width, channels), dtype=images.dtype, device=images.device
+    )
     # one vectorised step per image (never per genome): each pixel takes its superpixel's gene
     for b in torch.unique(owners).tolist():
         rows = torch.nonzero(owners == b).flatten()
@@ -201,4 +203,6 @@ def compose(
         fills = fill
     batch, per_image, length = genomes.shape
     owners = torch.arange(batch, device=images.device).repeat_interleave(per_image)
-    return compose_indexed(images, segments, fills, owners, genomes.reshape(batch * per_image, length))
+    return compose_indexed(
+        images, segments, fills, owners, genomes.reshape(batch * per_image, length)
+    )

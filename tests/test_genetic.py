@@ -43,7 +43,13 @@ def brightness_model() -> TraitModel:
         brightness.weight.fill_(1.0)
     body = nn.Sequential(brightness, SpatialWeight(torch.from_numpy(weight)[None, None]))
     model = TraitModel(
-        body, 1, ["other", "target"], name="toy", input_size=(3, SIZE, SIZE), mean=(0, 0, 0), std=(1, 1, 1)
+        body,
+        1,
+        ["other", "target"],
+        name="toy",
+        input_size=(3, SIZE, SIZE),
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
     )
     with torch.no_grad():
         # the optimum's logit margin is ≈4 (p≈0.98): far from float32 saturation, so every
@@ -103,9 +109,13 @@ def test_finds_the_known_best_subset():
     for image, result in zip(images, results):
         assert sorted(np.flatnonzero(result.genome).tolist()) == GOOD
         np.testing.assert_array_equal(result.kept_mask, np.isin(grid_segments(), GOOD))
-        np.testing.assert_array_equal(result.image, fill_removed(image, grid_segments(), result.genome))
+        np.testing.assert_array_equal(
+            result.image, fill_removed(image, grid_segments(), result.genome)
+        )
         with torch.no_grad():
-            rescored = model(torch.from_numpy(result.image).permute(2, 0, 1)[None]).logits.softmax(1)
+            rescored = model(torch.from_numpy(result.image).permute(2, 0, 1)[None]).logits.softmax(
+                1
+            )
         assert result.fitness == pytest.approx(float(rescored[0, 1]), abs=1e-6)
         # elitism: the best fitness never goes down
         assert all(b >= a for a, b in zip(result.history, result.history[1:]))
@@ -116,7 +126,9 @@ def test_same_seed_same_results_and_other_seed_differs():
     model = random_conv_model()
     images = [smooth_image(0), smooth_image(1)]
     first = search_best_superpixels(model, images, [0, 2], small(), seed=3, progress=False)
-    same_results(first, search_best_superpixels(model, images, [0, 2], small(), seed=3, progress=False))
+    same_results(
+        first, search_best_superpixels(model, images, [0, 2], small(), seed=3, progress=False)
+    )
     other = search_best_superpixels(model, images, [0, 2], small(), seed=4, progress=False)
     assert any(a.history != b.history for a, b in zip(first, other))
 
@@ -144,7 +156,12 @@ def test_cache_never_scores_a_genome_twice():
     handle = model.body.register_forward_pre_hook(record)
     try:
         results = search_best_superpixels(
-            model, [smooth_image(6), smooth_image(7)], [0, 1], small(generations=12), seed=0, progress=False
+            model,
+            [smooth_image(6), smooth_image(7)],
+            [0, 1],
+            small(generations=12),
+            seed=0,
+            progress=False,
         )
     finally:
         handle.remove()
@@ -158,7 +175,9 @@ def test_fast_mode_uses_fewer_evaluations_for_a_near_equal_fitness():
     model = brightness_model()
     images = [block_image(3), block_image(4)]
     segments = [grid_segments()] * 2
-    paper = search_best_superpixels(model, images, [1, 1], GAConfig(), seed=0, progress=False, segments=segments)
+    paper = search_best_superpixels(
+        model, images, [1, 1], GAConfig(), seed=0, progress=False, segments=segments
+    )
     fast = search_best_superpixels(
         model, images, [1, 1], GAConfig(mode="fast"), seed=0, progress=False, segments=segments
     )

@@ -56,7 +56,9 @@ def test_fill_removed_modes():
     nothing = np.zeros(count, dtype=bool)
     assert not fill_removed(image, segments, nothing, "black").any()
     mean = fill_removed(image, segments, nothing, "mean")
-    np.testing.assert_allclose(mean, np.broadcast_to(image.mean(axis=(0, 1)), image.shape), atol=1e-6)
+    np.testing.assert_allclose(
+        mean, np.broadcast_to(image.mean(axis=(0, 1)), image.shape), atol=1e-6
+    )
     keep_first = nothing.copy()
     keep_first[0] = True
     blurred = fill_removed(image, segments, keep_first, "blur")
@@ -82,7 +84,9 @@ def test_compose_matches_a_naive_loop(fill):
     rng = np.random.default_rng(0)
     genomes = rng.random((2, 7, genes)) < 0.5
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    composed = compose(batch, torch.from_numpy(np.stack(segments)).long(), torch.from_numpy(genomes), fill)
+    composed = compose(
+        batch, torch.from_numpy(np.stack(segments)).long(), torch.from_numpy(genomes), fill
+    )
     assert composed.shape == (14, 3, 48, 48)
     for b in range(2):
         for g in range(7):

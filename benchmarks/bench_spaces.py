@@ -1,0 +1,85 @@
+"""Cost of semantic probabilities on top of prediction: images/s of prediction alone versus
+prediction plus P_s for 8 and for 100 spaces, measured side by side in one run (interleaved
+repeats, best of each) on the default backbone. Target: 100 spaces cost under 5% over prediction.
+
+    python benchmarks/bench_spaces.py [--batch 32] [--repeats 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+import sxai_plugins as sx
+from sxai_plugins.spaces import Reference, SemanticSpace, SpaceSet
+
+
+def synthetic_spaces(model, count: int, seed: int = 0) -> SpaceSet:
+    rng = np.random.default_rng(seed)
+    spaces = []
+    for i in range(count):
+        space = SemanticSpace(f"c{i % 2}", f"concept{i}", model.name, model.fingerprint(), model.trait_dim,
+                              torch.as_tensor(rng.choice(model.trait_dim, 5, replace=False)),
+                              torch.as_tensor(rng.normal(size=5)))
+        space.reference = Reference(0.0, 1.0, -3.0, 3.0, 100, 0.99)
+        spaces.append(space)
+    return SpaceSet(spaces)
+
+
+@torch.inference_mode()
+def run(model, images: torch.Tensor, spaces: SpaceSet | None) -> float:
+    start = time.perf_counter()
+    out = model(images)
+    probs = out.logits.softmax(1)
+    if spaces is not None:
+        p_s = spaces.probabilities(out.traits)
+        float(p_s.sum())
+    float(probs.sum())
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print only the JSON")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = sx.create_model()
+    images = torch.rand(args.batch, 3, *model.input_size[1:])
+    sets = {"prediction": None, "+8 spaces": synthetic_spaces(model, 8), "+100 spaces": synthetic_spaces(model, 100)}
+    run(model, images, None)  # warm-up
+    best = {name: float("inf") for name in sets}
+    for _ in range(args.repeats):
+        for name, spaces in sets.items():  # interleaved, so load changes hit all three alike
+            best[name] = min(best[name], run(model, images, spaces))
+    base = best["prediction"]
+    result = {
+        "backbone": model.name, "batch": args.batch, "repeats": args.repeats,
+        "images_per_second": {k: args.batch / v for k, v in best.items()},
+        "overhead_vs_prediction": {k: v / base - 1 for k, v in best.items() if k != "prediction"},
+        "target_overhead_100_spaces": 0.05,
+    }
+    # the scoring itself, timed alone: what the forward pass's noise can hide
+    traits = torch.rand(args.batch, model.trait_dim)
+    start = time.perf_counter()
+    for _ in range(100):
+        sets["+100 spaces"].probabilities(traits)
+    result["scoring_100_spaces_ms_per_batch"] = (time.perf_counter() - start) * 10
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(json.dumps(result, indent=2))
+    print(f"\n{'run':<14}{'images/s':>10}{'overhead':>10}")
+    for name in sets:
+        overhead = "" if name == "prediction" else f"{result['overhead_vs_prediction'][name]:+.2%}"
+        print(f"{name:<14}{result['images_per_second'][name]:>10.1f}{overhead:>10}")
+    print(f"scoring 100 spaces alone: {result['scoring_100_spaces_ms_per_batch']:.3f} ms per batch of {args.batch}")
+
+
+if __name__ == "__main__":
+    main()

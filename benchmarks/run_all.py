@@ -1,0 +1,11 @@
+"""Run every benchmark with its default (small) settings, one after another."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for script in ("bench_spaces.py", "bench_index.py", "bench_inversion.py", "bench_genetic.py"):
+    print(f"==== {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], check=True)

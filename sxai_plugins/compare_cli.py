@@ -1,0 +1,331 @@
+"""CLI commands ``compare`` (class vs. semantic attributions) and ``adversarial`` (PGD detection).
+
+Registered on import by ``sxai_plugins.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import DEFAULT_BACKBONE
+from .cli import add_model_args, command, model_from_args
+from .errors import SxaiError
+
+DEFAULT_CARD = Path(__file__).resolve().parent / "assets" / DEFAULT_BACKBONE / "head.json"
+
+
+def _add_space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spaces", "-s", action="append", metavar="PATH|hf://owner/name@rev",
+                   help="a space file, a folder of them, or a hub source (repeatable); default: "
+                        "the spaces bundled with the backbone, if any")
+    p.add_argument("--force", action="store_true",
+                   help="use spaces built on other weights of the same architecture")
+
+
+def _methods(text: str) -> list[str]:
+    from .attribution import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None or value != value else round(float(value), 6)
+
+
+# ------------------------------------------------------------------------------------ compare
+@command
+def _compare(sub: argparse._SubParsersAction) -> None:
+    from .attribution import METHODS
+
+    p = sub.add_parser(
+        "compare", help="class attributions (Captum) beside the semantic attribution of a space",
+        description=(
+            "One image: Captum attributions of the predicted class's logit (--methods) beside "
+            "attributions of the space's A_s (--semantic-methods), drawn in one figure (--out). "
+            "With --annotations: score every method over the annotated images showing the space's "
+            "concept (of the space's class): the share of the positive attribution mass inside the "
+            "concept's region and the pointing game (the peak inside the region), plus Captum's "
+            "infidelity (Gaussian noise σ=0.003, normalised) and sensitivity_max (uniform noise "
+            "radius 0.02) on the first --robustness-n images only, as they cost --perturbations "
+            "extra attributions each. Regions: 'disc' (default: discs of 6% of the shorter side "
+            "around the annotated points) or 'superpixel' (the paper's SLIC rule). Methods: "
+            f"{', '.join(METHODS)}; 'occlusion' is superpixel occlusion (Captum FeatureAblation "
+            "over SLIC superpixels), 'window' Captum's sliding-window Occlusion. With --json, one "
+            "image prints {path, predicted, space, activation, probability, figure, methods}; "
+            "an annotated set prints {space, concept, region_mode, n_images, region_fraction, "
+            "rows: [{target, method, n_images, mass_in_region, pointing, infidelity, sensitivity, "
+            "n_robustness, seconds_per_image}], skipped, settings}."),
+    )
+    p.add_argument("image", nargs="?", help="an image file (or use --annotations)")
+    p.add_argument("--space", required=True, help="the space to attribute, as class.concept (e.g. cat.eyes)")
+    add_model_args(p)
+    _add_space_args(p)
+    p.add_argument("--methods", type=_methods, default=["ig", "occlusion", "gradcam", "saliency"],
+                   help="class attributions (default ig,occlusion,gradcam,saliency)")
+    p.add_argument("--semantic-methods", type=_methods, default=["occlusion"],
+                   help="attributions of the space's A_s (default occlusion)")
+    p.add_argument("--annotations", help="a COCO concept annotation file: score over its images")
+    p.add_argument("--image-root", help="folder the annotation file's image paths are relative to "
+                                        "(default: the file's folder)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many annotated images (0: all)")
+    p.add_argument("--region", choices=("disc", "superpixel"), default="disc", help="region mode")
+    p.add_argument("--robustness-n", type=int, default=2,
+                   help="images for infidelity and sensitivity_max (default 2; 0: skip)")
+    p.add_argument("--perturbations", type=int, default=4, help="perturbations per image for both (default 4)")
+    p.add_argument("--ig-steps", type=int, default=16, help="integration steps of 'ig' (default 16)")
+    p.add_argument("--n-segments", type=int, default=40, help="SLIC superpixels for 'occlusion' (default 40)")
+    p.add_argument("--fill", choices=("blur", "mean", "black"), default="blur",
+                   help="what occluded pixels become (default blur)")
+    p.add_argument("--out", "-o", help="figure PNG (one image: default sxai-out/<stem>.compare.png; "
+                                        "annotations: the first image's figure, only when given)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
+    p.set_defaults(handler=_run_compare)
+
+
+def _pick_space(args: argparse.Namespace, model):
+    from .trust import load_space_set
+
+    spaces = load_space_set(args.spaces, model, force=args.force)
+    for space in spaces:
+        if space.key == args.space:
+            return space
+    raise SxaiError(f"no space {args.space!r} among the loaded spaces: {', '.join(spaces.keys)}")
+
+
+def comparison_panels(model, space, image: np.ndarray, methods: Sequence[str],
+                      semantic_methods: Sequence[str], options: dict) -> list[tuple[str, torch.Tensor]]:
+    """(title, ``3×H×W`` attribution) per class method, then per semantic method, for one image."""
+    from .attribution import ClassAttribution, SemanticAttribution, superpixel_mask
+
+    device = next(model.parameters()).device
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous().to(device)
+    mask = superpixel_mask(x, options.get("n_segments", 40))
+    klass, semantic = ClassAttribution(model), SemanticAttribution(model, space)
+    target = klass.predicted(x)
+    label = model.class_names[int(target[0])]
+    panels = []
+    for method in methods:
+        kw = dict(options, feature_mask=mask) if method == "occlusion" else options
+        panels.append((f"{method}: logit '{label}'", klass.attribute(x, method, target=target, **kw)[0]))
+    for method in semantic_methods:
+        kw = dict(options, feature_mask=mask) if method == "occlusion" else options
+        panels.append((f"{method}: A_s {space.key}", semantic.attribute(x, method, **kw)[0]))
+    return panels
+
+
+def comparison_figure(image: np.ndarray, panels: Sequence[tuple[str, torch.Tensor]], path: str | Path,
+                      region: np.ndarray | None = None, title: str = "") -> Path:
+    """One row: the image (with the region's outline, if given), then each attribution's positive
+    part blended over the image (Captum's ``visualize_image_attr``). Written atomically."""
+    from captum.attr import visualization as viz
+    from matplotlib.figure import Figure
+
+    from .io import atomic_write
+
+    fig = Figure(figsize=(3 * (len(panels) + 1), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels) + 1, squeeze=False)[0]
+    axes[0].imshow(image)
+    if region is not None and region.any():
+        axes[0].contour(region.astype(float), levels=[0.5], colors="lime", linewidths=1.5)
+    axes[0].set_title("image" + (" + region" if region is not None else ""), fontsize=9)
+    axes[0].axis("off")
+    for ax, (name, attr) in zip(axes[1:], panels):
+        heat = attr.detach().float().cpu().permute(1, 2, 0).numpy()
+        if heat.sum(axis=2).max() > 0:
+            viz.visualize_image_attr(heat, image, method="blended_heat_map", sign="positive",
+                                     plt_fig_axis=(fig, ax), use_pyplot=False, title=name)
+        else:  # nothing positive to draw: Captum would divide by zero
+            ax.imshow(image)
+            ax.set_title(f"{name}\n(no positive attribution)")
+        ax.title.set_fontsize(9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .images import load_image, to_array
+
+    if bool(args.image) == bool(args.annotations):
+        raise SxaiError("give either one IMAGE or --annotations FILE (not both, not neither)")
+    model = model_from_args(args)
+    space = _pick_space(args, model)
+    options = {"n_steps": args.ig_steps, "n_segments": args.n_segments, "fill": args.fill}
+    size = (model.input_size[1], model.input_size[2])
+    if args.annotations:
+        return _compare_annotations(args, model, space, options, size)
+    image = to_array(load_image(args.image), size)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        out = model(x.to(next(model.parameters()).device))
+    probs = out.logits.softmax(1)[0].cpu()
+    predicted = model.class_names[int(probs.argmax())]
+    activation = float(space.activation(out.traits.cpu())[0])
+    probability = float(space.probability(out.traits.cpu())[0]) if space.reference else None
+    panels = comparison_panels(model, space, image, args.methods, args.semantic_methods, options)
+    figure = Path(args.out or Path("sxai-out") / f"{Path(args.image).stem}.compare.png")
+    comparison_figure(image, panels, figure,
+                      title=f"{Path(args.image).name}: predicted {predicted} ({float(probs.max()):.3f}); "
+                            f"{space.key} P={probability if probability is None else round(probability, 3)}")
+    record = {"path": args.image, "predicted": predicted, "space": space.key,
+              "activation": _r(activation), "probability": _r(probability), "figure": str(figure),
+              "methods": [name for name, _ in panels]}
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print(f"{args.image}: predicted {predicted} ({float(probs.max()):.3f}); {space.key}: "
+              f"A_s {activation:.4f}, P_s {'–' if probability is None else f'{probability:.3f}'}")
+        print(f"figure: {figure}")
+    return 0
+
+
+def _compare_annotations(args, model, space, options: dict, size: tuple[int, int]) -> int:
+    import warnings
+
+    from .attribution import compare_attributions
+    from .concepts import AnnotationWarning, concept_region, load_coco
+
+    root = args.image_root or str(Path(args.annotations).parent)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AnnotationWarning)
+        annotations = load_coco(args.annotations, root)
+    for w in caught:
+        print(f"skipped: {w.message}", file=sys.stderr)
+    if space.concept not in annotations.concepts:
+        raise SxaiError(f"{args.annotations}: no concept {space.concept!r} (has "
+                        f"{', '.join(annotations.concepts)}); pick another --space")
+    chosen = [a for a in annotations.annotations if a.class_name == space.class_name and a.has(space.concept)]
+    if args.limit:
+        chosen = chosen[: args.limit]
+    if not chosen:
+        raise SxaiError(f"{args.annotations}: no image of class {space.class_name!r} shows {space.concept!r}")
+    report = compare_attributions(
+        model, space, chosen, methods=args.methods, semantic_methods=args.semantic_methods,
+        region_mode=args.region, robustness_n=args.robustness_n, n_perturb_samples=args.perturbations,
+        options=options, progress=not (args.quiet or args.json))
+    for why in report.skipped:
+        print(f"skipped: {why}", file=sys.stderr)
+    if args.out:
+        first = chosen[0]
+        image = first.load(size)
+        region = concept_region(image, first.geometry(space.concept, image.shape[:2]), mode=args.region)
+        panels = comparison_panels(model, space, image, args.methods, args.semantic_methods, options)
+        comparison_figure(image, panels, args.out, region, title=f"{first.image_path.name}: {space.key}")
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.table())
+        if args.out:
+            print(f"figure: {args.out}")
+    return 0 if report.n_images else 1
+
+
+# -------------------------------------------------------------------------------- adversarial
+@command
+def _adversarial(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adversarial", help="PGD attacks and their detection by semantic probabilities",
+        description=(
+            "Attack images with untargeted L∞ PGD (captum.robust.PGD; images in [0, 1], no random "
+            "start, --steps steps of --step-size-factor·ε/steps) at each ε, and report per ε the "
+            "attack success rate (over the images classified correctly when clean, which are the "
+            "ones attacked), the detection rate of each rule on the successful adversarial images, "
+            "and its false-positive rate on the same clean images. The paper's rule flags an image "
+            "when one semantic probability is above 0.99 or more than one is above 0.9; --rule adds "
+            "others. Images: --data DIR (an ImageFolder whose folder names are the model's classes "
+            "gives true labels; any other folder uses the clean predictions as labels), else the "
+            "held-out files of --heldout-card (default: the bundled head's card for the default "
+            "backbone). With --json, print {n_images, n_correct, labels, steps, step_size_factor, "
+            "rules, results: [{eps, n_attacked, n_success, attack_success_rate, rules: [{rule, "
+            "detected, detection_rate, false_positives, false_positive_rate}], mean_max_p_clean, "
+            "mean_max_p_adversarial}], skipped}."),
+    )
+    p.add_argument("--data", help="folder of images (ImageFolder or flat)")
+    p.add_argument("--heldout-card", help="a head card (head.json) whose held-out files to attack")
+    p.add_argument("--data-root", help="the folder the card's held-out paths are relative to")
+    p.add_argument("--n", type=int, default=200, help="images drawn (seeded) from the set (default 200; 0: all)")
+    p.add_argument("--eps", type=_floats, default=[0.05, 0.01, 0.005], help="L∞ radii (default 0.05,0.01,0.005)")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    p.add_argument("--step-size-factor", type=float, default=2.5,
+                   help="step size = factor·ε/steps (default 2.5)")
+    p.add_argument("--rule", action="append", default=[], metavar="single=S,multi=M,count=K[,scope=all|predicted]",
+                   help="another detection rule (repeatable); omitted keys keep the paper's values")
+    add_model_args(p)
+    _add_space_args(p)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="seed of the image draw")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
+    p.set_defaults(handler=_run_adversarial)
+
+
+def _attack_paths(args: argparse.Namespace) -> list[Path]:
+    from .adversarial import heldout_files
+    from .images import list_images
+
+    if args.data:
+        paths = list_images(args.data)
+    else:
+        card = args.heldout_card
+        if card is None and args.head:
+            card = str(Path(args.head).with_suffix(".json"))
+        if card is None and args.backbone == DEFAULT_BACKBONE and not args.weights:
+            card = str(DEFAULT_CARD)
+        if card is None:
+            raise SxaiError("no images: pass --data DIR, or --heldout-card CARD (a head card listing "
+                            "held-out files)")
+        paths = heldout_files(card, args.data_root)
+    if not paths:
+        raise SxaiError(f"{args.data}: no images found")
+    if args.n and args.n < len(paths):
+        # a seeded draw, so that both classes of a sorted list are represented
+        paths = sorted(random.Random(args.seed).sample(paths, args.n))
+    return paths
+
+
+def _run_adversarial(args: argparse.Namespace) -> int:
+    from .adversarial import PAPER_RULE, DetectionRule, evaluate_detection
+    from .trust import load_space_set
+
+    rules = [PAPER_RULE] + [DetectionRule.parse(text, name=f"custom{i + 1}" if len(args.rule) > 1 else "custom")
+                            for i, text in enumerate(args.rule)]
+    paths = _attack_paths(args)
+    model = model_from_args(args)
+    spaces = load_space_set(args.spaces, model, force=args.force)
+    report = evaluate_detection(model, spaces, paths, eps=args.eps, rules=rules, steps=args.steps,
+                                step_size_factor=args.step_size_factor, batch_size=args.batch_size,
+                                progress=not (args.quiet or args.json))
+    for why in report.skipped:
+        print(f"skipped: {why}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.table())
+        for rule in rules:
+            print(f"rule {rule.name}: one P > {rule.single:g}, or {rule.count}+ above {rule.multi:g} "
+                  f"({rule.scope} spaces)")
+    return 0 if report.n_images else 1
