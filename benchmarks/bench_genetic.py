@@ -50,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--plain-batches", type=int, default=2, help="batches of 50 for the plain row"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs (default: cuda when available)")
+    parser.add_argument("--no-pretrained", action="store_true",
+                        help="random backbone weights (timing only, e.g. vgg19 offline)")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     return parser.parse_args(argv)
 
@@ -109,7 +113,8 @@ def timed_search(model, images, targets, config, seed):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(0)
-    model = sx.create_model(args.backbone)
+    model = sx.create_model(args.backbone, pretrained=not args.no_pretrained,
+                            class_names=["cat", "dog"] if args.no_pretrained else None).to(args.device)
     size = (model.input_size[1], model.input_size[2])
     images = load(args.data, args.images, size)
     with torch.inference_mode():

@@ -30,6 +30,7 @@ Comparison metrics on a 2-D map (the channel sum, :func:`attribution_map`) and a
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -110,6 +111,17 @@ def _gradcam(forward_func: Callable, inputs: torch.Tensor, target: Any, layer: n
     return (cam / inputs.shape[1]).expand_as(inputs).contiguous()
 
 
+def _detached(func: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Attributions are results, not part of a graph (Grad-CAM's upsampling would keep one)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return func(*args, **kwargs).detach()
+
+    return wrapper
+
+
+@_detached
 def attribute(
     forward_func: Callable[[torch.Tensor], torch.Tensor],
     inputs: torch.Tensor,
@@ -141,7 +153,7 @@ def attribute(
         **kwargs: passed on to the Captum method's ``attribute``.
 
     Returns:
-        A tensor shaped like ``inputs``.
+        A tensor shaped like ``inputs`` (detached).
     """
     from captum.attr import (
         FeatureAblation,

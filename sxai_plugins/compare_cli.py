@@ -300,7 +300,7 @@ def _attack_paths(args: argparse.Namespace) -> list[Path]:
                             "held-out files)")
         paths = heldout_files(card, args.data_root)
     if not paths:
-        raise SxaiError(f"{args.data}: no images found")
+        raise SxaiError(f"{args.data or args.heldout_card}: no images found")
     if args.n and args.n < len(paths):
         # a seeded draw, so that both classes of a sorted list are represented
         paths = sorted(random.Random(args.seed).sample(paths, args.n))

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import stats
+from scipy.special import ndtr
 
 from .errors import SpaceError
 from .io import write_safetensors
@@ -199,11 +200,21 @@ class SpaceSet:
         if missing:
             raise SpaceError(f"spaces without a reference distribution cannot give probabilities: {missing}")
         self.weights = torch.stack([s.weight_vector() for s in self.spaces], dim=1)  # C × S
+        # Each space reads only its few SSNs: gathering S×k channels beats the dense C×S product.
+        width = max(s.n_ssn for s in self.spaces)
+        self._index = np.zeros((len(self.spaces), width), dtype=np.int64)
+        self._weight = np.zeros((len(self.spaces), width), dtype=np.float32)
+        for row, space in enumerate(self.spaces):
+            self._index[row, : space.n_ssn] = space.indices.numpy()
+            self._weight[row, : space.n_ssn] = (space.delta / space.n_ssn).numpy()
         ref = [s.reference for s in self.spaces]
         self.mu = torch.tensor([r.mu for r in ref], dtype=torch.float64)
         self.sigma = torch.tensor([r.sigma for r in ref], dtype=torch.float64)
         self.cdf_min = self._cdf(torch.tensor([r.a_min for r in ref], dtype=torch.float64))
         self.cdf_max = self._cdf(torch.tensor([r.a_max for r in ref], dtype=torch.float64))
+        self._mu, self._sigma = self.mu.numpy(), self.sigma.numpy()
+        self._cdf_min = self.cdf_min.numpy()
+        self._span = np.maximum((self.cdf_max - self.cdf_min).numpy(), 1e-12)
 
     def __len__(self) -> int:
         return len(self.spaces)
@@ -219,13 +230,16 @@ class SpaceSet:
         return 0.5 * (1.0 + torch.erf((a - self.mu) / (self.sigma * math.sqrt(2.0))))
 
     def activations(self, traits: torch.Tensor) -> torch.Tensor:
-        """B × S weighted activations A_s."""
-        return traits.float() @ self.weights.to(traits.device)
+        """B × S weighted activations A_s (no gradient: see ``SemanticSpace.activation`` for one)."""
+        # NumPy on purpose: these arrays are tiny, and torch's thread pool costs more to wake (tens of
+        # ms on a busy CPU) than the arithmetic itself.
+        t = traits.detach().float().cpu().numpy()
+        return torch.from_numpy((t[:, self._index] * self._weight).sum(axis=-1))
 
     def probabilities_from_activations(self, a: torch.Tensor, clip: bool = True) -> torch.Tensor:
-        span = (self.cdf_max - self.cdf_min).clamp_min(1e-12)
-        p = (self._cdf(a.detach().cpu().double()) - self.cdf_min) / span
-        return (p.clamp(0.0, 1.0) if clip else p).float()
+        a = a.detach().cpu().double().numpy()
+        p = (ndtr((a - self._mu) / self._sigma) - self._cdf_min) / self._span
+        return torch.from_numpy(np.clip(p, 0.0, 1.0) if clip else p).float()
 
     def probabilities(self, traits: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """B × S semantic probabilities (``clip=False`` keeps values outside [0, 1] for diagnosis)."""

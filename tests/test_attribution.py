@@ -311,3 +311,16 @@ def test_cli_compare_refuses_an_unknown_space(backbone, tmp_path, capsys):
     code = main(["compare", str(tmp_path / "x.png"), "--space", "dog.nose", "-b", backbone,
                  "--spaces", str(space_file)])
     assert code == 2 and "no space 'dog.nose'" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_default_model_semantic_gradcam_on_a_real_cat(default_model, shared_data):
+    from sxai_plugins.images import load_image, to_tensor
+    from sxai_plugins.trust import default_spaces_dir, load_space_set
+
+    if default_spaces_dir(default_model.name) is None:
+        pytest.skip("the default model's spaces are not bundled in this checkout")
+    space = next(s for s in load_space_set(None, default_model) if s.key == "cat.eyes")
+    x = to_tensor(load_image(shared_data / "train" / "cat" / "cat.1.jpg"), (224, 224))[None]
+    attr = SemanticAttribution(default_model, space).attribute(x, method="gradcam")
+    assert attr.shape == x.shape and torch.isfinite(attr).all() and float(attr.max()) > 0

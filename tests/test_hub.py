@@ -403,3 +403,26 @@ def test_errors_are_sxai_errors():
     for cls in (spaces_hub.HubError, spaces_hub.IntegrityError, spaces_hub.SpacesIndexError,
                 spaces_hub.HubUnreachableError, spaces_hub.DownloadError):
         assert issubclass(cls, SxaiError)
+
+
+@pytest.mark.integration
+def test_default_spaces_round_trip_give_identical_probabilities_on_the_examples(hub, tmp_path, default_model) -> None:
+    """The eight bundled spaces, pushed and pulled into an empty cache, score the bundled example
+    images exactly as the local files do (one forward pass, then each set's probabilities)."""
+    from sxai_plugins.examples import example_images
+    from sxai_plugins.inference import score_paths
+    from sxai_plugins.spaces import load_spaces
+    from sxai_plugins.trust import default_spaces_dir
+
+    local = load_spaces([default_spaces_dir(default_model.name)])
+    assert len(local) == 8
+    spaces_hub.push(local, "sxai/lite0-catdog-spaces")
+    cache = tmp_path / "empty-cache"
+    pulled = spaces_hub.pull("sxai/lite0-catdog-spaces", cache_dir=cache, model=default_model)
+    assert sorted(s.key for s in pulled) == sorted(s.key for s in local)
+    traits = score_paths(default_model, example_images(), progress=False).traits
+    by_key = {s.key: s for s in pulled}
+    want = SpaceSet(local).probabilities(traits)
+    have = SpaceSet([by_key[s.key] for s in local]).probabilities(traits)
+    assert torch.equal(want, have)
+    assert want.shape == (6, 8)
