@@ -29,6 +29,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
 
 
+def add_space_args(parser: argparse.ArgumentParser) -> None:
+    """``--spaces`` (repeatable: files, folders, hf:// sources) and ``--force``."""
+    parser.add_argument("--spaces", "-s", action="append", metavar="PATH|hf://owner/name@rev",
+                        help="a space file, a folder of them, or a hub source (repeatable); default: "
+                             "the spaces bundled with the backbone, if any")
+    parser.add_argument("--force", action="store_true",
+                        help="use spaces built on other weights of the same architecture")
+
+
 def model_from_args(args: argparse.Namespace):
     from . import create_model
 

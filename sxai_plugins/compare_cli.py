@@ -16,18 +16,10 @@ import numpy as np
 import torch
 
 from . import DEFAULT_BACKBONE
-from .cli import add_model_args, command, model_from_args
+from .cli import add_model_args, add_space_args, command, model_from_args
 from .errors import SxaiError
 
 DEFAULT_CARD = Path(__file__).resolve().parent / "assets" / DEFAULT_BACKBONE / "head.json"
-
-
-def _add_space_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spaces", "-s", action="append", metavar="PATH|hf://owner/name@rev",
-                   help="a space file, a folder of them, or a hub source (repeatable); default: "
-                        "the spaces bundled with the backbone, if any")
-    p.add_argument("--force", action="store_true",
-                   help="use spaces built on other weights of the same architecture")
 
 
 def _methods(text: str) -> list[str]:
@@ -81,7 +73,7 @@ def _compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", nargs="?", help="an image file (or use --annotations)")
     p.add_argument("--space", required=True, help="the space to attribute, as class.concept (e.g. cat.eyes)")
     add_model_args(p)
-    _add_space_args(p)
+    add_space_args(p)
     p.add_argument("--methods", type=_methods, default=["ig", "occlusion", "gradcam", "saliency"],
                    help="class attributions (default ig,occlusion,gradcam,saliency)")
     p.add_argument("--semantic-methods", type=_methods, default=["occlusion"],
@@ -275,7 +267,7 @@ def _adversarial(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rule", action="append", default=[], metavar="single=S,multi=M,count=K[,scope=all|predicted]",
                    help="another detection rule (repeatable); omitted keys keep the paper's values")
     add_model_args(p)
-    _add_space_args(p)
+    add_space_args(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

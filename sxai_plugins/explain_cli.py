@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import add_model_args, command, model_from_args
+from .cli import add_model_args, add_space_args, command, model_from_args
 
 EXPLAIN_JSON = (
     "With --json, print a list with one record per readable image: "
@@ -21,11 +21,7 @@ EXPLAIN_JSON = (
 
 
 def _add_space_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spaces", "-s", action="append", metavar="PATH|hf://owner/name@rev",
-                   help="a space file, a folder of them, or a hub source (repeatable); default: "
-                        "the spaces bundled with the backbone, if any")
-    p.add_argument("--force", action="store_true",
-                   help="use spaces built on other weights of the same architecture")
+    add_space_args(p)
     p.add_argument("--batch-size", type=int, default=32)
 
 
