@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import TraitModel
 
 ENTRY_POINT_GROUP = "sxai"
+CORE_DISTRIBUTION = "sxai"
 
 # Backbones provided by first-party plugin distributions: asking for one of these while its plugin
 # is absent must name the package rather than fall through to the generic timm adapter (timm's VGG
@@ -95,13 +96,22 @@ def _new_manager() -> tuple[pluggy.PluginManager, list[PluginFailure]]:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     failures: list[PluginFailure] = []
-    for module_name in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(module_name), name=f"sxai (built-in {module_name.rsplit('.', 1)[-1]})")
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        label = ep.dist.name if ep.dist is not None else ep.name
+    # The core first: pluggy calls later-registered plugins first, so a third-party plugin that
+    # provides a name the core also provides wins.
+    entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                          key=lambda ep: (ep.dist is None or ep.dist.name != CORE_DISTRIBUTION, ep.name))
+    per_dist: dict[str, int] = {}
+    for ep in entry_points:
+        dist = ep.dist.name if ep.dist is not None else ep.name
+        per_dist[dist] = per_dist.get(dist, 0) + 1
+    for ep in entry_points:
+        dist = ep.dist.name if ep.dist is not None else ep.name
+        label = dist if per_dist[dist] == 1 else f"{dist}:{ep.name}"
+        if pm.get_plugin(label) is not None or any(p is not None and getattr(p, "__name__", None) == ep.value
+                                                   for p in pm.get_plugins()):
+            continue  # the same module reached twice (e.g. an editable and a regular install)
         try:
-            plugin = ep.load()
-            pm.register(plugin, name=label if pm.get_plugin(label) is None else f"{label}:{ep.name}")
+            pm.register(ep.load(), name=label)
         except Exception as exc:  # a broken plugin must not take the engine down
             failures.append(PluginFailure(label, f"{type(exc).__name__}: {exc}"))
             warnings.warn(
@@ -110,6 +120,12 @@ def _new_manager() -> tuple[pluggy.PluginManager, list[PluginFailure]]:
                 RuntimeWarning,
                 stacklevel=3,
             )
+    # Running from a source tree that was never pip-installed: no entry points for the core, so
+    # register its own plugins directly (what its pyproject.toml declares).
+    for module_name in BUILTIN_PLUGINS:
+        module = importlib.import_module(module_name)
+        if not pm.is_registered(module):
+            pm.register(module, name=f"sxai-source-tree:{module_name.rsplit('.', 1)[-1]}")
     return pm, failures
 
 
