@@ -37,6 +37,15 @@ def tiny_model() -> TraitModel:
 
 
 @pytest.fixture
+def one_thread():
+    """Many tiny ops: one thread avoids the sync cost that dominates on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

@@ -16,13 +16,7 @@ from sxai_plugins.registry import FeatureInverter, feature_inverters, get_featur
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # many tiny ops: one thread avoids the sync cost that dominates on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(dtype: torch.dtype = torch.float32) -> TraitModel:

@@ -32,12 +32,7 @@ SIZE = 32
 BACKBONE = "tiny_traits_cnn"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build_tiny(pretrained: bool = True, weights=None, class_names=None) -> TraitModel:
