@@ -21,6 +21,22 @@ def command(register: Callable[[argparse._SubParsersAction], None]):
     return register
 
 
+def positive_list(kind: type[int] | type[float]) -> Callable[[str], list]:
+    """An argparse ``type`` for "a,b,c": one or more positive numbers of ``kind``."""
+    noun = "integers" if kind is int else "numbers"
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from exc
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected one or more positive {noun}, got {text!r}")
+        return values
+
+    return parse
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", "-b", default=DEFAULT_BACKBONE,
                         help=f"backbone name (see `sxai backbones`; default {DEFAULT_BACKBONE})")

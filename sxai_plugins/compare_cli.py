@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import DEFAULT_BACKBONE
-from .cli import add_model_args, add_space_args, command, model_from_args
+from .cli import add_model_args, add_space_args, command, model_from_args, positive_list
 from .errors import SxaiError
 
 DEFAULT_CARD = Path(__file__).resolve().parent / "assets" / DEFAULT_BACKBONE / "head.json"
@@ -30,16 +30,6 @@ def _methods(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     return methods
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
 
 
 def _r(value: float | None) -> float | None:
@@ -260,7 +250,7 @@ def _adversarial(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout-card", help="a head card (head.json) whose held-out files to attack")
     p.add_argument("--data-root", help="the folder the card's held-out paths are relative to")
     p.add_argument("--n", type=int, default=200, help="images drawn (seeded) from the set (default 200; 0: all)")
-    p.add_argument("--eps", type=_floats, default=[0.05, 0.01, 0.005], help="L∞ radii (default 0.05,0.01,0.005)")
+    p.add_argument("--eps", type=positive_list(float), default=[0.05, 0.01, 0.005], help="L∞ radii (default 0.05,0.01,0.005)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     p.add_argument("--step-size-factor", type=float, default=2.5,
                    help="step size = factor·ε/steps (default 2.5)")

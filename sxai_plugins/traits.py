@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli import add_model_args, command, model_from_args
+from .cli import add_model_args, command, model_from_args, positive_list
 from .errors import ImageLoadError, SxaiError
 from .images import list_images, load_image, to_array
 from .io import atomic_write, write_json, write_safetensors
@@ -344,16 +344,6 @@ def class_images(data: str | Path, target_class: str) -> list[Path]:
     return paths
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one sample size")
-    return values
-
-
 @command
 def _traits(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -379,7 +369,7 @@ def _traits(sub: argparse._SubParsersAction) -> None:
                    help="feature inverter for the PCs: tv (paper), fourier, another plugin's, or none")
     p.add_argument("--inversion-steps", type=int, help="default: the inverter's own (tv 4000, fourier 512)")
     p.add_argument("--pcs", type=int, default=3, help="how many leading PCs to invert (default 3)")
-    p.add_argument("--stability", type=_int_list, metavar="N1,N2,...",
+    p.add_argument("--stability", type=positive_list(int), metavar="N1,N2,...",
                    help="also measure PC1's spread for these sample sizes (e.g. 50,100,300)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per size for --stability (paper: 3)")
     p.add_argument("--per-layer", action="store_true", help="row-centred PCA of every block's maps too")
