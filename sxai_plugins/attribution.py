@@ -42,7 +42,7 @@ from torch import nn
 
 from .model import TraitModel
 from .spaces import SemanticSpace
-from .superpixels import backgrounds, slic_segments
+from .superpixels import backgrounds, slic_many
 
 __all__ = [
     "METHODS",
@@ -87,7 +87,7 @@ class SpaceActivation(nn.Module):
 def superpixel_mask(inputs: torch.Tensor, n_segments: int = 40) -> torch.Tensor:
     """``B×1×H×W`` long SLIC labels of each image (a Captum ``feature_mask``, broadcast on RGB)."""
     arrays = inputs.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    masks = np.stack([slic_segments(a, n_segments) for a in arrays])
+    masks = np.stack(slic_many(arrays, n_segments))
     return torch.from_numpy(masks).long()[:, None].to(inputs.device)
 
 

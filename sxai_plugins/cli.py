@@ -43,6 +43,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="local backbone weights (.safetensors/.pth) instead of downloading")
     parser.add_argument("--head", help="a head file written by `sxai train-head`")
     parser.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
+    parser.add_argument("--device", default="cpu",
+                        help="where the model runs: cpu (default), cuda, cuda:1, … or auto (cuda when "
+                             "available, else cpu)")
 
 
 def add_space_args(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +57,29 @@ def add_space_args(parser: argparse.ArgumentParser) -> None:
                         help="use spaces built on other weights of the same architecture")
 
 
+def resolve_device(name: str = "auto"):
+    """``auto`` is cuda when a GPU is visible, else cpu; an unusable device is a clear error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SxaiError(f"--device {name!r} is not a device torch knows (try cpu, cuda or cuda:0)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SxaiError(f"--device {name}: this torch sees no CUDA GPU; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SxaiError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
 def model_from_args(args: argparse.Namespace):
     from . import create_model
 
-    return create_model(args.backbone, pretrained=not args.no_pretrained, weights=args.weights, head=args.head)
+    device = resolve_device(getattr(args, "device", "cpu"))  # before the slow part: fail fast
+    model = create_model(args.backbone, pretrained=not args.no_pretrained, weights=args.weights, head=args.head)
+    return model.to(device)
 
 
 # ---------------------------------------------------------------------------------------- backbones

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .errors import SxaiError
 from .model import TraitModel
-from .superpixels import FILLS, backgrounds, compose_indexed, fill_removed, slic_segments
+from .superpixels import FILLS, backgrounds, compose_indexed, fill_removed, slic_many
 
 
 class GeneticSearchError(SxaiError, ValueError):
@@ -73,6 +73,10 @@ class GAConfig:
     fast_population: int = 10  # fast mode: the seeded population is this small
     batch_size: int = 50  # genomes per forward pass
     channels_last: bool = True  # channels-last input: ~1.7× faster for Lite0 on CPU here
+    # two groups of images take turns, so one group's children are bred on the CPU while the
+    # device scores the other's; None = on for CUDA (where scoring is asynchronous). The
+    # answers are the same either way.
+    pipeline: bool | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -118,8 +122,27 @@ class GAResult:
     history: list[float] = field(default_factory=list)  # best fitness: start, then per generation
 
 
+class _Pending:
+    """Scores still being computed on the device; ``result()`` waits for them."""
+
+    def __init__(self, scores: torch.Tensor, event: torch.cuda.Event | None, keep: list) -> None:
+        self._scores = scores
+        self._event = event
+        self._keep = keep  # pinned inputs must outlive the copies that read them
+
+    def result(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        self._keep = []
+        return self._scores.numpy()
+
+
 class _Scorer:
-    """Rebuilds (image, genome) pairs and scores them in batched forward passes."""
+    """Rebuilds (image, genome) pairs and scores them in batched forward passes.
+
+    On a GPU, :meth:`submit` only queues the work (pinned, non-blocking copies; no value is read
+    back until :meth:`_Pending.result`), so the caller can build the next genomes meanwhile.
+    """
 
     def __init__(
         self,
@@ -139,28 +162,49 @@ class _Scorer:
         self.fills = None if config.fill == "black" else backgrounds(self.images, config.fill)
         self.targets = torch.as_tensor(list(targets), dtype=torch.long, device=device)
         self.device = device
+        self.asynchronous = device.type == "cuda"
 
-    def __call__(self, owners: np.ndarray, genomes: np.ndarray) -> np.ndarray:
-        """Target-class log-probability of each (owner image, genome) pair."""
-        scores: list[np.ndarray] = []
+    def _upload(self, array: np.ndarray, keep: list) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if not self.asynchronous:
+            return tensor.to(self.device)
+        pinned = tensor.pin_memory()
+        keep.append(pinned)
+        return pinned.to(self.device, non_blocking=True)
+
+    def submit(self, owners: np.ndarray, genomes: np.ndarray) -> _Pending:
+        """Queue the target-class log-probability of each (owner image, genome) pair."""
+        keep: list = []
+        scores: list[torch.Tensor] = []
         for start in range(0, len(owners), self.config.batch_size):
             part = slice(start, start + self.config.batch_size)
-            owner = torch.from_numpy(owners[part]).to(self.device)
+            owner = self._upload(np.ascontiguousarray(owners[part]), keep)
             batch = compose_indexed(
                 self.images,
                 self.segments,
                 self.fills,
                 owner,
-                torch.from_numpy(genomes[part]).to(self.device),
+                self._upload(np.ascontiguousarray(genomes[part]), keep),
+                validate=False,  # genomes are padded to the widest segmentation by construction
             )
             if not self.config.channels_last:
                 batch = batch.contiguous()
             # log-probabilities in float64 rank exactly like the paper's probabilities but stay
             # distinct where float32 softmax saturates at 1.0 and would make the GA blind
             log_p = self.model.logits(batch).double().log_softmax(dim=1)
-            picked = log_p[torch.arange(len(owner), device=self.device), self.targets[owner]]
-            scores.append(picked.cpu().numpy())
-        return np.concatenate(scores) if scores else np.zeros(0)
+            scores.append(log_p[torch.arange(len(owner), device=self.device), self.targets[owner]])
+        joined = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)
+        if not self.asynchronous:
+            return _Pending(joined.cpu(), None, keep)
+        host = torch.empty(joined.shape, dtype=joined.dtype, pin_memory=True)
+        host.copy_(joined, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return _Pending(host, event, keep)
+
+    def __call__(self, owners: np.ndarray, genomes: np.ndarray) -> np.ndarray:
+        """Target-class log-probability of each (owner image, genome) pair."""
+        return self.submit(owners, genomes).result()
 
 
 class _Search:
@@ -277,21 +321,40 @@ class _Search:
         return padded
 
 
+class _Round:
+    """One round of scoring: every unseen proposed genome of each image, in shared batches.
+
+    Submitting queues the work; :meth:`finish` records the scores in the images' caches.
+    """
+
+    def __init__(
+        self, searches: Sequence[_Search], proposals: dict[int, np.ndarray], scorer: _Scorer
+    ) -> None:
+        self.by_index = {s.index: s for s in searches}
+        self.fresh = {s.index: s.unseen(proposals[s.index]) for s in searches if s.index in proposals}
+        owners = np.array([i for i, genomes in self.fresh.items() for _ in genomes], dtype=np.int64)
+        self.pending = None
+        if len(owners):
+            padded = np.array(
+                [self.by_index[i].pad(g) for i, genomes in self.fresh.items() for g in genomes]
+            )
+            self.pending = scorer.submit(owners, padded)
+
+    def finish(self) -> None:
+        if self.pending is None:
+            return
+        scores = self.pending.result()
+        start = 0
+        for i, genomes in self.fresh.items():
+            self.by_index[i].record(genomes, scores[start : start + len(genomes)])
+            start += len(genomes)
+
+
 def _score_round(
     searches: Sequence[_Search], proposals: dict[int, np.ndarray], scorer: _Scorer
 ) -> None:
     """Score every unseen proposed genome of every image in shared batched passes."""
-    fresh = {s.index: s.unseen(proposals[s.index]) for s in searches if s.index in proposals}
-    owners = np.array([i for i, genomes in fresh.items() for _ in genomes], dtype=np.int64)
-    if len(owners) == 0:
-        return
-    by_index = {s.index: s for s in searches}
-    padded = np.array([by_index[i].pad(g) for i, genomes in fresh.items() for g in genomes])
-    scores = scorer(owners, padded)
-    start = 0
-    for i, genomes in fresh.items():
-        by_index[i].record(genomes, scores[start : start + len(genomes)])
-        start += len(genomes)
+    _Round(searches, proposals, scorer).finish()
 
 
 def _check_inputs(
@@ -341,6 +404,7 @@ def search_best_superpixels(
     seed: int = 0,
     progress: bool = True,
     segments: Sequence[np.ndarray] | None = None,
+    first_index: int = 0,
 ) -> list[GAResult]:
     """For each image, the superpixel subset that maximises the target class's probability.
 
@@ -353,6 +417,9 @@ def search_best_superpixels(
         progress: show a progress bar over generations.
         segments: optional precomputed consecutive labels per image (default: SLIC with the
             config's ``n_segments``, ``compactness`` and ``sigma``).
+        first_index: image ``n`` draws from child ``first_index + n`` of ``SeedSequence(seed)``,
+            so a call on ``images[k:]`` with ``first_index=k`` gives exactly what those images
+            get in one call on all of ``images`` (used to reuse searches already done).
 
     Returns:
         one :class:`GAResult` per image, in order.
@@ -362,13 +429,15 @@ def search_best_superpixels(
     if not images:
         return []
     if segments is None:
-        segments = [
-            slic_segments(im, config.n_segments, config.compactness, config.sigma) for im in images
-        ]
+        segments = slic_many(images, config.n_segments, config.compactness, config.sigma)
     segments = [np.asarray(s, dtype=np.int32) for s in segments]
     genes = max(int(s.max()) + 1 for s in segments)
+    if first_index < 0:
+        raise GeneticSearchError(f"first_index must be 0 or more, got {first_index}")
+    # the same SeedSequences as SeedSequence(seed).spawn(first_index + len(images))[first_index:]
     generators = [
-        np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(len(images))
+        np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(first_index + n,)))
+        for n in range(len(images))
     ]
     searches = [_Search(n, segments[n], genes, generators[n], config) for n in range(len(images))]
     was_training = model.training
@@ -392,22 +461,46 @@ def _run(searches: list[_Search], scorer: _Scorer, config: GAConfig, progress: b
     _score_round(searches, start, scorer)
     for s in searches:
         s.adopt(start[s.index])
+    # Pipelined (config.pipeline), the images are split into two groups, so that the CPU breeds
+    # one group's children while the GPU scores the other's. Each image's own sequence of draws
+    # and scores is the same as with one group, so the answers are too.
+    pipeline = scorer.asynchronous if config.pipeline is None else config.pipeline
+    groups = [searches[: len(searches) // 2], searches[len(searches) // 2 :]]
+    if not pipeline or len(searches) < 2:
+        groups = [searches]
+    in_flight: list[tuple[_Round, dict[int, np.ndarray]] | None] = [None] * len(groups)
+
+    def breed(group: list[_Search]) -> tuple[_Round, dict[int, np.ndarray]] | None:
+        active = [s for s in group if s.active]
+        if not active:
+            return None
+        kids = {s.index: s.children() for s in active}
+        return _Round(active, kids, scorer), kids
+
+    def settle(flight: tuple[_Round, dict[int, np.ndarray]] | None) -> None:
+        if flight is None:
+            return
+        scoring, kids = flight
+        scoring.finish()
+        for index, children in kids.items():
+            s = scoring.by_index[index]
+            s.adopt(np.vstack([s.population[: config.size // 2], children]))
+
     with tqdm(
         total=config.generations, desc="genetic search", unit="gen", disable=not progress
     ) as bar:
-        for _ in range(config.generations):
-            active = [s for s in searches if s.active]
-            if not active:
+        for generation in range(config.generations + 1):
+            for g, group in enumerate(groups):
+                settle(in_flight[g])  # generation - 1's children of this group
+                in_flight[g] = breed(group) if generation < config.generations else None
+            if generation:
+                bar.update(1)
+                bar.set_postfix(
+                    best=f"{np.median([s.history[-1] for s in searches]):.4f}",
+                    evals=sum(s.n_evaluations for s in searches),
+                )
+            if all(flight is None for flight in in_flight):
                 break
-            kids = {s.index: s.children() for s in active}
-            _score_round(active, kids, scorer)
-            for s in active:
-                s.adopt(np.vstack([s.population[: config.size // 2], kids[s.index]]))
-            bar.update(1)
-            bar.set_postfix(
-                best=f"{np.median([s.history[-1] for s in searches]):.4f}",
-                evals=sum(s.n_evaluations for s in searches),
-            )
 
 
 def _result(search: _Search, image: np.ndarray, config: GAConfig) -> GAResult:

@@ -13,6 +13,9 @@ Fill modes for removed superpixels:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -68,6 +71,23 @@ def slic_segments(
     # np.unique's inverse maps whatever labels slic used onto 0..S-1 in sorted order
     _, consecutive = np.unique(labels, return_inverse=True)
     return consecutive.reshape(labels.shape).astype(np.int32)
+
+
+def slic_many(
+    images: Sequence[np.ndarray],
+    n_segments: int = 40,
+    compactness: float = 10.0,
+    sigma: float = 1.0,
+    workers: int | None = None,
+) -> list[np.ndarray]:
+    """:func:`slic_segments` of each image, on ``workers`` threads (default: one per CPU core, at
+    most 16). scikit-image's SLIC releases the GIL for most of its work, so threads scale;
+    the labels are the same as one at a time."""
+    workers = min(16, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    if workers == 1 or len(images) < 2:
+        return [slic_segments(im, n_segments, compactness, sigma) for im in images]
+    with ThreadPoolExecutor(min(workers, len(images))) as pool:
+        return list(pool.map(lambda im: slic_segments(im, n_segments, compactness, sigma), images))
 
 
 def n_superpixels(segments: np.ndarray) -> int:
@@ -130,6 +150,9 @@ def compose_indexed(
     fills: torch.Tensor | None,
     owners: torch.Tensor,
     genomes: torch.Tensor,
+    *,
+    vectorised: bool | None = None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Rebuild ``N`` genomes, each of its own image: ``N×3×H×W`` in channels-last memory.
 
@@ -139,12 +162,17 @@ def compose_indexed(
         fills: ``B×3×H×W`` backgrounds (see :func:`backgrounds`), or None for black.
         owners: ``N`` image indices, one per genome.
         genomes: ``N×S`` bool, ``S`` at least the largest label + 1 (pad with False).
+        vectorised: one gather over all ``N`` rows (default on a GPU: no host round trip, so
+            the work queues behind earlier work) instead of one step per image (default on the
+            CPU, where it stays in cache). Both give bit-identical images.
+        validate: check the labels against the genome width (reads a value back from the
+            device); a caller that checked once may skip it.
     """
     batch, channels, height, width = images.shape
     if genomes.ndim != 2 or owners.shape != genomes.shape[:1]:
         raise ValueError(f"genomes must be N×S with N owners, got {tuple(genomes.shape)}")
     labels = segments.reshape(batch, height * width).long()
-    if labels.numel() and int(labels.max()) >= genomes.shape[1]:
+    if validate and labels.numel() and int(labels.max()) >= genomes.shape[1]:
         raise ValueError(
             f"segments use label {int(labels.max())} but genomes have only {genomes.shape[1]} genes"
         )
@@ -154,6 +182,16 @@ def compose_indexed(
     # 0/1 floats: index_select on floats is the fastest gather, and x·1 + fill·0 is exactly x,
     # so kept pixels stay bit-identical
     genes = genomes.to(images.dtype)
+    if vectorised is None:
+        vectorised = images.device.type != "cpu"
+    if vectorised:
+        index = owners.long()
+        kept = genes.gather(1, labels.index_select(0, index)).view(-1, height, width, 1)
+        chosen = pixels.index_select(0, index)
+        if backdrop is None:
+            return torch.mul(kept, chosen).permute(0, 3, 1, 2)
+        removed = torch.mul(1.0 - kept, backdrop.index_select(0, index))
+        return torch.addcmul(removed, kept, chosen).permute(0, 3, 1, 2)
     out = torch.empty(
         (len(owners), height, width, channels), dtype=images.dtype, device=images.device
     )

@@ -145,8 +145,13 @@ def _process(
     seed: int,
     progress: bool,
     batch_size: int,
+    first_index: int = 0,
 ) -> _Processed:
-    """Genetic search (optional), then traits and target probabilities of the resulting images."""
+    """Genetic search (optional), then traits and target probabilities of the resulting images.
+
+    ``first_index``: these images sit at that position of a longer call (see
+    ``search_best_superpixels``), so their searches match the ones that call would run.
+    """
     height, width = images[0].shape[:2]
     if use_ga:
         try:
@@ -155,7 +160,8 @@ def _process(
             raise SxaiError("the genetic search (sxai_plugins.genetic) is not available; "
                             "skip it with use_ga=False / --no-ga") from exc
         results = search_best_superpixels(model, images, [int(target)] * len(images),
-                                          config=ga_config or GAConfig(), seed=seed, progress=progress)
+                                          config=ga_config or GAConfig(), seed=seed, progress=progress,
+                                          first_index=first_index)
         searched = np.stack([r.image for r in results]).astype(np.float32)
         masks = np.stack([r.kept_mask for r in results]).astype(bool)
     else:
@@ -238,11 +244,15 @@ def stability(
     use_ga: bool = True,
     progress: bool = True,
     batch_size: int = 32,
+    known: CommonTraits | None = None,
 ) -> Stability:
     """Spread of PC1 over ``repeats`` random samples for each size in ``sizes`` (paper: Ne = 3).
 
     Repeat ``r`` draws its images with seed ``seed + r``; the genetic search runs once over every
     image any repeat needs (seeded by ``seed``), so repeats sharing an image share its result.
+    ``known``: the result of :func:`common_traits` with the same model, seed, search settings and
+    class; repeat 0 starts with its sample, so those images' traits are taken from it instead of
+    being searched again (the answers are the same either way).
     """
     paths = _check_paths(paths)
     sizes = sorted({int(s) for s in sizes})
@@ -256,15 +266,23 @@ def stability(
     loader = _Loader((model.input_size[1], model.input_size[2]))
     per_repeat = [loader.take(_permutation(paths, seed + r), sizes[-1]) for r in range(repeats)]
     union = list(dict.fromkeys(p for rep in per_repeat for p in rep))
-    done = _process(model, [loader.images[p] for p in union], target, use_ga, ga_config, seed,
-                    progress, batch_size)
+    reused = 0
+    if known is not None and known.target_class == target_class:
+        while reused < min(len(union), len(known.paths)) and union[reused] == known.paths[reused]:
+            reused += 1
+    if reused < len(union):
+        done = _process(model, [loader.images[p] for p in union[reused:]], target, use_ga, ga_config,
+                        seed, progress, batch_size, first_index=reused)
+        traits = torch.cat([known.traits[:reused], done.traits]) if reused else done.traits
+    else:
+        traits = known.traits[:reused]
     row = {p: i for i, p in enumerate(union)}
     spreads, pcs, samples = {}, {}, {}
     for size in sizes:
         chosen = [rep[:size] for rep in per_repeat]
         if min(len(c) for c in chosen) < size:
             raise SxaiError(f"not enough readable images for a sample of {size}")
-        pcs[size] = np.stack([first_pc(done.traits[[row[p] for p in c]]) for c in chosen])
+        pcs[size] = np.stack([first_pc(traits[[row[p] for p in c]]) for c in chosen])
         spreads[size] = spread(pcs[size])
         samples[size] = chosen
     return Stability(sizes, repeats, spreads, pcs, samples, sorted(loader.failures.items()))
@@ -374,7 +392,10 @@ def _traits(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="repeats per size for --stability (paper: 3)")
     p.add_argument("--per-layer", action="store_true", help="row-centred PCA of every block's maps too")
     p.add_argument("--layer-mode", choices=("blocks", "conv"), default="blocks")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass when taking traits")
+    p.add_argument("--ga-batch-size", type=int, default=50,
+                   help="genomes per forward pass in the genetic search (default 50; a GPU wants 500 or "
+                        "more); changes speed, not the search's answers")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout at the end")
     p.set_defaults(handler=_run_traits)
 
@@ -396,7 +417,7 @@ def _run_traits(args: argparse.Namespace) -> int:
     if not args.no_ga:
         from .genetic import GAConfig
 
-        ga_config = GAConfig(mode=args.ga_mode)
+        ga_config = GAConfig(mode=args.ga_mode, batch_size=args.ga_batch_size)
     progress = not args.json
 
     found = common_traits(model, paths, args.target_class, n=args.n, seed=args.seed, ga_config=ga_config,
@@ -497,7 +518,7 @@ def _write_results(tmp: Path, out: Path, args: argparse.Namespace, model: TraitM
     if args.stability:
         result = stability(model, candidates, args.target_class, sizes=args.stability, repeats=args.repeats,
                            seed=args.seed, ga_config=ga_config, use_ga=ga_config is not None,
-                           progress=progress, batch_size=args.batch_size)
+                           progress=progress, batch_size=args.batch_size, known=found)
         write_json(tmp / "stability.json", result.to_dict())
         plot_stability(result, tmp / "stability.png", title=f"{args.target_class} ({model.name})")
         files += ["stability.json", "stability.png"]

@@ -14,6 +14,7 @@ from sxai_plugins.superpixels import (
     compose_indexed,
     fill_removed,
     n_superpixels,
+    slic_many,
     slic_segments,
 )
 
@@ -40,6 +41,16 @@ def test_slic_labels_are_consecutive_int32_from_zero():
 def test_slic_is_deterministic():
     image = smooth_image(1)
     np.testing.assert_array_equal(slic_segments(image), slic_segments(image))
+
+
+def test_slic_many_on_threads_matches_one_at_a_time():
+    images = [smooth_image(seed) for seed in range(6)]
+    one_by_one = [slic_segments(im, 12) for im in images]
+    for workers in (1, 3):
+        for got, expected in zip(slic_many(images, 12, workers=workers), one_by_one, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="divide 8-bit"):  # a worker's error reaches the caller
+        slic_many([images[0], images[1] * 255], workers=2)
 
 
 def test_slic_rejects_8bit_values():
@@ -104,16 +115,32 @@ def test_compose_rejects_short_genomes():
         compose(batch, torch.from_numpy(segments[None]).long(), short)
 
 
-def test_compose_indexed_with_scattered_owners_matches_fill_removed():
+@pytest.mark.parametrize("fill", ["mean", "black"])
+@pytest.mark.parametrize("vectorised", [False, True])
+def test_compose_indexed_with_scattered_owners_matches_fill_removed(fill, vectorised):
     images = [smooth_image(20), smooth_image(21), smooth_image(22)]
     segments = [slic_segments(im, n_segments=12) for im in images]
     genes = max(n_superpixels(s) for s in segments)
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
     owners = torch.tensor([2, 0, 1, 0, 2, 2, 1])
     genomes = torch.from_numpy(np.random.default_rng(1).random((7, genes)) < 0.5)
+    fills = None if fill == "black" else backgrounds(batch, fill)
     composed = compose_indexed(
-        batch, torch.from_numpy(np.stack(segments)), backgrounds(batch, "mean"), owners, genomes
+        batch, torch.from_numpy(np.stack(segments)), fills, owners, genomes, vectorised=vectorised
     )
+    assert composed.shape == (7, 3, *images[0].shape[:2])
     for row, owner in enumerate(owners.tolist()):
-        expected = fill_removed(images[owner], segments[owner], genomes[row].numpy(), "mean")
+        expected = fill_removed(images[owner], segments[owner], genomes[row].numpy(), fill)
         np.testing.assert_array_equal(composed[row].permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compose_indexed_on_cuda_matches_the_cpu_exactly():
+    images = [smooth_image(30), smooth_image(31)]
+    segments = torch.from_numpy(np.stack([slic_segments(im, n_segments=12) for im in images]))
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    owners = torch.tensor([1, 0, 1, 1, 0])
+    genomes = torch.from_numpy(np.random.default_rng(2).random((5, int(segments.max()) + 1)) < 0.5)
+    on_cpu = compose_indexed(batch, segments, None, owners, genomes, vectorised=False)
+    on_gpu = compose_indexed(batch.cuda(), segments.cuda(), None, owners.cuda(), genomes.cuda())
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=0)

@@ -73,6 +73,23 @@ def test_cli_errors_are_one_line(capsys) -> None:
     assert "unknown backbone 'nope_net'" in capsys.readouterr().err
 
 
+def test_device_choice_and_its_errors(capsys) -> None:
+    from sxai_plugins.cli import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(sx.SxaiError, match="not a device torch knows"):
+        resolve_device("gpu0")
+    assert main(["predict", "x.jpg", "--backbone", "resnet18", "--no-pretrained", "--device", "gpu0"]) == 2
+    assert "--device 'gpu0'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(sx.SxaiError, match="no CUDA GPU; use --device cpu"):
+            resolve_device("cuda")
+    else:
+        with pytest.raises(sx.SxaiError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
 @pytest.mark.parametrize("command", ["backbones", "predict", "train-head"])
 def test_every_command_has_help(command, capsys) -> None:
     with pytest.raises(SystemExit) as info:

@@ -163,6 +163,21 @@ def test_stability_spreads_match_an_independent_computation(data):
     assert [p.name for p, _ in result.failures] == ["cat.99.jpg"]
 
 
+def test_stability_reuses_the_common_traits_search(data):
+    model = build_tiny()
+    config = GAConfig(n_segments=6, population=6, generations=2)
+    found = common_traits(model, cats(data), "cat", n=5, seed=2, ga_config=config, progress=False)
+    fresh = stability(model, cats(data), "cat", sizes=(3, 5), repeats=2, seed=2, ga_config=config,
+                      progress=False)
+    reused = stability(model, cats(data), "cat", sizes=(3, 5), repeats=2, seed=2, ga_config=config,
+                       progress=False, known=found)
+    assert reused.samples == fresh.samples
+    assert reused.samples[5][0] == found.paths  # repeat 0 starts with the known sample: reused
+    for size in (3, 5):
+        np.testing.assert_allclose(reused.pc1[size], fresh.pc1[size], rtol=1e-5, atol=1e-6)
+        assert reused.spreads[size] == pytest.approx(fresh.spreads[size], rel=1e-5)
+
+
 def test_stability_rejects_bad_settings(data):
     model = build_tiny()
     with pytest.raises(SxaiError, match="repeats"):
