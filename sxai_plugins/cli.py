@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+import torch
+
 from . import DEFAULT_BACKBONE
 from .errors import SxaiError
 
@@ -57,10 +59,8 @@ def add_space_args(parser: argparse.ArgumentParser) -> None:
                         help="use spaces built on other weights of the same architecture")
 
 
-def resolve_device(name: str = "auto"):
+def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` is cuda when a GPU is visible, else cpu; an unusable device is a clear error."""
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
