@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from sxai_plugins import BackboneSpec, get_plugin_manager, hookimpl, register_plugin
 from sxai_plugins.model import TraitModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +65,29 @@ def default_model():
     import sxai_plugins
 
     return sxai_plugins.create_model()
+
+
+@contextmanager
+def _backbone_available(name: str, build: Callable[..., TraitModel], description: str) -> Iterator[str]:
+    plugin_name = f"test-backbone-{name}"
+
+    class Plugin:
+        @hookimpl
+        def sxai_backbones(self) -> list[BackboneSpec]:
+            return [BackboneSpec(name, build, description)]
+
+    manager = get_plugin_manager()
+    if manager.get_plugin(plugin_name) is None:
+        register_plugin(Plugin(), name=plugin_name)
+    try:
+        yield name
+    finally:
+        if manager.get_plugin(plugin_name) is not None:
+            manager.unregister(name=plugin_name)
+
+
+@pytest.fixture(scope="session")
+def backbone_plugin():
+    """``with backbone_plugin(name, build, description):`` makes ``name`` a backbone that
+    ``sxai`` commands can build, through a real registered plugin, until the block ends."""
+    return _backbone_available

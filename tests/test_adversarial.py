@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sxai_plugins import BackboneSpec, get_plugin_manager, hookimpl, register_plugin
 from sxai_plugins.adversarial import (
     PAPER_RULE,
     DetectionRule,
@@ -194,19 +193,10 @@ def test_heldout_files_from_a_card(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- CLI
-class SmallBackbonePlugin:
-    @hookimpl
-    def sxai_backbones(self) -> list[BackboneSpec]:
-        return [BackboneSpec(BACKBONE, small_model, "a tiny CNN for adversarial tests")]
-
-
 @pytest.fixture
-def backbone():
-    name = "test-adv-backbone"
-    if get_plugin_manager().get_plugin(name) is None:
-        register_plugin(SmallBackbonePlugin(), name=name)
-    yield BACKBONE
-    get_plugin_manager().unregister(name=name)
+def backbone(backbone_plugin):
+    with backbone_plugin(BACKBONE, small_model, "a tiny CNN for adversarial tests"):
+        yield BACKBONE
 
 
 def test_cli_help(capsys):

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sxai_plugins import BackboneSpec, get_plugin_manager, hookimpl, register_plugin
 from sxai_plugins.attribution import (
     METHODS,
     ClassAttribution,
@@ -250,19 +249,10 @@ def test_compare_scores_the_semantic_attribution_inside_the_concept(model, tmp_p
 
 
 # ----------------------------------------------------------------------------------------- CLI
-class PatchBackbonePlugin:
-    @hookimpl
-    def sxai_backbones(self) -> list[BackboneSpec]:
-        return [BackboneSpec(BACKBONE, patch_model, "patch-brightness traits for tests")]
-
-
 @pytest.fixture
-def backbone():
-    name = "test-patch-backbone"
-    if get_plugin_manager().get_plugin(name) is None:
-        register_plugin(PatchBackbonePlugin(), name=name)
-    yield BACKBONE
-    get_plugin_manager().unregister(name=name)
+def backbone(backbone_plugin):
+    with backbone_plugin(BACKBONE, patch_model, "patch-brightness traits for tests"):
+        yield BACKBONE
 
 
 def test_cli_help_names_the_methods(capsys):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sxai_plugins import BackboneSpec, TraitModel, get_plugin_manager, hookimpl, register_plugin
+from sxai_plugins import TraitModel, get_plugin_manager, register_plugin
 from sxai_plugins.cli import main
 from sxai_plugins.spaces import SemanticSpace
 from sxai_plugins.trust import default_spaces_dir
@@ -30,20 +30,10 @@ def build_tiny(pretrained: bool = True, weights=None, class_names=None) -> Trait
     return TraitModel(body, TRAITS, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, 32, 32))
 
 
-class TinyBackbonePlugin:
-    @hookimpl
-    def sxai_backbones(self) -> list[BackboneSpec]:
-        return [BackboneSpec(BACKBONE, build_tiny, "a two-layer CNN for tests")]
-
-
 @pytest.fixture(scope="module")
-def backbone():
-    name = "test-tiny-backbone"
-    if get_plugin_manager().get_plugin(name) is None:
-        register_plugin(TinyBackbonePlugin(), name=name)
-    yield BACKBONE
-    if get_plugin_manager().get_plugin(name) is not None:
-        get_plugin_manager().unregister(name=name)
+def backbone(backbone_plugin):
+    with backbone_plugin(BACKBONE, build_tiny, "a two-layer CNN for tests"):
+        yield BACKBONE
 
 
 def varied_images(n: int, seed: int) -> torch.Tensor:

@@ -17,15 +17,11 @@ from PIL import Image
 from torch import nn
 
 from sxai_plugins import (
-    BackboneSpec,
     PluginNotFoundError,
     SpaceError,
     SxaiError,
     TraitModel,
     get_explanation_template,
-    get_plugin_manager,
-    hookimpl,
-    register_plugin,
 )
 from sxai_plugins.cli import main
 from sxai_plugins.examples import example_images
@@ -51,20 +47,10 @@ def build_tiny(pretrained: bool = True, weights=None, class_names=None, seed: in
                       input_size=(3, 32, 32)).eval()
 
 
-class TinyBackbonePlugin:
-    @hookimpl
-    def sxai_backbones(self) -> list[BackboneSpec]:
-        return [BackboneSpec(BACKBONE, build_tiny, "a two-layer CNN for the report tests")]
-
-
 @pytest.fixture(scope="module")
-def backbone():
-    name = "test-report-backbone"
-    if get_plugin_manager().get_plugin(name) is None:
-        register_plugin(TinyBackbonePlugin(), name=name)
-    yield BACKBONE
-    if get_plugin_manager().get_plugin(name) is not None:
-        get_plugin_manager().unregister(name=name)
+def backbone(backbone_plugin):
+    with backbone_plugin(BACKBONE, build_tiny, "a two-layer CNN for the report tests"):
+        yield BACKBONE
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from torch import nn
 
-from sxai_plugins import (
-    BackboneSpec,
-    SxaiError,
-    TraitModel,
-    get_plugin_manager,
-    hookimpl,
-    register_plugin,
-)
+from sxai_plugins import SxaiError, TraitModel
 from sxai_plugins.cli import main
 from sxai_plugins.errors import ImageLoadError
 from sxai_plugins.genetic import GAConfig
@@ -42,20 +35,10 @@ def build_tiny(pretrained: bool = True, weights=None, class_names=None) -> Trait
     return TraitModel(body, 16, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, SIZE, SIZE)).eval()
 
 
-class TinyBackbone:
-    @hookimpl
-    def sxai_backbones(self) -> list[BackboneSpec]:
-        return [BackboneSpec(BACKBONE, build_tiny, "a two-conv CNN for the traits tests")]
-
-
 @pytest.fixture(scope="module")
-def backbone():
-    name = "test-traits-tiny-backbone"
-    if get_plugin_manager().get_plugin(name) is None:
-        register_plugin(TinyBackbone(), name=name)
-    yield BACKBONE
-    if get_plugin_manager().get_plugin(name) is not None:
-        get_plugin_manager().unregister(name=name)
+def backbone(backbone_plugin):
+    with backbone_plugin(BACKBONE, build_tiny, "a two-conv CNN for the traits tests"):
+        yield BACKBONE
 
 
 @pytest.fixture(scope="module")
