@@ -1,6 +1,7 @@
 """Cost of semantic probabilities on top of prediction: images/s of prediction alone versus
-prediction plus P_s for 8 and for 100 spaces, measured side by side in one run (interleaved
-repeats, best of each) on the default backbone. Target: 100 spaces cost under 5% over prediction.
+prediction plus P_s for 8 and for 100 spaces of both formats (v1: 5 SSNs and a reference normal;
+v2: a calibrated probe over every channel), measured side by side in one run (interleaved repeats,
+best of each) on the default backbone. Target: 100 spaces cost under 5% over prediction.
 
     python benchmarks/bench_spaces.py [--batch 32] [--repeats 5] [--json]
 """
@@ -15,17 +16,23 @@ import numpy as np
 import torch
 
 import sxai_plugins as sx
-from sxai_plugins.spaces import Reference, SemanticSpace, SpaceSet
+from sxai_plugins.spaces import ProbeHead, Reference, SemanticSpace, SpaceSet
 
 
-def synthetic_spaces(model, count: int, seed: int = 0) -> SpaceSet:
+def synthetic_spaces(model, count: int, version: int = 1, seed: int = 0) -> SpaceSet:
+    """``count`` spaces of format ``version`` with random weights (the cost does not depend on them)."""
     rng = np.random.default_rng(seed)
     spaces = []
     for i in range(count):
+        probe = None
+        if version == 2:
+            probe = ProbeHead(torch.as_tensor(rng.normal(size=model.trait_dim), dtype=torch.float32),
+                              0.1, 1.0, 0.0, torch.ones(model.trait_dim))
         space = SemanticSpace(f"c{i % 2}", f"concept{i}", model.name, model.fingerprint(), model.trait_dim,
                               torch.as_tensor(rng.choice(model.trait_dim, 5, replace=False)),
-                              torch.as_tensor(rng.normal(size=5)))
-        space.reference = Reference(0.0, 1.0, -3.0, 3.0, 100, 0.99)
+                              torch.as_tensor(rng.normal(size=5)), probe=probe)
+        if version == 1:
+            space.reference = Reference(0.0, 1.0, -3.0, 3.0, 100, 0.99)
         spaces.append(space)
     return SpaceSet(spaces)
 
@@ -51,7 +58,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = sx.create_model()
     images = torch.rand(args.batch, 3, *model.input_size[1:])
-    sets = {"prediction": None, "+8 spaces": synthetic_spaces(model, 8), "+100 spaces": synthetic_spaces(model, 100)}
+    sets = {"prediction": None, "+8 v1 spaces": synthetic_spaces(model, 8, 1),
+            "+100 v1 spaces": synthetic_spaces(model, 100, 1), "+8 v2 spaces": synthetic_spaces(model, 8, 2),
+            "+100 v2 spaces": synthetic_spaces(model, 100, 2)}
     run(model, images, None)  # warm-up
     best = {name: float("inf") for name in sets}
     for _ in range(args.repeats):
@@ -64,24 +73,29 @@ def main() -> None:
         "overhead_vs_prediction": {k: v / base - 1 for k, v in best.items() if k != "prediction"},
         "target_overhead_100_spaces": 0.05,
     }
-    # the scoring itself, timed alone: what the forward pass's noise can hide
+    # the scoring itself, timed alone: what the forward pass's noise can hide; and the same cost as
+    # a share of a forward pass, robust where end-to-end timings are noisy
     traits = torch.rand(args.batch, model.trait_dim)
-    start = time.perf_counter()
-    for _ in range(100):
-        sets["+100 spaces"].probabilities(traits)
-    result["scoring_100_spaces_ms_per_batch"] = (time.perf_counter() - start) * 10
-    # the same cost as a share of a forward pass: robust where end-to-end timings are noisy
-    result["scoring_100_spaces_share_of_prediction"] = result["scoring_100_spaces_ms_per_batch"] / 1000 / base
+    for version in (1, 2):
+        scorer = sets[f"+100 v{version} spaces"]
+        start = time.perf_counter()
+        for _ in range(100):
+            scorer.probabilities(traits)
+        ms = (time.perf_counter() - start) * 10
+        result[f"scoring_100_v{version}_spaces_ms_per_batch"] = ms
+        result[f"scoring_100_v{version}_spaces_share_of_prediction"] = ms / 1000 / base
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(json.dumps(result, indent=2))
-    print(f"\n{'run':<14}{'images/s':>10}{'overhead':>10}")
+    print(f"\n{'run':<16}{'images/s':>10}{'overhead':>10}")
     for name in sets:
         overhead = "" if name == "prediction" else f"{result['overhead_vs_prediction'][name]:+.2%}"
-        print(f"{name:<14}{result['images_per_second'][name]:>10.1f}{overhead:>10}")
-    print(f"scoring 100 spaces alone: {result['scoring_100_spaces_ms_per_batch']:.3f} ms per batch of {args.batch} "
-          f"= {result['scoring_100_spaces_share_of_prediction']:.4%} of the batch's prediction time")
+        print(f"{name:<16}{result['images_per_second'][name]:>10.1f}{overhead:>10}")
+    for version in (1, 2):
+        print(f"scoring 100 v{version} spaces alone: {result[f'scoring_100_v{version}_spaces_ms_per_batch']:.3f} ms "
+              f"per batch of {args.batch} = {result[f'scoring_100_v{version}_spaces_share_of_prediction']:.4%} "
+              "of the batch's prediction time")
 
 
 if __name__ == "__main__":

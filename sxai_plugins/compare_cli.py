@@ -167,7 +167,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     probs = out.logits.softmax(1)[0].cpu()
     predicted = model.class_names[int(probs.argmax())]
     activation = float(space.activation(out.traits.cpu())[0])
-    probability = float(space.probability(out.traits.cpu())[0]) if space.reference else None
+    probability = float(space.probability(out.traits.cpu())[0]) if space.reference or space.probe else None
     panels = comparison_panels(model, space, image, args.methods, args.semantic_methods, options)
     figure = Path(args.out or Path("sxai-out") / f"{Path(args.image).stem}.compare.png")
     comparison_figure(image, panels, figure,

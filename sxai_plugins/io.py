@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -32,8 +37,23 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has no NaN) and NumPy scalars as Python's."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    """Valid JSON, atomically: non-finite floats are written as null."""
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
@@ -41,3 +61,26 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] 
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+@contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """``with atomic_folder(out) as tmp:`` write into ``tmp``; when the block succeeds, ``tmp``
+    replaces ``out`` whole (files of an earlier run never survive beside the new ones), and an old
+    ``out`` is removed only after the new one is in place. When the block fails, ``out`` is as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the usual permissions
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

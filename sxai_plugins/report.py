@@ -238,8 +238,14 @@ def _space_section(index: int, space: SemanticSpace, figures: dict[str, Any], pl
     ssn_rows = []
     for channel, delta in zip(space.indices.tolist(), space.delta.tolist()):
         others = [k for k in owners.get(channel, []) if k != key]
-        ssn_rows.append([_n(channel), _n(delta, 4), _n(delta / space.n_ssn, 4), _e(", ".join(others))])
-    parts.append(_table(["channel", "Δ", "weight Δ/N_SSN", "also an SSN of"], ssn_rows))
+        weight = delta if space.probe is not None else delta / space.n_ssn
+        ssn_rows.append([_n(channel), _n(delta, 4), _n(weight, 4), _e(", ".join(others))])
+    if space.probe is not None:
+        parts.append("<p>The space is a calibrated concept probe over all channels; these are the "
+                     "channels of largest weight on standardised traits.</p>")
+        parts.append(_table(["channel", "standardised weight", "weight", "also an SSN of"], ssn_rows))
+    else:
+        parts.append(_table(["channel", "Δ", "weight Δ/N_SSN", "also an SSN of"], ssn_rows))
     parts.append("<h3>Evaluation</h3>")
     rows = [[_e(label), _n(figures[k])] for k, label in EVALUATION_LABELS.items() if k in figures]
     rows += [[_e(k), _n(v)] for k, v in figures.items()

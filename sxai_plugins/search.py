@@ -357,7 +357,8 @@ def spaces_digest(spaces: SpaceSet) -> str:
     for space in spaces:
         digest.update(space.key.encode())
         digest.update(space.weight_vector().numpy().tobytes())
-        digest.update(json.dumps(space.reference.__dict__, sort_keys=True).encode())
+        link = space.probe.metadata() if space.probe is not None else space.reference.__dict__
+        digest.update(json.dumps(link, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 

@@ -68,7 +68,12 @@ def extreme_sheets(
 
 
 def inversion_target(space: SemanticSpace) -> torch.Tensor:
-    """Zero except the SSNs, in their proportions, the largest scaled to 30 (the paper's target)."""
+    """The traits that show the space most. v1: zero except the SSNs, in their proportions, the
+    largest scaled to 30 (the paper's target). v2: the probe direction on standardised traits, its
+    positive part (GAP traits cannot go below zero; negative weights mean "absent"), scaled alike."""
+    if space.probe is not None:
+        direction = space.probe.standardised().clamp(min=0)
+        return direction / direction.max().clamp(min=1e-12) * INVERSION_PEAK
     target = torch.zeros(space.trait_dim)
     target[space.indices] = space.delta / space.delta.abs().max() * INVERSION_PEAK
     return target

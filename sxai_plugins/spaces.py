@@ -1,22 +1,26 @@
-"""Semantic spaces: a few trait channels that respond to a concept, their weights and distribution.
+"""Semantic spaces: which trait channels respond to a concept, and how strongly an image shows it.
 
-A space for (class, concept), say (cat, eyes), holds the indices of its semantically sensitive
-neurons (SSNs), their signed differences Δ between the PC1 of unmasked and masked images, and a
-normal distribution fitted to the weighted activation ``A_s(z) = mean_i(Δ_i · a_i(z))`` over a
-reference set. The semantic probability is
+A space for (class, concept), say (cat, eyes), turns the GAP traits z of an image into an activation
+A_s(z) and a semantic probability P_s(z) in [0, 1]. Two kinds exist:
 
-    P_s(z) = (Φ(A_s(z)) − Φ(A_min)) / (Φ(A_max) − Φ(A_min)),  clipped to [0, 1],
+- **v1 (SSN spaces, the paper's; recipes ``paper`` and ``tuned``)**: a few semantically sensitive
+  neurons (SSNs) with signed weights Δ, ``A_s(z) = mean_i(Δ_i · z_i)``, and a normal fitted to A_s
+  over a reference set: ``P_s = (Φ(A_s) − Φ(A_min)) / (Φ(A_max) − Φ(A_min))``, clipped to [0, 1].
+- **v2 (probe spaces, recipe ``probe``, :mod:`sxai_plugins.probes`)**: a calibrated linear probe
+  over all channels, ``A_s(z) = z · w + b`` (the probe's logit) and ``P_s = sigmoid(a · A_s + c)``
+  (Platt calibration). Its SSNs are the channels of largest standardised weight, kept for display.
 
-with Φ the fitted normal's CDF and A_min, A_max the extremes over the reference set.
-
-Files are safetensors (tensors ``indices``, ``delta``) with the rest as JSON metadata under
-``sxai.space``: no pickle anywhere.
+Either way P_s for many spaces is one matrix product on the traits that the prediction pass
+computes. Files are safetensors (tensors ``indices``, ``delta``, and ``weight`` for v2) with the
+rest as JSON metadata under ``sxai.space``: no pickle anywhere. Loading validates every number
+and name, since a space may come from a stranger's Hub repository.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +29,35 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import stats
-from scipy.special import ndtr
+from scipy.special import expit, ndtr
 
 from .errors import SpaceError
-from .io import write_safetensors
+from .io import json_safe, write_safetensors
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this sxai reads and writes (v1 spaces are still written as 1)
 METADATA_KEY = "sxai.space"
+# Class and concept names end up in file names and SQL columns: letters, digits, '_' and '-',
+# in dot-separated parts, and nothing that could name another folder.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+MAX_NAME_LENGTH = 100
+
+
+def check_name(value: object, what: str, where: str = "space") -> str:
+    """``value`` as a safe class or concept name, or a :class:`SpaceError` saying why not."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or len(value) > MAX_NAME_LENGTH:
+        raise SpaceError(
+            f"{where}: {what} {value!r} is not a valid name (letters, digits, '_' and '-', parts "
+            f"separated by single dots, at most {MAX_NAME_LENGTH} characters)")
+    return value
+
+
+def _finite(value: object, what: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise SpaceError(f"{where}: {what} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise SpaceError(f"{where}: {what} must be a finite number, got {value!r}")
+    return number
 
 
 @dataclass
@@ -54,8 +80,76 @@ class Reference:
         mu, sigma = float(a.mean()), float(a.std(ddof=1))
         if not sigma > 0:
             raise SpaceError("all reference activations are equal: the space does not vary over the reference set")
+        if not np.isfinite(a).all():
+            raise SpaceError("the reference activations contain NaN or infinite values")
         (_osm, _osr), (_slope, _intercept, r) = stats.probplot(a, dist="norm")
         return cls(mu, sigma, float(a.min()), float(a.max()), int(a.size), float(r * r))
+
+    @classmethod
+    def from_metadata(cls, raw: object, where: str) -> Reference:
+        """A reference read from a file, every number checked (a Hub repo writes its own hashes)."""
+        if not isinstance(raw, dict):
+            raise SpaceError(f"{where}: the reference distribution must be an object, got {type(raw).__name__}")
+        unknown = set(raw) - {"mu", "sigma", "a_min", "a_max", "n", "qq_r2"}
+        if unknown:
+            raise SpaceError(f"{where}: unknown reference fields {sorted(unknown)}")
+        try:
+            values = {k: raw[k] for k in ("mu", "sigma", "a_min", "a_max", "n")}
+        except KeyError as exc:
+            raise SpaceError(f"{where}: the reference distribution lacks {exc}") from None
+        mu, sigma = _finite(values["mu"], "reference mu", where), _finite(values["sigma"], "reference sigma", where)
+        a_min = _finite(values["a_min"], "reference a_min", where)
+        a_max = _finite(values["a_max"], "reference a_max", where)
+        n = values["n"]
+        if not sigma > 0:
+            raise SpaceError(f"{where}: reference sigma must be positive, got {sigma}")
+        if not a_min < a_max:
+            raise SpaceError(f"{where}: reference a_min ({a_min}) must be below a_max ({a_max})")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 3:
+            raise SpaceError(f"{where}: reference n must be an integer of at least 3, got {n!r}")
+        qq = raw.get("qq_r2", float("nan"))
+        qq = float("nan") if qq is None else _finite(qq, "reference qq_r2", where)
+        return cls(mu, sigma, a_min, a_max, n, qq)
+
+
+@dataclass
+class ProbeHead:
+    """A v2 space's calibrated probe: ``A_s = traits · weight + bias``, ``P_s = sigmoid(slope · A_s +
+    intercept)``. The slope is positive: more evidence never lowers P_s."""
+
+    weight: torch.Tensor  # C, float32, on raw traits
+    bias: float
+    slope: float
+    intercept: float
+    scale: torch.Tensor | None = None  # C, the traits' spread the probe was standardised by
+    feature: str = "gap"
+
+    def check(self, trait_dim: int, where: str) -> None:
+        self.weight = torch.as_tensor(self.weight, dtype=torch.float32).flatten()
+        if self.weight.numel() != trait_dim:
+            raise SpaceError(f"{where}: probe weight has {self.weight.numel()} values for {trait_dim} trait channels")
+        if not torch.isfinite(self.weight).all():
+            raise SpaceError(f"{where}: probe weight contains NaN or infinite values")
+        if self.scale is not None:
+            self.scale = torch.as_tensor(self.scale, dtype=torch.float32).flatten()
+            if self.scale.numel() != trait_dim or not (torch.isfinite(self.scale).all() and (self.scale > 0).all()):
+                raise SpaceError(f"{where}: probe scale must hold {trait_dim} finite positive values")
+        self.bias = _finite(self.bias, "probe bias", where)
+        self.slope = _finite(self.slope, "calibration slope", where)
+        self.intercept = _finite(self.intercept, "calibration intercept", where)
+        if not self.slope > 0:
+            raise SpaceError(f"{where}: calibration slope must be positive, got {self.slope}")
+        if self.feature != "gap":
+            raise SpaceError(f"{where}: probe feature {self.feature!r} is not supported (only 'gap')")
+
+    def metadata(self) -> dict[str, Any]:
+        return {"bias": self.bias, "calibration": {"slope": self.slope, "intercept": self.intercept},
+                "feature": self.feature}
+
+    def standardised(self) -> torch.Tensor:
+        """The weights on standardised traits (their sizes compare channels); raw weights without
+        a stored scale."""
+        return self.weight * self.scale if self.scale is not None else self.weight.clone()
 
 
 @dataclass
@@ -73,17 +167,31 @@ class SemanticSpace:
     n_images: int = 0
     recipe: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    probe: ProbeHead | None = None  # v2 spaces: the calibrated probe that gives A_s and P_s
 
     def __post_init__(self) -> None:
-        self.indices = torch.as_tensor(self.indices, dtype=torch.int64).flatten()
+        check_name(self.class_name, "class name")
+        check_name(self.concept, "concept name")
+        where = f"space {self.key}"
+        if isinstance(self.trait_dim, bool) or not isinstance(self.trait_dim, int) or self.trait_dim < 1:
+            raise SpaceError(f"{where}: trait_dim must be a positive integer, got {self.trait_dim!r}")
+        self.indices = torch.as_tensor(self.indices).flatten()
+        if self.indices.is_floating_point() or self.indices.is_complex() or self.indices.dtype == torch.bool:
+            raise SpaceError(f"{where}: SSN indices must be integers, got {self.indices.dtype}")
+        self.indices = self.indices.to(torch.int64)
         self.delta = torch.as_tensor(self.delta, dtype=torch.float32).flatten()
         if self.indices.numel() != self.delta.numel() or self.indices.numel() == 0:
-            raise SpaceError(
-                f"space {self.key}: {self.indices.numel()} indices but {self.delta.numel()} weights")
+            raise SpaceError(f"{where}: {self.indices.numel()} indices but {self.delta.numel()} weights")
         if int(self.indices.min()) < 0 or int(self.indices.max()) >= self.trait_dim:
-            raise SpaceError(f"space {self.key}: SSN indices must lie in [0, {self.trait_dim})")
+            raise SpaceError(f"{where}: SSN indices must lie in [0, {self.trait_dim})")
         if len(set(self.indices.tolist())) != self.indices.numel():
-            raise SpaceError(f"space {self.key}: duplicate SSN indices")
+            raise SpaceError(f"{where}: duplicate SSN indices")
+        if not torch.isfinite(self.delta).all():
+            raise SpaceError(f"{where}: SSN weights contain NaN or infinite values")
+        if self.probe is None and not bool(self.delta.abs().sum() > 0):
+            raise SpaceError(f"{where}: every SSN weight is zero, so the space reads nothing")
+        if self.probe is not None:
+            self.probe.check(self.trait_dim, where)
 
     @property
     def key(self) -> str:
@@ -93,14 +201,26 @@ class SemanticSpace:
     def n_ssn(self) -> int:
         return int(self.indices.numel())
 
+    @property
+    def format_version(self) -> int:
+        return 2 if self.probe is not None else 1
+
+    @property
+    def bias(self) -> float:
+        return self.probe.bias if self.probe is not None else 0.0
+
     def weight_vector(self) -> torch.Tensor:
-        """The C-vector w with ``A_s = traits @ w`` (Δ_i / N_SSN at the SSNs, zero elsewhere)."""
+        """The C-vector w with ``A_s = traits @ w + bias``: the probe's weights (v2), or Δ_i / N_SSN
+        at the SSNs and zero elsewhere (v1)."""
+        if self.probe is not None:
+            return self.probe.weight.clone()
         w = torch.zeros(self.trait_dim)
         w[self.indices] = self.delta / self.n_ssn
         return w
 
     def activation(self, traits: torch.Tensor) -> torch.Tensor:
-        return traits.float() @ self.weight_vector().to(traits.device)
+        """A_s of each row of ``traits`` (differentiable: attributions and attacks use it)."""
+        return traits.float() @ self.weight_vector().to(traits.device) + self.bias
 
     def probability(self, traits: torch.Tensor, clip: bool = True) -> torch.Tensor:
         return SpaceSet([self]).probabilities(traits, clip=clip)[:, 0]
@@ -112,7 +232,7 @@ class SemanticSpace:
     # ------------------------------------------------------------------------------- files
     def metadata(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "class_name": self.class_name,
             "concept": self.concept,
             "backbone": self.backbone,
@@ -124,15 +244,17 @@ class SemanticSpace:
             "reference": asdict(self.reference) if self.reference else None,
             "recipe": self.recipe,
             "evaluation": self.evaluation,
+            **({"probe": self.probe.metadata()} if self.probe is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file, atomically."""
-        return write_safetensors(
-            path,
-            {"indices": self.indices, "delta": self.delta},
-            {METADATA_KEY: json.dumps(self.metadata())},
-        )
+        """Write one safetensors file, atomically (JSON metadata without NaN, which is not JSON)."""
+        tensors = {"indices": self.indices, "delta": self.delta}
+        if self.probe is not None:
+            tensors["weight"] = self.probe.weight
+            if self.probe.scale is not None:
+                tensors["scale"] = self.probe.scale
+        return write_safetensors(path, tensors, {METADATA_KEY: json.dumps(json_safe(self.metadata()), allow_nan=False)})
 
     @classmethod
     def load(cls, path: str | Path) -> SemanticSpace:
@@ -154,22 +276,45 @@ class SemanticSpace:
             meta = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise SpaceError(f"{path}: corrupted space metadata ({exc})") from exc
+        where = str(path)
+        if not isinstance(meta, dict):
+            raise SpaceError(f"{where}: the space metadata must be a JSON object")
         version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise SpaceError(f"{path}: space format version {version!r} is newer than this sxai "
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise SpaceError(f"{where}: space format version {version!r} is not valid; rebuild the space")
+        if version > FORMAT_VERSION:
+            raise SpaceError(f"{where}: space format version {version} is newer than this sxai "
                              f"understands ({FORMAT_VERSION}); upgrade sxai")
         try:
-            reference = Reference(**meta["reference"]) if meta.get("reference") else None
+            reference = Reference.from_metadata(meta["reference"], where) if meta.get("reference") else None
+            probe = None
+            if version >= 2:
+                raw = meta.get("probe")
+                if not isinstance(raw, dict) or "weight" not in tensors:
+                    raise SpaceError(f"{where}: a format-2 space needs 'probe' metadata and a 'weight' tensor")
+                calibration = raw.get("calibration")
+                if not isinstance(calibration, dict):
+                    raise SpaceError(f"{where}: the probe has no 'calibration' object")
+                probe = ProbeHead(tensors["weight"], raw.get("bias"), calibration.get("slope"),
+                                  calibration.get("intercept"), tensors.get("scale"), raw.get("feature", "gap"))
+            trait_dim = meta["trait_dim"]
+            for name in ("backbone", "fingerprint"):
+                if not isinstance(meta[name], str):
+                    raise SpaceError(f"{where}: {name} must be a string, got {meta[name]!r}")
             return cls(
-                class_name=meta["class_name"], concept=meta["concept"], backbone=meta["backbone"],
-                fingerprint=meta["fingerprint"], trait_dim=int(meta["trait_dim"]),
+                class_name=check_name(meta["class_name"], "class name", where),
+                concept=check_name(meta["concept"], "concept name", where),
+                backbone=meta["backbone"], fingerprint=meta["fingerprint"], trait_dim=trait_dim,
                 indices=tensors["indices"], delta=tensors["delta"], reference=reference,
-                trait_layer=meta.get("trait_layer", "gap"), masker=meta.get("masker", ""),
-                n_images=int(meta.get("n_images", 0)), recipe=meta.get("recipe", {}),
-                evaluation=meta.get("evaluation", {}),
+                trait_layer=str(meta.get("trait_layer", "gap")), masker=str(meta.get("masker", "")),
+                n_images=int(meta.get("n_images", 0)), recipe=_dict(meta.get("recipe"), "recipe", where),
+                evaluation=_dict(meta.get("evaluation"), "evaluation", where), probe=probe,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SpaceError(f"{path}: incomplete space metadata ({type(exc).__name__}: {exc})") from exc
+        except SpaceError as exc:
+            message = str(exc)
+            raise SpaceError(message if message.startswith(where) else f"{where}: {message}") from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise SpaceError(f"{where}: incomplete or invalid space metadata ({type(exc).__name__}: {exc})") from exc
 
     def check_compatible(self, model: Any, force: bool = False) -> None:
         """Refuse a model whose traits this space was not built on."""
@@ -187,7 +332,8 @@ class SemanticSpace:
 
 
 class SpaceSet:
-    """Many spaces scored at once: one matrix product on the pooled traits (no extra forward pass)."""
+    """Many spaces scored at once: one matrix product on the pooled traits (no extra forward pass),
+    then each space's own link from A_s to P_s (v1: the reference normal; v2: the Platt sigmoid)."""
 
     def __init__(self, spaces: Iterable[SemanticSpace]) -> None:
         self.spaces = list(spaces)
@@ -196,25 +342,24 @@ class SpaceSet:
         dims = {s.trait_dim for s in self.spaces}
         if len(dims) != 1:
             raise SpaceError(f"spaces of different trait widths cannot be scored together: {sorted(dims)}")
-        missing = [s.key for s in self.spaces if s.reference is None]
+        missing = [s.key for s in self.spaces if s.probe is None and s.reference is None]
         if missing:
             raise SpaceError(f"spaces without a reference distribution cannot give probabilities: {missing}")
-        self.weights = torch.stack([s.weight_vector() for s in self.spaces], dim=1)  # C × S
-        # Each space reads only its few SSNs: gathering S×k channels beats the dense C×S product.
-        width = max(s.n_ssn for s in self.spaces)
-        self._index = np.zeros((len(self.spaces), width), dtype=np.int64)
-        self._weight = np.zeros((len(self.spaces), width), dtype=np.float32)
-        for row, space in enumerate(self.spaces):
-            self._index[row, : space.n_ssn] = space.indices.numpy()
-            self._weight[row, : space.n_ssn] = (space.delta / space.n_ssn).numpy()
-        ref = [s.reference for s in self.spaces]
-        self.mu = torch.tensor([r.mu for r in ref], dtype=torch.float64)
-        self.sigma = torch.tensor([r.sigma for r in ref], dtype=torch.float64)
-        self.cdf_min = self._cdf(torch.tensor([r.a_min for r in ref], dtype=torch.float64))
-        self.cdf_max = self._cdf(torch.tensor([r.a_max for r in ref], dtype=torch.float64))
-        self._mu, self._sigma = self.mu.numpy(), self.sigma.numpy()
-        self._cdf_min = self.cdf_min.numpy()
-        self._span = np.maximum((self.cdf_max - self.cdf_min).numpy(), 1e-12)
+        # NumPy on purpose: these arrays are small, and torch's thread pool costs more to wake (tens
+        # of ms on a busy CPU) than the arithmetic itself.
+        self.weights = np.stack([s.weight_vector().numpy() for s in self.spaces], axis=1)  # C × S
+        self.bias = np.array([s.bias for s in self.spaces], dtype=np.float32)
+        self.is_probe = np.array([s.probe is not None for s in self.spaces])
+        # v1 link: the reference normal rescaled to [Φ(a_min), Φ(a_max)]; v2 link: a sigmoid.
+        # Unused entries hold harmless values so that both links run vectorised over all spaces.
+        ref = [s.reference if s.probe is None else Reference(0.0, 1.0, -1.0, 1.0, 3, 1.0) for s in self.spaces]
+        self._mu = np.array([r.mu for r in ref])
+        self._sigma = np.array([r.sigma for r in ref])
+        self._cdf_min = ndtr((np.array([r.a_min for r in ref]) - self._mu) / self._sigma)
+        cdf_max = ndtr((np.array([r.a_max for r in ref]) - self._mu) / self._sigma)
+        self._span = np.maximum(cdf_max - self._cdf_min, 1e-12)
+        self._slope = np.array([s.probe.slope if s.probe else 1.0 for s in self.spaces])
+        self._intercept = np.array([s.probe.intercept if s.probe else 0.0 for s in self.spaces])
 
     def __len__(self) -> int:
         return len(self.spaces)
@@ -226,20 +371,18 @@ class SpaceSet:
     def keys(self) -> list[str]:
         return [s.key for s in self.spaces]
 
-    def _cdf(self, a: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (1.0 + torch.erf((a - self.mu) / (self.sigma * math.sqrt(2.0))))
-
     def activations(self, traits: torch.Tensor) -> torch.Tensor:
-        """B × S weighted activations A_s (no gradient: see ``SemanticSpace.activation`` for one)."""
-        # NumPy on purpose: these arrays are tiny, and torch's thread pool costs more to wake (tens of
-        # ms on a busy CPU) than the arithmetic itself.
+        """B × S activations A_s (no gradient: see ``SemanticSpace.activation`` for one)."""
         t = traits.detach().float().cpu().numpy()
-        return torch.from_numpy((t[:, self._index] * self._weight).sum(axis=-1))
+        return torch.from_numpy(t @ self.weights + self.bias)
 
     def probabilities_from_activations(self, a: torch.Tensor, clip: bool = True) -> torch.Tensor:
         a = a.detach().cpu().double().numpy()
-        p = (ndtr((a - self._mu) / self._sigma) - self._cdf_min) / self._span
-        return torch.from_numpy(np.clip(p, 0.0, 1.0) if clip else p).float()
+        normal = (ndtr((a - self._mu) / self._sigma) - self._cdf_min) / self._span
+        if clip:
+            normal = np.clip(normal, 0.0, 1.0)
+        p = np.where(self.is_probe, expit(self._slope * a + self._intercept), normal)
+        return torch.from_numpy(p).float()
 
     def probabilities(self, traits: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """B × S semantic probabilities (``clip=False`` keeps values outside [0, 1] for diagnosis)."""
@@ -254,6 +397,14 @@ class SpaceSet:
 
     def concepts(self) -> list[str]:
         return sorted({s.concept for s in self.spaces})
+
+
+def _dict(value: object, what: str, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpaceError(f"{where}: {what} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def select_ssn(delta: np.ndarray | torch.Tensor, n_ssn: int = 5) -> tuple[np.ndarray, np.ndarray]:

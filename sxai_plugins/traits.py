@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +29,7 @@ from tqdm.auto import tqdm
 from .cli import add_model_args, command, model_from_args, positive_list
 from .errors import ImageLoadError, SxaiError
 from .images import list_images, load_image, to_array
-from .io import atomic_write, write_json, write_safetensors
+from .io import atomic_folder, atomic_write, write_json, write_safetensors
 from .model import TraitModel
 from .pca import RowCentredPCA, first_pc, spread
 
@@ -424,14 +421,8 @@ def _run_traits(args: argparse.Namespace) -> int:
                           use_ga=not args.no_ga, progress=progress, batch_size=args.batch_size)
     for _path, why in found.failures:
         print(f"skipped: {why}", file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         summary = _write_results(tmp, out, args, model, found, inverter, ga_config, paths, progress)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -442,17 +433,6 @@ def _run_traits(args: argparse.Namespace) -> int:
             shown = ", ".join(f"Ns={n}: {e:.2f}%" for n, e in summary["stability"]["spread_percent"].items())
             print(f"spread of PC1: {shown}")
     return 0
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an old OUT is removed only after the new one is in."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _write_results(tmp: Path, out: Path, args: argparse.Namespace, model: TraitModel, found: CommonTraits,

@@ -1,0 +1,259 @@
+"""Concept probes (space format v2): recovery of known channels, calibration, control copies,
+files, and the control regions they train on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from sxai_plugins.errors import SpaceError
+from sxai_plugins.probe_data import (
+    CONTROL,
+    MASKED,
+    ORIGINAL,
+    LabelledImage,
+    Masking,
+    ProbeFeatures,
+    ProbeRow,
+    control_region,
+    stable_seed,
+)
+from sxai_plugins.probes import ProbeRecipe, build_probe_spaces, fit_probe, training_set
+from sxai_plugins.space_validity import expected_calibration_error, space_metrics
+from sxai_plugins.spaces import SemanticSpace, SpaceSet, load_spaces
+
+C = 24
+CLASS_CHANNEL = 0  # high for cats
+CONCEPT_CHANNELS = (3, 11, 20)  # 20 falls when the concept is there
+ARTIFACT_CHANNELS = (5, 6)  # rise whenever anything is masked
+RECIPE = ProbeRecipe(train_maskings=("superpixel@15", "blur@20"), held_out_maskings=("inpaint@20",),
+                     n_ssn=4, folds=4)
+
+
+def synthetic_bank(n_images: int, seed: int) -> ProbeFeatures:
+    """Cats and dogs whose traits encode the class on channel 0 and the concept on 3, 11 and 20
+    (noisy, so that probabilities are not all 0 or 1); every masking adds an artefact on 5 and 6,
+    concept masks also remove the concept. Half the images of each class show the concept."""
+    rng = np.random.default_rng(seed)
+    images, rows, traits = [], [], []
+    for i in range(n_images):
+        cat = i % 2 == 0
+        shows = rng.random() < 0.6
+        images.append(LabelledImage(Path(f"/synthetic/{seed}/{i}.png"), "cat" if cat else "dog", {"eyes": shows}))
+        base = rng.normal(0.0, 1.0, C)
+        base[CLASS_CHANNEL] += 2.5 if cat else -2.5
+        strength = rng.normal(1.8, 0.5) if shows else 0.0
+        original = base.copy()
+        original[list(CONCEPT_CHANNELS)] += np.array([1.0, 1.0, -1.0]) * strength
+        rows.append(ProbeRow(i, ORIGINAL))
+        traits.append(original)
+        if not shows:
+            continue
+        for masking in RECIPE.train_maskings + RECIPE.held_out_maskings:
+            artifact = np.zeros(C)
+            artifact[list(ARTIFACT_CHANNELS)] = rng.normal(1.5, 0.3, 2)
+            rows.append(ProbeRow(i, MASKED, "eyes", masking, 0.1))
+            traits.append(base + artifact + rng.normal(0, 0.1, C))
+            rows.append(ProbeRow(i, CONTROL, "eyes", masking, 0.1))
+            traits.append(original + artifact + rng.normal(0, 0.1, C))
+    return ProbeFeatures(images, rows, torch.tensor(np.array(traits), dtype=torch.float32), ("eyes",),
+                         RECIPE.train_maskings + RECIPE.held_out_maskings)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    bank = synthetic_bank(400, seed=1)
+    probe = fit_probe(bank.traits, training_set(bank, "cat", "eyes", RECIPE), RECIPE)
+    return bank, probe
+
+
+def test_probe_recovers_the_concept_channels_as_its_ssns(fitted) -> None:
+    _bank, probe = fitted
+    indices, weights = probe.ssn(4)
+    assert set(indices.tolist()) == {CLASS_CHANNEL, *CONCEPT_CHANNELS}
+    sign = dict(zip(indices.tolist(), np.sign(weights).tolist()))
+    assert sign[3] == sign[11] == sign[CLASS_CHANNEL] == 1 and sign[20] == -1
+    # control copies teach the probe that the masking artefact is not the concept
+    top = np.abs(probe.standardised).max()
+    assert max(abs(probe.standardised[c]) for c in ARTIFACT_CHANNELS) < 0.25 * top
+
+
+def test_probe_is_calibrated_on_fresh_samples(fitted) -> None:
+    _bank, probe = fitted
+    fresh = synthetic_bank(1200, seed=2)
+    p = probe.probability(fresh.traits)
+    metrics = space_metrics(fresh, "cat", "eyes", p, RECIPE.held_out_maskings)
+    assert metrics["ece"] <= 0.05
+    assert metrics["auroc"] >= 0.9 and metrics["rival_auroc"] >= 0.9 and metrics["drop"] >= 0.9
+    # probabilities spread over the range: a test of calibration, not of a saturated classifier
+    originals = fresh.column("kind") == ORIGINAL
+    assert 0.1 < np.mean((p[originals] > 0.05) & (p[originals] < 0.95))
+
+
+def test_control_copies_do_not_change_the_probability(fitted) -> None:
+    _bank, probe = fitted
+    fresh = synthetic_bank(600, seed=3)
+    p = probe.probability(fresh.traits)
+    assert space_metrics(fresh, "cat", "eyes", p, RECIPE.held_out_maskings)["control_shift"] <= 0.05
+
+
+def test_without_control_copies_the_probe_reads_the_masking_artefact() -> None:
+    """The same data without control copies: the artefact channels become evidence of absence
+    (this is what the control copies are there to prevent)."""
+    bank = synthetic_bank(400, seed=1)
+    recipe = ProbeRecipe(**{**RECIPE.__dict__, "control_weight": 0.0})
+    probe = fit_probe(bank.traits, training_set(bank, "cat", "eyes", recipe), recipe)
+    fresh = synthetic_bank(600, seed=3)
+    shift = space_metrics(fresh, "cat", "eyes", probe.probability(fresh.traits), recipe.held_out_maskings)
+    assert shift["control_shift"] > 0.1
+
+
+def test_training_set_weights_and_rivals() -> None:
+    bank = synthetic_bank(40, seed=4)
+    data = training_set(bank, "cat", "eyes", RECIPE)
+    kinds = bank.column("kind")[data.rows]
+    classes = bank.image_column("class_name")[data.rows]
+    # dog images showing eyes are negatives of cat.eyes; dog images without eyes are not used
+    dogs = classes == "dog"
+    assert (data.labels[dogs] == 0).all() and (kinds[dogs] == ORIGINAL).all()
+    assert all(bank.images[i].visible["eyes"] for i in data.groups[dogs])
+    # each cat image's masked copies weigh 1 together; held-out maskings never train
+    masked = kinds == MASKED
+    assert set(bank.column("masking")[data.rows][masked]) == set(RECIPE.train_maskings)
+    per_image = {}
+    for g, w in zip(data.groups[masked], data.weights[masked]):
+        per_image[g] = per_image.get(g, 0.0) + w
+    assert np.allclose(list(per_image.values()), 1.0)
+    # a subset of images keeps only their rows
+    subset = training_set(bank, "cat", "eyes", RECIPE, images=np.arange(10))
+    assert set(subset.groups.tolist()) <= set(range(10))
+
+
+def test_v2_spaces_score_in_the_space_set_like_the_probe(fitted) -> None:
+    bank, probe = fitted
+    from sxai_plugins.probes import probe_space
+
+    space = probe_space(probe, make_tiny_model(trait_dim=C), "cat", "eyes", RECIPE, 400)
+    assert space.format_version == 2 and space.reference is None
+    expected = probe.probability(bank.traits[:50])
+    got = SpaceSet([space]).probabilities(bank.traits[:50])[:, 0].double().numpy()
+    assert np.allclose(got, expected, atol=1e-5)
+    # A_s is the probe's logit, differentiable for attributions and attacks
+    traits = bank.traits[:3].clone().requires_grad_(True)
+    space.activation(traits).sum().backward()
+    assert torch.allclose(traits.grad[0], space.probe.weight)
+
+
+def make_v2(weight=None, slope=2.0, intercept=-0.5, **kw) -> SemanticSpace:
+    from sxai_plugins.spaces import ProbeHead
+
+    w = torch.linspace(-1, 1, 8) if weight is None else weight
+    return SemanticSpace("cat", "eyes", "tiny", "abc", 8, torch.tensor([7, 0]), torch.tensor([1.0, -1.0]),
+                         probe=ProbeHead(w, 0.25, slope, intercept), **kw)
+
+
+def test_v1_and_v2_files_round_trip(tmp_path) -> None:
+    from sxai_plugins.spaces import Reference
+
+    v2 = make_v2(evaluation={"drop": 0.97, "auroc": float("nan")})
+    v1 = SemanticSpace("dog", "nose", "tiny", "abc", 8, torch.tensor([3, 1]), torch.tensor([2.0, -1.0]),
+                       reference=Reference(0.0, 1.0, -3.0, 3.0, 100, 0.99))
+    v2.save(tmp_path / "cat.eyes.safetensors")
+    v1.save(tmp_path / "dog.nose.safetensors")
+    loaded = {s.key: s for s in load_spaces([tmp_path])}
+    assert loaded["cat.eyes"].format_version == 2 and loaded["dog.nose"].format_version == 1
+    assert torch.equal(loaded["cat.eyes"].probe.weight, v2.probe.weight)
+    assert loaded["cat.eyes"].probe.slope == 2.0 and loaded["cat.eyes"].probe.bias == 0.25
+    assert loaded["cat.eyes"].evaluation == {"drop": 0.97, "auroc": None}  # NaN is not JSON
+    traits = torch.randn(5, 8)
+    both = SpaceSet([loaded["cat.eyes"], loaded["dog.nose"]]).probabilities(traits)
+    assert torch.allclose(both[:, 0], SpaceSet([v2]).probabilities(traits)[:, 0])
+    assert torch.allclose(both[:, 1], SpaceSet([v1]).probabilities(traits)[:, 0])
+
+
+def _rewrite(path: Path, change) -> None:
+    """Edit a space file's metadata (as a hostile repository would, hashes and all)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(f.metadata()["sxai.space"])
+    change(meta, tensors)
+    save_file(tensors, str(path), metadata={"sxai.space": json.dumps(meta)})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m, t: m["probe"]["calibration"].update(slope=float("nan")), "calibration slope"),
+    (lambda m, t: m["probe"]["calibration"].update(intercept=float("inf")), "calibration intercept"),
+    (lambda m, t: m["probe"]["calibration"].update(slope=-1.0), "slope must be positive"),
+    (lambda m, t: m["probe"]["calibration"].update(slope="1"), "calibration slope"),
+    (lambda m, t: m["probe"].update(bias=None), "probe bias"),
+    (lambda m, t: m["probe"].pop("calibration"), "calibration"),
+    (lambda m, t: t.update(weight=torch.full((8,), float("nan"))), "NaN"),
+    (lambda m, t: t.update(weight=torch.ones(5)), "5 values for 8"),
+    (lambda m, t: t.pop("weight"), "'weight' tensor"),
+    (lambda m, t: m.update(format_version=3), "newer"),
+    (lambda m, t: m.update(class_name="../../etc"), "not a valid name"),
+    (lambda m, t: m.update(concept="/abs/path"), "not a valid name"),
+])
+def test_v2_files_with_bad_numbers_or_names_are_refused(tmp_path, change, message) -> None:
+    path = make_v2().save(tmp_path / "cat.eyes.safetensors")
+    _rewrite(path, change)
+    with pytest.raises(SpaceError, match=message) as info:
+        SemanticSpace.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_control_region_keeps_clear_of_the_concept_and_matches_its_size() -> None:
+    from scipy.ndimage import binary_dilation
+
+    # superpixels as an 8×8 grid of 8-pixel squares: the concept is two squares, another part one
+    segments = (np.arange(64)[:, None] // 8) * 8 + np.arange(64)[None, :] // 8
+    concept = np.isin(segments, [9, 10])
+    other_part = np.isin(segments, [54])
+    for seed in range(5):
+        region = control_region(segments, concept, concept | other_part, np.random.default_rng(seed))
+        assert region is not None
+        assert not (binary_dilation(concept | other_part, iterations=2) & region).any()
+        assert 0.5 * concept.sum() <= region.sum() <= 2.0 * concept.sum()
+        # one connected piece
+        from scipy.ndimage import label
+
+        assert label(region)[1] == 1
+    # different seeds, different places; the same seed, the same place
+    regions = [control_region(segments, concept, concept, np.random.default_rng(s)) for s in (0, 0, 1)]
+    assert np.array_equal(regions[0], regions[1]) and not np.array_equal(regions[0], regions[2])
+    # nowhere to go: the concept and its surroundings cover the image
+    everything = np.ones((64, 64), bool)
+    assert control_region(segments, concept, everything, np.random.default_rng(0)) is None
+
+
+def test_names_of_maskings_and_stable_seeds() -> None:
+    assert Masking.parse("superpixel@25") == Masking("superpixel", 25)
+    assert Masking("inpaint", 20).name == "inpaint@20"
+    for bad in ("superpixel", "blur@x", "@3", "blur@1"):
+        with pytest.raises(SpaceError, match="MASKER@SEGMENTS"):
+            Masking.parse(bad)
+    assert stable_seed("a", "eyes") == stable_seed("a", "eyes") != stable_seed("eyes", "a")
+    with pytest.raises(SpaceError, match="both train"):
+        ProbeRecipe(train_maskings=("blur@20",), held_out_maskings=("blur@20",))
+
+
+def test_expected_calibration_error_of_known_cases() -> None:
+    p = np.array([0.1, 0.1, 0.9, 0.9])
+    assert expected_calibration_error(p, np.array([0, 0, 1, 1])) == pytest.approx(0.1)
+    assert expected_calibration_error(np.full(10, 0.5), np.r_[np.ones(5), np.zeros(5)]) == pytest.approx(0.0)
+    # weights count: one heavy miscalibrated sample dominates
+    assert expected_calibration_error(np.array([0.9, 0.1]), np.array([0, 0]), np.array([9.0, 1.0])) == pytest.approx(0.82)
+
+
+def test_build_probe_spaces_refuses_too_little_data(tiny_model) -> None:
+    bank = synthetic_bank(8, seed=5)
+    with pytest.raises(SpaceError, match="needs at least 8"):
+        build_probe_spaces(tiny_model, bank, ["cat"], ["eyes"], RECIPE, progress=False)
