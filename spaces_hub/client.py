@@ -339,8 +339,11 @@ def pull(
             except SpaceError as exc:
                 raise IntegrityError(f"{where}: {entry.path} is not a valid semantic space "
                                      f"({_one_line(exc, 160)})") from exc
-            mismatch = [f"{k} {getattr(space, k)!r} vs {v!r}" for k, v in
-                        (("backbone", index.backbone), ("fingerprint", index.fingerprint),
+            # the file's own class and concept name the space everywhere after this (and files
+            # written with --out), so they must be the checked names of its index entry
+            mismatch = [f"{k} {str(getattr(space, k))[:120]!r} vs {v!r}" for k, v in
+                        (("class_name", entry.class_name), ("concept", entry.concept),
+                         ("backbone", index.backbone), ("fingerprint", index.fingerprint),
                          ("trait_dim", index.trait_dim)) if getattr(space, k) != v]
             if mismatch:
                 raise IntegrityError(f"{where}: {entry.path} disagrees with {INDEX_NAME} "

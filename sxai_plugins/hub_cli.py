@@ -85,6 +85,10 @@ def _run_pull(args: argparse.Namespace) -> int:
     import spaces_hub
 
     repo, revision = args.repo, args.revision
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        from .errors import SxaiError
+
+        raise SxaiError(f"--out {args.out}: exists and is not a folder; pass a folder for the space files")
     if repo.startswith(spaces_hub.resolve.HF_PREFIX):
         repo, from_uri = spaces_hub.parse_hub_source(repo)
         revision = revision or from_uri
@@ -96,8 +100,9 @@ def _run_pull(args: argparse.Namespace) -> int:
     spaces = spaces_hub.pull(repo, revision=revision, token=args.token, cache_dir=args.cache_dir,
                              model=model, force=args.force, progress=not args.json)
     if args.out:
-        for space in spaces:
-            space.save(Path(args.out) / f"{space.key}.safetensors")
+        from spaces_hub.layout import save_spaces
+
+        save_spaces(spaces, args.out)
     records = [{"key": s.key, "class_name": s.class_name, "concept": s.concept, "n_ssn": s.n_ssn,
                 "backbone": s.backbone, "fingerprint": s.fingerprint} for s in spaces]
     if args.json:
