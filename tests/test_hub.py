@@ -6,6 +6,7 @@ import json
 import pickle
 import socket
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,44 @@ def test_a_space_that_disagrees_with_its_index_is_refused(hub, spaces, model, tm
     commit_files(hub, {SPACE_FILE: data, "spaces.json": index_with(hub, SPACE_FILE, data)})
     with pytest.raises(spaces_hub.IntegrityError, match=rf"{SPACE_FILE} disagrees with spaces.json"):
         spaces_hub.pull(REPO, cache_dir=tmp_path / "cache")
+
+
+MB = 1 << 20
+
+
+def sent_when_settled(hub: HubServer, path: str) -> int:
+    """Bytes the server wrote for ``path``, once its handler has stopped writing."""
+    last, deadline = -1, time.monotonic() + 5
+    while hub.sent.get(path) != last and time.monotonic() < deadline:
+        last = hub.sent.get(path)
+        time.sleep(0.2)
+    return hub.sent[path]
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "no-content-length"])
+@pytest.mark.parametrize("path", [SPACE_FILE, "spaces.json"])
+def test_a_file_larger_than_allowed_is_cut_off_while_downloading(hub, spaces, tmp_path, path, announced):
+    """The server sends 150 MB after the real bytes (HEAD still says the real size): the
+    download stops within huggingface_hub's 10 MB read chunk of the limit, not after 150 MB."""
+    spaces_hub.push(spaces, REPO)
+    hub.oversize[path] = (150 * MB, announced)
+    cache = tmp_path / "cache"
+    with pytest.raises(spaces_hub.DownloadError, match=rf"{path}.*download stopped") as info:
+        spaces_hub.pull(REPO, cache_dir=cache)
+    assert "\n" not in str(info.value)
+    assert sent_when_settled(hub, path) < 40 * MB
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > MB]
+
+
+def test_an_oversized_cached_file_is_refused_and_evicted(hub, spaces, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    round_trip(spaces, cache)
+    blob = next(p for p in cache.rglob("cat.eyes.safetensors")).resolve()
+    blob.write_bytes(blob.read_bytes() + bytes(1000))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(spaces_hub.DownloadError, match=rf"cached {SPACE_FILE} has"):
+        spaces_hub.pull(REPO, cache_dir=cache)
+    assert not blob.exists()
 
 
 def forged(data: bytes, **metadata: object) -> bytes:
