@@ -135,9 +135,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .images import expand_paths
     from .inference import score_paths
 
+    paths = expand_paths(args.images, require=True)
     model = model_from_args(args)
-    paths = expand_paths(args.images)
-    scored = score_paths(model, paths, args.batch_size, progress=not args.json and len(paths) > 64)
+    scored = score_paths(model, paths, args.batch_size, progress=not args.json and len(paths) > 64,
+                         failures=[])
     for _path, why in scored.failures:
         print(f"skipped: {why}", file=sys.stderr)
     records = []

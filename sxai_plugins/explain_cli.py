@@ -92,9 +92,9 @@ def _run_explain(args: argparse.Namespace) -> int:
     from .trust import assess, load_space_set
 
     template = get_explanation_template(args.template)  # fail on a bad name before any work
+    paths = expand_paths(args.images, require=True)
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
-    paths = expand_paths(args.images)
     out = Path(args.out)
     failures: list[tuple[Path, str]] = []
     records = []
