@@ -179,8 +179,10 @@ def _train_head(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train_head(args: argparse.Namespace) -> int:
+    from .io import check_output_file
     from .train import train_head
 
+    check_output_file(args.out)
     model = model_from_args(args)
     result = train_head(model, args.data, args.out, heldout_fraction=args.heldout, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, seed=args.seed)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli import add_model_args, add_space_args, command, model_from_args
+from .io import check_output_file, check_output_folder
 
 EXPLAIN_JSON = (
     "With --json, print a list with one record per readable image: "
@@ -92,6 +93,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     from .trust import assess, load_space_set
 
     template = get_explanation_template(args.template)  # fail on a bad name before any work
+    check_output_folder(args.out)
     paths = expand_paths(args.images, require=True)
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
@@ -143,6 +145,7 @@ def _run_index(args: argparse.Namespace) -> int:
     from .search import index_folder
     from .trust import load_space_set
 
+    check_output_file(args.db, "--db")
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
     report = index_folder(model, spaces, args.folder, args.db, batch_size=args.batch_size,
@@ -180,6 +183,8 @@ def _search(sub: argparse._SubParsersAction) -> None:
 def _run_search(args: argparse.Namespace) -> int:
     from .search import SearchIndex, contact_sheet
 
+    if args.sheet:
+        check_output_file(args.sheet, "--sheet")
     with SearchIndex(args.db) as index:
         result = index.search(args.query, limit=args.limit or None)
     if args.json:
@@ -237,6 +242,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
     get_explanation_template(args.template)  # fail on a bad name before any work
+    check_output_file(args.out)
     model = model_from_args(args)
     examples = example_images() if args.examples is None else args.examples
     failures: list[tuple[Path, str]] = []

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import sqlite3
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -369,39 +367,21 @@ def test_processes_creating_the_same_new_index_at_once_all_succeed(tmp_path):
         assert len(index) == n and index.meta == meta
 
 
-def _search_as_nobody(db, results) -> None:
-    try:
-        if os.geteuid() == 0:  # root ignores file modes: drop to an ordinary user first
-            os.setgid(65534)
-            os.setuid(65534)
-        with SearchIndex(db) as index:
-            results.put(sorted(m.path for m in index.search("cat.eyes >= 0", limit=None).matches))
-    except Exception as exc:
-        results.put(f"{type(exc).__name__}: {exc}")
+def _search_paths(db) -> list[str]:
+    with SearchIndex(db) as index:
+        return sorted(m.path for m in index.search("cat.eyes >= 0", limit=None).matches)
 
 
-def test_a_read_only_index_in_a_read_only_folder_can_be_searched(setup):
+def test_a_read_only_index_in_a_read_only_folder_can_be_searched(setup, as_nobody, open_tmp_path):
     model, spaces, folder, _paths, _db = setup
-    place = Path(tempfile.mkdtemp(prefix="sxai-ro-"))  # pytest's tmp folders are closed to other users
-    db = place / "index.sqlite"
-    try:
-        index_folder(model, spaces, folder, db, batch_size=8, progress=False)
-        with SearchIndex(db) as index:
-            expected = sorted(m.path for m in index.search("cat.eyes >= 0", limit=None).matches)
-        before = (db.read_bytes(), db.stat().st_mtime_ns, sorted(os.listdir(place)))
-        db.chmod(0o444)
-        place.chmod(0o555)
-        ctx = multiprocessing.get_context("fork")
-        results = ctx.Queue()
-        child = ctx.Process(target=_search_as_nobody, args=(db, results))
-        child.start()
-        got = results.get(timeout=60)
-        child.join(timeout=30)
-        assert got == expected and len(expected) == 10
-        assert (db.read_bytes(), db.stat().st_mtime_ns, sorted(os.listdir(place))) == before
-    finally:
-        place.chmod(0o755)
-        shutil.rmtree(place)
+    db = open_tmp_path / "index.sqlite"
+    index_folder(model, spaces, folder, db, batch_size=8, progress=False)
+    expected = _search_paths(db)
+    before = (db.read_bytes(), db.stat().st_mtime_ns, sorted(os.listdir(open_tmp_path)))
+    db.chmod(0o444)
+    open_tmp_path.chmod(0o555)
+    assert as_nobody(_search_paths, db) == ("ok", expected) and len(expected) == 10
+    assert (db.read_bytes(), db.stat().st_mtime_ns, sorted(os.listdir(open_tmp_path))) == before
 
 
 def test_a_damaged_index_is_a_clear_error_naming_the_file(setup, capsys):
