@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 
@@ -39,13 +40,73 @@ def positive_list(kind: type[int] | type[float]) -> Callable[[str], list]:
     return parse
 
 
+def _number(kind: type[int] | type[float], text: str) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from exc
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: an integer ≥ 1 (batch sizes, epochs, counts)."""
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type``: an integer ≥ 0 (limits where 0 means all)."""
+    value = _number(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a finite number > 0 (learning rates, step factors)."""
+    value = _number(float, text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse ``type``: a number strictly between 0 and 1 (a held-out share)."""
+    value = _number(float, text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def device_name(text: str) -> str:
+    """argparse ``type`` for ``--device``: auto, cpu, cuda or cuda:N (what sxai's models run on)."""
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device torch knows (try cpu, cuda or cuda:0)") from exc
+    if device.type not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r}: sxai runs on cpu or cuda (cuda:N), or auto; "
+                                         f"{device.type} is not supported")
+    return text
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", "-b", default=DEFAULT_BACKBONE,
                         help=f"backbone name (see `sxai backbones`; default {DEFAULT_BACKBONE})")
     parser.add_argument("--weights", help="local backbone weights (.safetensors/.pth) instead of downloading")
     parser.add_argument("--head", help="a head file written by `sxai train-head`")
     parser.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", default="cpu", type=device_name,
                         help="where the model runs: cpu (default), cuda, cuda:1, … or auto (cuda when "
                              "available, else cpu)")
 
@@ -67,6 +128,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise SxaiError(f"--device {name!r} is not a device torch knows (try cpu, cuda or cuda:0)") from exc
+    if device.type not in DEVICE_TYPES:
+        raise SxaiError(f"--device {name}: sxai runs on cpu or cuda (cuda:N), or auto; {device.type} is not supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SxaiError(f"--device {name}: this torch sees no CUDA GPU; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -125,8 +188,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", help="image files or folders")
     add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--top", type=int, default=5, help="classes shown per image in text output")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--top", type=positive_int, default=5, help="classes shown per image in text output")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     p.set_defaults(handler=_run_predict)
 
@@ -170,10 +233,11 @@ def _train_head(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="ImageFolder root: DATA/<class>/<images>")
     p.add_argument("--out", "-o", required=True, help="output .safetensors path")
     add_model_args(p)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--heldout", type=float, default=0.2, help="fraction kept out for the accuracy")
+    p.add_argument("--epochs", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--heldout", type=fraction, default=0.2,
+                   help="fraction kept out for the accuracy, between 0 and 1 (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_run_train_head)
 

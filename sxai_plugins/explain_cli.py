@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import add_model_args, add_space_args, command, model_from_args
+from .cli import (
+    add_model_args,
+    add_space_args,
+    command,
+    model_from_args,
+    non_negative_int,
+    positive_int,
+)
 from .io import check_output_file, check_output_folder
 
 EXPLAIN_JSON = (
@@ -23,7 +30,7 @@ EXPLAIN_JSON = (
 
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     add_space_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
 
 
 # ------------------------------------------------------------------------------------ explain
@@ -42,6 +49,8 @@ def _explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", "-t", default="english",
                    help="explanation template by name (default english; an unknown name lists the installed ones)")
     p.add_argument("--out", "-o", default="sxai-out", help="folder for the radar maps (default sxai-out/)")
+    p.add_argument("--top", type=positive_int, default=5,
+                   help="classes shown per image in text output (default 5; --json lists all)")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     p.set_defaults(handler=_run_explain)
 
@@ -115,7 +124,8 @@ def _run_explain(args: argparse.Namespace) -> int:
         print(json.dumps(records, indent=2))
     else:
         for r in records:
-            shown = ", ".join(f"{c} {p:.3f}" for c, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+            top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[: args.top]
+            shown = ", ".join(f"{c} {p:.3f}" for c, p in top)
             print(f"{r['path']}: {r['predicted']}  ({shown})")
             print("  " + "  ".join(f"{s['space']} {s['probability']:.3f}" for s in r["spaces"]))
             print(f"  {r['sentence']}")
@@ -174,7 +184,7 @@ def _search(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("query", help="the search query (quote it in the shell)")
     p.add_argument("--db", required=True, help="an index written by `sxai index`")
-    p.add_argument("--limit", type=int, default=50, help="matches shown (default 50; 0: all)")
+    p.add_argument("--limit", type=non_negative_int, default=50, help="matches shown (default 50; 0: all)")
     p.add_argument("--sheet", help="write a contact sheet PNG of the matches shown")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     p.set_defaults(handler=_run_search)
@@ -231,7 +241,7 @@ def _report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", "-t", default="english", help="explanation template (default english)")
     p.add_argument("--force", action="store_true",
                    help="use spaces built on other weights of the same architecture")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", "-o", required=True, metavar="FILE.html", help="the page to write")
     p.set_defaults(handler=_run_report)
 
