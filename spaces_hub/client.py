@@ -56,6 +56,7 @@ from .errors import (
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
     HubUnreachableError,
+    HubWarning,
     IntegrityError,
     SpacesIndexError,
 )
@@ -276,11 +277,11 @@ def _check_model(index: SpacesIndex, model: Any, force: bool, where: str) -> Non
 def _warn_unlisted(present: list[str] | None, index: SpacesIndex, where: str) -> None:
     if index.ignored:
         warnings.warn(f"{where}: ignoring entries of {INDEX_NAME} that are not space files (never downloaded): "
-                      f"{', '.join(index.ignored[:10])}", stacklevel=3)
+                      f"{', '.join(index.ignored[:10])}", HubWarning, stacklevel=3)
     unlisted = sorted(set(present or ()) - index.listed_paths() - HUB_HOUSEKEEPING)
     if unlisted:
         warnings.warn(f"{where}: ignoring {len(unlisted)} file(s) that {INDEX_NAME} does not list (never "
-                      f"downloaded): {', '.join(unlisted[:10])}", stacklevel=3)
+                      f"downloaded): {', '.join(unlisted[:10])}", HubWarning, stacklevel=3)
 
 
 def _repo_files(api: HfApi, repo_id: str, revision: str | None) -> tuple[bool, list[str] | None]:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
 
 from . import DEFAULT_BACKBONE
 from .errors import SxaiError
+from .io import dumps_json
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
@@ -163,7 +164,7 @@ def _run_backbones(args: argparse.Namespace) -> int:
         for name, (plugin, spec) in sorted(backbone_table().items())
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows))
         return 0
     width = max(len(r["name"]) for r in rows)
     pwidth = max(len(r["plugin"]) for r in rows)
@@ -212,7 +213,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             "probabilities": {c: round(float(p), 6) for c, p in zip(model.class_names, probs)},
         })
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(dumps_json(records))
     else:
         for record in records:
             top = sorted(record["probabilities"].items(), key=lambda kv: -kv[1])[: args.top]
@@ -280,11 +281,26 @@ def _load_extra_commands() -> None:
                 raise
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line are one line for the user, not a file, line and source."""
+    print(f"sxai: warning: {message}", file=file or sys.stderr)
+
+
+def _printable_streams() -> None:
+    """Paths that are not valid UTF-8 print with \\x escapes instead of crashing the print."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    _printable_streams()
+    show_warning = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return args.handler(args)
     except SxaiError as exc:
@@ -293,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sxai: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = show_warning
 
 
 if __name__ == "__main__":

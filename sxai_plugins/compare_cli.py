@@ -6,7 +6,6 @@ Registered on import by ``sxai_plugins.cli``.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from .cli import (
     positive_list,
 )
 from .errors import SxaiError
+from .io import dumps_json
 
 DEFAULT_CARD = Path(__file__).resolve().parent / "assets" / DEFAULT_BACKBONE / "head.json"
 
@@ -186,7 +186,7 @@ def _run_compare(args: argparse.Namespace) -> int:
               "activation": _r(activation), "probability": _r(probability), "figure": str(figure),
               "methods": [name for name, _ in panels]}
     if args.json:
-        print(json.dumps(record, indent=2))
+        print(dumps_json(record))
     else:
         print(f"{args.image}: predicted {predicted} ({float(probs.max()):.3f}); {space.key}: "
               f"A_s {activation:.4f}, P_s {'–' if probability is None else f'{probability:.3f}'}")
@@ -227,7 +227,7 @@ def _compare_annotations(args, model, space, options: dict, size: tuple[int, int
         panels = comparison_panels(model, space, image, args.methods, args.semantic_methods, options)
         comparison_figure(image, panels, args.out, region, title=f"{first.image_path.name}: {space.key}")
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps_json(report.to_dict()))
     else:
         print(report.table())
         if args.out:
@@ -313,7 +313,7 @@ def _run_adversarial(args: argparse.Namespace) -> int:
     for why in report.skipped:
         print(f"skipped: {why}", file=sys.stderr)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps_json(report.to_dict()))
     else:
         print(report.table())
         for rule in rules:

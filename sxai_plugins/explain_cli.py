@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from .cli import (
     non_negative_int,
     positive_int,
 )
-from .io import check_output_file, check_output_folder
+from .io import check_output_file, check_output_folder, dumps_json
 
 EXPLAIN_JSON = (
     "With --json, print a list with one record per readable image: "
@@ -121,7 +120,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     for _path, why in failures:
         print(f"skipped: {why}", file=sys.stderr)
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(dumps_json(records))
     else:
         for r in records:
             top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[: args.top]
@@ -198,13 +197,13 @@ def _run_search(args: argparse.Namespace) -> int:
     with SearchIndex(args.db) as index:
         result = index.search(args.query, limit=args.limit or None)
     if args.json:
-        print(json.dumps({
+        print(dumps_json({
             "query": result.query, "total": result.total,
             "matches": [{"path": m.path, "predicted": m.predicted,
                          "class_probabilities": {k: _r(v) for k, v in m.class_probabilities.items()},
                          "probabilities": {k: _r(v) for k, v in m.probabilities.items()}}
                         for m in result.matches],
-        }, indent=2))
+        }))
     else:
         for m in result.matches:
             shown = "  ".join(f"{k} {m.probabilities[k]:.3f}" for k in result.spaces)

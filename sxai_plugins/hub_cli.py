@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .cli import command
+from .io import dumps_json
 
 
 @command
@@ -74,8 +74,8 @@ def _run_push(args: argparse.Namespace) -> int:
                            commit_message=args.message or DEFAULT_COMMIT_MESSAGE,
                            extra_files=_extras(args.extra))
     if args.json:
-        print(json.dumps({"repo": args.repo, "revision": args.revision or "main", "commit": info.oid,
-                          "url": info.commit_url, "spaces": [s.key for s in spaces]}, indent=2))
+        print(dumps_json({"repo": args.repo, "revision": args.revision or "main", "commit": info.oid,
+                          "url": info.commit_url, "spaces": [s.key for s in spaces]}))
     else:
         print(f"pushed {len(spaces)} spaces to {args.repo}: {info.commit_url}")
     return 0
@@ -106,7 +106,7 @@ def _run_pull(args: argparse.Namespace) -> int:
     records = [{"key": s.key, "class_name": s.class_name, "concept": s.concept, "n_ssn": s.n_ssn,
                 "backbone": s.backbone, "fingerprint": s.fingerprint} for s in spaces]
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(dumps_json(records))
     else:
         for r in records:
             print(f"{r['key']}: {r['n_ssn']} SSNs on {r['backbone']} ({r['fingerprint']})")

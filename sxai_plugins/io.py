@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,6 +31,23 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def finite_or_none(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_or_none(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_none(value) for value in data]
+    return data
+
+
+def dumps_json(data: Any) -> str:
+    """Strict JSON for output: non-finite floats become null, and ``allow_nan=False`` makes any
+    that slip through (a numpy float, say) fail loudly instead of printing ``NaN``."""
+    return json.dumps(finite_or_none(data), indent=2, allow_nan=False)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

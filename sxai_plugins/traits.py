@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .cli import add_model_args, command, model_from_args, positive_int, positive_list
 from .errors import ImageLoadError, SxaiError
 from .images import list_images, load_image, to_array
-from .io import atomic_write, write_json, write_safetensors
+from .io import atomic_write, dumps_json, write_json, write_safetensors
 from .model import TraitModel
 from .pca import RowCentredPCA, first_pc, spread
 
@@ -433,7 +433,7 @@ def _run_traits(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps_json(summary))
     else:
         ratios = found.pca.explained_variance_ratio_
         print(f"{len(found.paths)} images of {args.target_class}: PC1 {100 * ratios[0]:.1f}%, "

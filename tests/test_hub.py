@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -505,6 +508,19 @@ def test_cli_push_and_pull(hub, spaces, tmp_path, capsys):
     assert main(["hub", "pull", "sxai-test/nope", "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sxai: error:") and "sxai-test/nope" in err and "\n" not in err
+
+
+def test_cli_warnings_are_one_line_without_python_source(hub, spaces, tmp_path):
+    spaces_hub.push(spaces, REPO)
+    commit_files(hub, {"notes.bin": b"not listed in the index"})
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "sxai_plugins", "hub", "pull", REPO, "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sxai: warning:") and "notes.bin" in lines[0]
+    assert ".py:" not in proc.stderr and "warn(" not in proc.stderr
 
 
 def test_errors_are_sxai_errors():
