@@ -104,3 +104,32 @@ def test_default_model_classes_and_offline_weights() -> None:
     imagenet = sx.create_model("tf_efficientnet_lite0")
     assert imagenet.num_classes == 1000 and "tabby" in imagenet.class_names[281]
     assert imagenet.fingerprint() == model.fingerprint()
+
+
+def test_a_head_file_given_as_weights_says_to_use_head(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "head.safetensors"
+    save_file({"weight": torch.zeros(2, 1280), "bias": torch.zeros(2)}, str(path))
+    for backbone in ("lite0_catdog", "resnet18"):
+        with pytest.raises(WeightsError) as info:
+            sx.create_model(backbone, weights=path)
+        message = str(info.value)
+        assert str(path) in message and "bias (2,), weight (2, 1280)" in message and "--head" in message
+        assert "conv_stem" not in message and "conv1" not in message
+
+
+def test_lite0_weights_in_an_unknown_layout_name_the_files_own_keys(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"stem.w": torch.zeros(3), "stem.b": torch.zeros(3)}, str(path))
+    with pytest.raises(WeightsError, match=r"other\.safetensors: has 2 tensors \('stem\.b', 'stem\.w'\)"):
+        sx.create_model("lite0_catdog", weights=path)
+    own = sx.create_model("tf_efficientnet_lite0", pretrained=False).body.model.state_dict()
+    renamed = {f"layer{i:03d}": tensor for i, tensor in enumerate(own.values())}
+    renamed["layer000"] = torch.zeros(5)  # right count, wrong shape
+    path = tmp_path / "other.pth"  # torch.save keeps the order, as the package's file does
+    torch.save(renamed, path)
+    with pytest.raises(WeightsError, match=r"other\.pth: tensor 'layer000' has shape \(5,\), but .* 'conv_stem.weight'"):
+        sx.create_model("lite0_catdog", weights=path)

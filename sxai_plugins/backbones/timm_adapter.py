@@ -92,8 +92,15 @@ def build_timm_trait_model(
         prune(model)
     if weights is not None:
         state = load_weights_file(weights)
+        if set(state) == {"weight", "bias"} and state["weight"].ndim == 2:
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(state.items()))
+            raise WeightsError(f"{weights}: holds only a classifier head ({shapes}), as `sxai train-head` "
+                               "writes, not backbone weights; pass it with --head (Python: head=)")
         if convert_state is not None:
-            state = convert_state(state, model)
+            try:
+                state = convert_state(state, model)
+            except WeightsError as exc:
+                raise WeightsError(f"{weights}: {exc}") from exc
         own = model.state_dict()
         state = {k: v for k, v in state.items() if k in own or not _is_classifier_key(k, model)}
         load_state_checked(model, state, str(weights))
