@@ -126,3 +126,21 @@ def test_lite0_weights_in_an_unknown_layout_name_the_files_own_keys(tmp_path) ->
     torch.save(renamed, path)
     with pytest.raises(WeightsError, match=r"other\.pth: tensor 'layer000' has shape \(5,\), but .* 'conv_stem.weight'"):
         sx.create_model("lite0_catdog", weights=path)
+
+
+def test_no_network_fails_fast_with_the_good_message(tmp_path, monkeypatch) -> None:
+    """Without HF_HUB_OFFLINE, huggingface_hub retried for about a minute before this message."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match=r"'resnet18' \(cannot connect to http://127.0.0.1:9\).*--weights"):
+        sx.create_model("resnet18")
+    assert time.monotonic() - start < 15
+    assert constants.HF_HUB_OFFLINE is False  # the offline switch was for that one call
