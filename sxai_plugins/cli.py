@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import logging
 import math
 import sys
@@ -286,11 +287,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"sxai: warning: {message}", file=file or sys.stderr)
 
 
+def _escape_unprintable(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: a byte of a file name that is not UTF-8 (which Python holds as a
+    surrogate escape, U+DC80..U+DCFF) prints as \\xNN, anything else unprintable as \\uNNNN."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    chunk = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode("ascii") for c in chunk), exc.end
+
+
+codecs.register_error("sxai.escape", _escape_unprintable)
+
+
 def _printable_streams() -> None:
     """Paths that are not valid UTF-8 print with \\x escapes instead of crashing the print."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(errors="sxai.escape")
 
 
 def main(argv: list[str] | None = None) -> int:
