@@ -523,7 +523,7 @@ class SearchIndex:
             what.append(f"spaces {list(stored.spaces)} ({stored.spaces_digest}), now {list(meta.spaces)} "
                         f"({meta.spaces_digest})")
         return (f"{self.path} was indexed with {'; '.join(what)}: its numbers would not be comparable. "
-                "Pass another --db, or delete the file to index again from scratch")
+                "Index into another --db for this model and these spaces; this file stays searchable as it is")
 
     def _create(self, meta: IndexMeta) -> None:
         """The schema, in one IMMEDIATE transaction: two processes creating the same new index

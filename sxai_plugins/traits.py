@@ -92,10 +92,11 @@ class _Loader:
         if path in self.failures:
             return False
         try:
-            self.images[path] = to_array(load_image(path), self.size)
+            self.images[path] = to_array(load_image(path, self.size), self.size)
             return True
         except ImageLoadError as exc:
-            log.warning("skipped %s", exc)
+            # recorded, and reported once by the caller (`sxai traits` prints each, summary.json lists them)
+            log.debug("skipped %s", exc)
             self.failures[path] = str(exc)
             return False
 
