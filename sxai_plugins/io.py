@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -33,21 +35,23 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def finite_or_none(data: Any) -> Any:
-    """``data`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {key: finite_or_none(value) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite_or_none(value) for value in data]
-    return data
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has no NaN) and NumPy scalars as Python's."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
 
 
 def dumps_json(data: Any) -> str:
-    """Strict JSON for output: non-finite floats become null, and ``allow_nan=False`` makes any
-    that slip through (a numpy float, say) fail loudly instead of printing ``NaN``."""
-    return json.dumps(finite_or_none(data), indent=2, allow_nan=False)
+    """Strict JSON for output: non-finite floats become null (``json_safe``), and
+    ``allow_nan=False`` makes any that slip through fail loudly instead of printing ``NaN``."""
+    return json.dumps(json_safe(data), indent=2, allow_nan=False)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -250,6 +250,7 @@ def test_rates_over_nothing_read_n_a_in_the_table_and_null_in_json():
 def test_json_output_never_carries_nan_or_infinity():
     from sxai_plugins.io import dumps_json
 
-    data = {"a": float("nan"), "b": [float("inf"), -float("inf"), 0.5, np.float64("nan")], "c": (1, "x", None)}
+    data = {"a": float("nan"), "b": [float("inf"), -float("inf"), 0.5, np.float64("nan"), np.float32("inf")],
+            "c": (1, "x", None, np.float32(0.25))}
     strict = json.loads(dumps_json(data), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
-    assert strict == {"a": None, "b": [None, None, 0.5, None], "c": [1, "x", None]}
+    assert strict == {"a": None, "b": [None, None, 0.5, None, None], "c": [1, "x", None, 0.25]}
