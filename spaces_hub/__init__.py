@@ -17,6 +17,7 @@ from .errors import (
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
     HubUnreachableError,
+    HubWarning,
     IntegrityError,
     SpacesIndexError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "HubRepoNotFoundError",
     "HubRevisionNotFoundError",
     "HubUnreachableError",
+    "HubWarning",
     "IntegrityError",
     "SpacesIndexError",
     "hub_endpoint",

@@ -56,6 +56,7 @@ from .errors import (
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
     HubUnreachableError,
+    HubWarning,
     IntegrityError,
     SpacesIndexError,
 )
@@ -63,6 +64,7 @@ from .layout import (
     CARD_NAME,
     HUB_HOUSEKEEPING,
     INDEX_NAME,
+    MAX_INDEX_BYTES,
     SPACES_DIR,
     SpacesIndex,
     build_index,
@@ -90,6 +92,42 @@ class _QuietBar(tqdm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
+
+
+class OversizeError(DownloadError):
+    """The server announced or sent more bytes than the index lists for a file."""
+
+
+def _capped_bar(limit: int, what: str, where: str) -> type[tqdm]:
+    """A quiet byte bar that stops the download once the server sends more than ``limit`` bytes.
+
+    hf_hub_download checks the size only after reading the whole body, so a server that lies
+    could make us read gigabytes. Its byte bar is told of every chunk before the chunk is written
+    (huggingface_hub 2.4 ``http_get``), so raising here ends the transfer after at most one
+    chunk (``constants.DOWNLOAD_CHUNK_SIZE``, 10 MB) past the limit; huggingface_hub then deletes
+    its ``.incomplete`` file. A size announced up front (Content-Length) is refused before any
+    byte of the body is read.
+    """
+
+    def refuse(size: int, verb: str) -> OversizeError:
+        return OversizeError(f"{where}: the server {verb} {size} bytes for {what}, but {limit} are "
+                             "allowed (the size the index lists); download stopped, nothing was kept")
+
+    class CappedBar(_QuietBar):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            total = kwargs.get("total")
+            if total is not None and total > limit:
+                raise refuse(total, "announced")
+            self.received = 0
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.received += int(n or 0)
+            if self.received > limit:
+                raise refuse(self.received, "sent at least")
+            return super().update(n)
+
+    return CappedBar
 
 
 def hub_endpoint(endpoint: str | None = None) -> str:
@@ -239,11 +277,11 @@ def _check_model(index: SpacesIndex, model: Any, force: bool, where: str) -> Non
 def _warn_unlisted(present: list[str] | None, index: SpacesIndex, where: str) -> None:
     if index.ignored:
         warnings.warn(f"{where}: ignoring entries of {INDEX_NAME} that are not space files (never downloaded): "
-                      f"{', '.join(index.ignored[:10])}", stacklevel=3)
+                      f"{', '.join(index.ignored[:10])}", HubWarning, stacklevel=3)
     unlisted = sorted(set(present or ()) - index.listed_paths() - HUB_HOUSEKEEPING)
     if unlisted:
         warnings.warn(f"{where}: ignoring {len(unlisted)} file(s) that {INDEX_NAME} does not list (never "
-                      f"downloaded): {', '.join(unlisted[:10])}", stacklevel=3)
+                      f"downloaded): {', '.join(unlisted[:10])}", HubWarning, stacklevel=3)
 
 
 def _repo_files(api: HfApi, repo_id: str, revision: str | None) -> tuple[bool, list[str] | None]:
@@ -294,11 +332,12 @@ def pull(
         commit = api.resolve_revision(repo_id, revision=revision, cache_dir=cache_dir,
                                       local_files_only=not reachable)
 
-    def download(filename: str, what: str) -> Path:
+    def download(filename: str, what: str, limit: int) -> Path:
         with _hub_errors(repo_id, revision, endpoint, "pull"):
             try:
-                return Path(hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache_dir,
-                                            token=token, endpoint=endpoint, tqdm_class=_QuietBar))
+                path = Path(hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache_dir,
+                                            token=token, endpoint=endpoint,
+                                            tqdm_class=_capped_bar(limit, filename, where)))
             except RemoteEntryNotFoundError as exc:
                 if filename == INDEX_NAME:
                     raise SpacesIndexError(
@@ -316,8 +355,15 @@ def pull(
                 raise DownloadError(f"{where}: the download of {what} did not complete "
                                     f"({_one_line(exc, 160)}); nothing was kept in the cache, run the pull "
                                     "again") from exc
+        # a copy cached earlier (or by another tool) never went through the capped bar
+        size = path.stat().st_size
+        if size > limit:
+            _evict(path)
+            raise OversizeError(f"{where}: the cached {filename} has {size} bytes, more than the {limit} "
+                                "allowed; it was removed from the cache, run the pull again")
+        return path
 
-    index_path = download(INDEX_NAME, INDEX_NAME)
+    index_path = download(INDEX_NAME, INDEX_NAME, MAX_INDEX_BYTES)
     try:
         index = parse_index(index_path.read_bytes(), where)
     except SpacesIndexError:
@@ -330,7 +376,7 @@ def pull(
     spaces: list[SemanticSpace] = []
     bar = tqdm(index.files, desc=f"pull {repo_id}", unit="space", disable=not progress or len(index.files) < 8)
     for entry in bar:
-        local = download(entry.path, entry.path)
+        local = download(entry.path, entry.path, entry.size)
         try:
             verify_entry(local, entry, where)
             check_safetensors_header(local, f"{where}: {entry.path}")
@@ -339,8 +385,11 @@ def pull(
             except SpaceError as exc:
                 raise IntegrityError(f"{where}: {entry.path} is not a valid semantic space "
                                      f"({_one_line(exc, 160)})") from exc
-            mismatch = [f"{k} {getattr(space, k)!r} vs {v!r}" for k, v in
-                        (("backbone", index.backbone), ("fingerprint", index.fingerprint),
+            # the file's own class and concept name the space everywhere after this (and files
+            # written with --out), so they must be the checked names of its index entry
+            mismatch = [f"{k} {str(getattr(space, k))[:120]!r} vs {v!r}" for k, v in
+                        (("class_name", entry.class_name), ("concept", entry.concept),
+                         ("backbone", index.backbone), ("fingerprint", index.fingerprint),
                          ("trait_dim", index.trait_dim)) if getattr(space, k) != v]
             if mismatch:
                 raise IntegrityError(f"{where}: {entry.path} disagrees with {INDEX_NAME} "

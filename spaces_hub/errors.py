@@ -35,3 +35,7 @@ class IntegrityError(HubError):
 
 class DownloadError(HubError):
     """A download did not complete."""
+
+
+class HubWarning(UserWarning):
+    """Something in a pulled repository was ignored (files the index does not list, unsafe paths)."""

@@ -30,8 +30,11 @@ Rules. Readers ignore keys they do not know, so adding an optional key keeps the
 any change an older reader would misread (renaming or re-meaning a key, another file format)
 bumps ``format_version``. Space paths must match ``spaces/<name>.safetensors`` with ``<name>``
 made of ``[A-Za-z0-9_.-]``: anything else in ``files`` is ignored with a warning and never
-downloaded, and so are repository files the index does not list. Every space file is checked
-against its ``size`` and ``sha256`` before its safetensors header is even parsed.
+downloaded, and so are repository files the index does not list. A space entry's ``class_name``
+and ``concept`` must be safe names (``check_name``) and its path exactly
+``spaces/<class_name>.<concept>.safetensors``, or the index is refused; the space file's own
+class and concept must then equal its entry's. Every space file is checked against its ``size``
+and ``sha256`` while it downloads and again before its safetensors header is even parsed.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from sxai_plugins.spaces import FORMAT_VERSION as SPACE_FORMAT_VERSION
-from sxai_plugins.spaces import SemanticSpace
+from sxai_plugins.spaces import MAX_NAME_LENGTH, NAME_PATTERN, SemanticSpace
 
 from .errors import HubError, SpacesIndexError
 
@@ -59,8 +62,11 @@ MAX_INDEX_BYTES = 16 * 1024 * 1024
 MAX_SPACE_BYTES = 64 * 1024 * 1024
 
 SPACE_PATH_RE = re.compile(r"spaces/[A-Za-z0-9_][A-Za-z0-9_.\-]{0,200}\.safetensors")
+# Class and concept names end up in file names on the puller's disk: the core's one rule for them
+# (no separators, no "..", no leading dot), which every loaded space also passes.
+NAME_RE = NAME_PATTERN
+MAX_NAME_CHARS = MAX_NAME_LENGTH
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 # Files a Hub repository has without anyone asking for them: not worth a warning.
 HUB_HOUSEKEEPING = frozenset({".gitattributes"})
 
@@ -95,10 +101,34 @@ class SpacesIndex:
         return {INDEX_NAME, CARD_NAME, *(f.path for f in self.files), *(f.path for f in self.extra_files)}
 
 
+def is_safe_name(name: object) -> bool:
+    """Whether ``name`` may be a class or concept name inside a file name (``NAME_RE``)."""
+    return isinstance(name, str) and len(name) <= MAX_NAME_CHARS and NAME_RE.fullmatch(name) is not None
+
+
+def check_name(name: object, what: str, where: str) -> str:
+    """``name`` if it is a safe class or concept name, else :class:`HubError` saying why.
+
+    The one place spaces_hub decides which names may become file names; ``what`` is "class name"
+    or "concept", ``where`` names the file or repository in the message.
+    """
+    if is_safe_name(name):
+        return name  # type: ignore[return-value]
+    raise HubError(f"{where}: {what} {str(name)[:120]!r} is not a safe name (letters, digits, '_' and "
+                   "'-', in parts joined by single dots, at most 100 characters); it would become part "
+                   "of a file name, so the spaces are refused")
+
+
+def space_filename(space: SemanticSpace, where: str = "space") -> str:
+    """``<class>.<concept>.safetensors`` for a space whose names pass :func:`check_name`."""
+    check_name(space.class_name, "class name", where)
+    check_name(space.concept, "concept", where)
+    return f"{space.class_name}.{space.concept}.safetensors"
+
+
 def space_path(space: SemanticSpace) -> str:
-    """``spaces/<class>.<concept>.safetensors`` with characters outside ``[A-Za-z0-9_.-]`` as ``_``."""
-    name = _UNSAFE_CHARS.sub("_", f"{space.class_name}.{space.concept}").lstrip(".-") or "_"
-    return f"{SPACES_DIR}/{name}.safetensors"
+    """``spaces/<class>.<concept>.safetensors``; names that are not safe are refused."""
+    return f"{SPACES_DIR}/{space_filename(space, f'space {space.key[:120]!r}')}"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -197,6 +227,16 @@ def parse_index(data: bytes, where: str) -> SpacesIndex:
         if not SPACE_PATH_RE.fullmatch(entry.path):
             ignored.append(entry.path)
             continue
+        for value, what in ((entry.class_name, "class_name"), (entry.concept, "concept")):
+            if not is_safe_name(value):
+                raise SpacesIndexError(f"{where}: {INDEX_NAME} gives {entry.path} the {what} {value[:120]!r}, "
+                                       "which is not a safe name (letters, digits, '_', '-', parts joined "
+                                       "by single dots); refusing the set (ask the owner to re-push)")
+        if entry.path != f"{SPACES_DIR}/{entry.class_name}.{entry.concept}.safetensors":
+            raise SpacesIndexError(f"{where}: {INDEX_NAME} lists {entry.path} for {entry.class_name}."
+                                   f"{entry.concept}, but that space must be stored as {SPACES_DIR}/"
+                                   f"{entry.class_name}.{entry.concept}.safetensors; refusing the set "
+                                   "(ask the owner to re-push)")
         if entry.path in seen:
             raise SpacesIndexError(f"{where}: {INDEX_NAME} lists {entry.path} twice; re-push the spaces")
         if entry.size > MAX_SPACE_BYTES:
@@ -228,5 +268,26 @@ def _entry(item: Any, where: str) -> FileEntry:
             or not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise SpacesIndexError(f"{where}: {INDEX_NAME} has a malformed file entry {str(path)[:80]!r} "
                                "(needs path, sha256 as 64 hex digits, size); re-push the spaces")
-    return FileEntry(path=path, sha256=sha, size=size, class_name=str(item.get("class_name", "")),
-                     concept=str(item.get("concept", "")))
+    class_name, concept = item.get("class_name"), item.get("concept")
+    return FileEntry(path=path, sha256=sha, size=size, class_name=class_name if isinstance(class_name, str) else "",
+                     concept=concept if isinstance(concept, str) else "")
+
+
+def save_spaces(spaces: Sequence[SemanticSpace], folder: str | Path) -> list[Path]:
+    """Write each space to ``folder/<class>.<concept>.safetensors``, never anywhere else.
+
+    Every name is checked and every target resolved (symlinks included) before the first byte is
+    written, so a refused set leaves the folder as it was.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise HubError(f"{folder}: exists and is not a folder; pass a folder to write the spaces into")
+    root = folder.resolve()
+    targets = []
+    for space in spaces:
+        target = folder / space_filename(space, f"space {space.key[:120]!r}")
+        if not target.resolve().is_relative_to(root):
+            raise HubError(f"{target}: resolves to {target.resolve()}, outside {root}; remove that link "
+                           "or write the spaces into another folder")
+        targets.append(target)
+    return [space.save(target) for space, target in zip(spaces, targets)]

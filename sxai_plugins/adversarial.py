@@ -24,6 +24,7 @@ when clean (the others need no attack):
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -207,11 +208,20 @@ class AdversarialReport:
         for r in self.results:
             for rule in r.rules:
                 lines.append(
-                    f"| {r.eps:g} | {rule.rule} | {r.attack_success_rate:.1%} ({r.n_success}/{r.n_attacked}) "
-                    f"| {rule.detection_rate:.1%} ({rule.detected}/{r.n_success}) "
-                    f"| {rule.false_positive_rate:.1%} ({rule.false_positives}/{r.n_attacked}) "
-                    f"| {r.mean_max_p_clean:.3f} → {r.mean_max_p_adversarial:.3f} |")
+                    f"| {r.eps:g} | {rule.rule} | {_rate(r.attack_success_rate, r.n_success, r.n_attacked)} "
+                    f"| {_rate(rule.detection_rate, rule.detected, r.n_success)} "
+                    f"| {_rate(rule.false_positive_rate, rule.false_positives, r.n_attacked)} "
+                    f"| {_number(r.mean_max_p_clean)} → {_number(r.mean_max_p_adversarial)} |")
         return "\n".join(lines)
+
+
+def _rate(rate: float, k: int, n: int) -> str:
+    """``12.5% (1/8)``; a rate over nothing (0/0) has no value: ``n/a (0/0)``."""
+    return f"{rate:.1%} ({k}/{n})" if n and math.isfinite(rate) else f"n/a ({k}/{n})"
+
+
+def _number(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "n/a"
 
 
 def heldout_files(card: str | Path, data_root: str | Path | None = None) -> list[Path]:

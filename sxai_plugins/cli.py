@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
+import codecs
 import logging
+import math
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
 
 from . import DEFAULT_BACKBONE
 from .errors import SxaiError
+from .io import dumps_json
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
@@ -39,13 +42,73 @@ def positive_list(kind: type[int] | type[float]) -> Callable[[str], list]:
     return parse
 
 
+def _number(kind: type[int] | type[float], text: str) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from exc
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: an integer ≥ 1 (batch sizes, epochs, counts)."""
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type``: an integer ≥ 0 (limits where 0 means all)."""
+    value = _number(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a finite number > 0 (learning rates, step factors)."""
+    value = _number(float, text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse ``type``: a number strictly between 0 and 1 (a held-out share)."""
+    value = _number(float, text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def device_name(text: str) -> str:
+    """argparse ``type`` for ``--device``: auto, cpu, cuda or cuda:N (what sxai's models run on)."""
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device torch knows (try cpu, cuda or cuda:0)") from exc
+    if device.type not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r}: sxai runs on cpu or cuda (cuda:N), or auto; "
+                                         f"{device.type} is not supported")
+    return text
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", "-b", default=DEFAULT_BACKBONE,
                         help=f"backbone name (see `sxai backbones`; default {DEFAULT_BACKBONE})")
     parser.add_argument("--weights", help="local backbone weights (.safetensors/.pth) instead of downloading")
     parser.add_argument("--head", help="a head file written by `sxai train-head`")
     parser.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", default="cpu", type=device_name,
                         help="where the model runs: cpu (default), cuda, cuda:1, … or auto (cuda when "
                              "available, else cpu)")
 
@@ -67,6 +130,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise SxaiError(f"--device {name!r} is not a device torch knows (try cpu, cuda or cuda:0)") from exc
+    if device.type not in DEVICE_TYPES:
+        raise SxaiError(f"--device {name}: sxai runs on cpu or cuda (cuda:N), or auto; {device.type} is not supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SxaiError(f"--device {name}: this torch sees no CUDA GPU; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -100,7 +165,7 @@ def _run_backbones(args: argparse.Namespace) -> int:
         for name, (plugin, spec) in sorted(backbone_table().items())
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows))
         return 0
     width = max(len(r["name"]) for r in rows)
     pwidth = max(len(r["plugin"]) for r in rows)
@@ -125,8 +190,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", help="image files or folders")
     add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--top", type=int, default=5, help="classes shown per image in text output")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--top", type=positive_int, default=5, help="classes shown per image in text output")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     p.set_defaults(handler=_run_predict)
 
@@ -135,9 +200,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .images import expand_paths
     from .inference import score_paths
 
+    paths = expand_paths(args.images, require=True)
     model = model_from_args(args)
-    paths = expand_paths(args.images)
-    scored = score_paths(model, paths, args.batch_size, progress=not args.json and len(paths) > 64)
+    scored = score_paths(model, paths, args.batch_size, progress=not args.json and len(paths) > 64,
+                         failures=[])
     for _path, why in scored.failures:
         print(f"skipped: {why}", file=sys.stderr)
     records = []
@@ -148,7 +214,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             "probabilities": {c: round(float(p), 6) for c, p in zip(model.class_names, probs)},
         })
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(dumps_json(records))
     else:
         for record in records:
             top = sorted(record["probabilities"].items(), key=lambda kv: -kv[1])[: args.top]
@@ -169,17 +235,20 @@ def _train_head(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="ImageFolder root: DATA/<class>/<images>")
     p.add_argument("--out", "-o", required=True, help="output .safetensors path")
     add_model_args(p)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--heldout", type=float, default=0.2, help="fraction kept out for the accuracy")
+    p.add_argument("--epochs", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--heldout", type=fraction, default=0.2,
+                   help="fraction kept out for the accuracy, between 0 and 1 (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_run_train_head)
 
 
 def _run_train_head(args: argparse.Namespace) -> int:
+    from .io import check_output_file
     from .train import train_head
 
+    check_output_file(args.out)
     model = model_from_args(args)
     result = train_head(model, args.data, args.out, heldout_fraction=args.heldout, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
@@ -213,11 +282,39 @@ def _load_extra_commands() -> None:
                 raise
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line are one line for the user, not a file, line and source."""
+    print(f"sxai: warning: {message}", file=file or sys.stderr)
+
+
+def _escape_unprintable(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: a byte of a file name that is not UTF-8 (which Python holds as a
+    surrogate escape, U+DC80..U+DCFF) prints as \\xNN, anything else unprintable as \\uNNNN."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    chunk = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode("ascii") for c in chunk), exc.end
+
+
+codecs.register_error("sxai.escape", _escape_unprintable)
+
+
+def _printable_streams() -> None:
+    """Paths that are not valid UTF-8 print with \\x escapes instead of crashing the print."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="sxai.escape")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    _printable_streams()
+    show_warning = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return args.handler(args)
     except SxaiError as exc:
@@ -226,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sxai: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = show_warning
 
 
 if __name__ == "__main__":

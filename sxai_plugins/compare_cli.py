@@ -6,7 +6,6 @@ Registered on import by ``sxai_plugins.cli``.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections.abc import Sequence
@@ -16,8 +15,18 @@ import numpy as np
 import torch
 
 from . import DEFAULT_BACKBONE
-from .cli import add_model_args, add_space_args, command, model_from_args, positive_list
+from .cli import (
+    add_model_args,
+    add_space_args,
+    command,
+    model_from_args,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    positive_list,
+)
 from .errors import SxaiError
+from .io import dumps_json
 
 DEFAULT_CARD = Path(__file__).resolve().parent / "assets" / DEFAULT_BACKBONE / "head.json"
 
@@ -71,13 +80,13 @@ def _compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", help="a COCO concept annotation file: score over its images")
     p.add_argument("--image-root", help="folder the annotation file's image paths are relative to "
                                         "(default: the file's folder)")
-    p.add_argument("--limit", type=int, default=0, help="at most this many annotated images (0: all)")
+    p.add_argument("--limit", type=non_negative_int, default=0, help="at most this many annotated images (0: all)")
     p.add_argument("--region", choices=("disc", "superpixel"), default="disc", help="region mode")
-    p.add_argument("--robustness-n", type=int, default=2,
+    p.add_argument("--robustness-n", type=non_negative_int, default=2,
                    help="images for infidelity and sensitivity_max (default 2; 0: skip)")
-    p.add_argument("--perturbations", type=int, default=4, help="perturbations per image for both (default 4)")
-    p.add_argument("--ig-steps", type=int, default=16, help="integration steps of 'ig' (default 16)")
-    p.add_argument("--n-segments", type=int, default=40, help="SLIC superpixels for 'occlusion' (default 40)")
+    p.add_argument("--perturbations", type=positive_int, default=4, help="perturbations per image for both (default 4)")
+    p.add_argument("--ig-steps", type=positive_int, default=16, help="integration steps of 'ig' (default 16)")
+    p.add_argument("--n-segments", type=positive_int, default=40, help="SLIC superpixels for 'occlusion' (default 40)")
     p.add_argument("--fill", choices=("blur", "mean", "black"), default="blur",
                    help="what occluded pixels become (default blur)")
     p.add_argument("--out", "-o", help="figure PNG (one image: default sxai-out/<stem>.compare.png; "
@@ -177,7 +186,7 @@ def _run_compare(args: argparse.Namespace) -> int:
               "activation": _r(activation), "probability": _r(probability), "figure": str(figure),
               "methods": [name for name, _ in panels]}
     if args.json:
-        print(json.dumps(record, indent=2))
+        print(dumps_json(record))
     else:
         print(f"{args.image}: predicted {predicted} ({float(probs.max()):.3f}); {space.key}: "
               f"A_s {activation:.4f}, P_s {'–' if probability is None else f'{probability:.3f}'}")
@@ -218,7 +227,7 @@ def _compare_annotations(args, model, space, options: dict, size: tuple[int, int
         panels = comparison_panels(model, space, image, args.methods, args.semantic_methods, options)
         comparison_figure(image, panels, args.out, region, title=f"{first.image_path.name}: {space.key}")
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps_json(report.to_dict()))
     else:
         print(report.table())
         if args.out:
@@ -249,16 +258,16 @@ def _adversarial(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="folder of images (ImageFolder or flat)")
     p.add_argument("--heldout-card", help="a head card (head.json) whose held-out files to attack")
     p.add_argument("--data-root", help="the folder the card's held-out paths are relative to")
-    p.add_argument("--n", type=int, default=200, help="images drawn (seeded) from the set (default 200; 0: all)")
+    p.add_argument("--n", type=non_negative_int, default=200, help="images drawn (seeded) from the set (default 200; 0: all)")
     p.add_argument("--eps", type=positive_list(float), default=[0.05, 0.01, 0.005], help="L∞ radii (default 0.05,0.01,0.005)")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
-    p.add_argument("--step-size-factor", type=float, default=2.5,
+    p.add_argument("--steps", type=positive_int, default=10, help="PGD steps (default 10)")
+    p.add_argument("--step-size-factor", type=positive_float, default=2.5,
                    help="step size = factor·ε/steps (default 2.5)")
     p.add_argument("--rule", action="append", default=[], metavar="single=S,multi=M,count=K[,scope=all|predicted]",
                    help="another detection rule (repeatable); omitted keys keep the paper's values")
     add_model_args(p)
     add_space_args(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
@@ -304,7 +313,7 @@ def _run_adversarial(args: argparse.Namespace) -> int:
     for why in report.skipped:
         print(f"skipped: {why}", file=sys.stderr)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps_json(report.to_dict()))
     else:
         print(report.table())
         for rule in rules:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .cli import add_model_args, add_space_args, command, model_from_args
+from .cli import (
+    add_model_args,
+    add_space_args,
+    command,
+    model_from_args,
+    non_negative_int,
+    positive_int,
+)
+from .io import check_output_file, check_output_folder, dumps_json
 
 EXPLAIN_JSON = (
     "With --json, print a list with one record per readable image: "
@@ -22,7 +29,7 @@ EXPLAIN_JSON = (
 
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     add_space_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
 
 
 # ------------------------------------------------------------------------------------ explain
@@ -41,6 +48,8 @@ def _explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", "-t", default="english",
                    help="explanation template by name (default english; an unknown name lists the installed ones)")
     p.add_argument("--out", "-o", default="sxai-out", help="folder for the radar maps (default sxai-out/)")
+    p.add_argument("--top", type=positive_int, default=5,
+                   help="classes shown per image in text output (default 5; --json lists all)")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     p.set_defaults(handler=_run_explain)
 
@@ -92,9 +101,10 @@ def _run_explain(args: argparse.Namespace) -> int:
     from .trust import assess, load_space_set
 
     template = get_explanation_template(args.template)  # fail on a bad name before any work
+    check_output_folder(args.out)
+    paths = expand_paths(args.images, require=True)
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
-    paths = expand_paths(args.images)
     out = Path(args.out)
     failures: list[tuple[Path, str]] = []
     records = []
@@ -110,10 +120,11 @@ def _run_explain(args: argparse.Namespace) -> int:
     for _path, why in failures:
         print(f"skipped: {why}", file=sys.stderr)
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(dumps_json(records))
     else:
         for r in records:
-            shown = ", ".join(f"{c} {p:.3f}" for c, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+            top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[: args.top]
+            shown = ", ".join(f"{c} {p:.3f}" for c, p in top)
             print(f"{r['path']}: {r['predicted']}  ({shown})")
             print("  " + "  ".join(f"{s['space']} {s['probability']:.3f}" for s in r["spaces"]))
             print(f"  {r['sentence']}")
@@ -143,6 +154,7 @@ def _run_index(args: argparse.Namespace) -> int:
     from .search import index_folder
     from .trust import load_space_set
 
+    check_output_file(args.db, "--db")
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
     report = index_folder(model, spaces, args.folder, args.db, batch_size=args.batch_size,
@@ -171,7 +183,7 @@ def _search(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("query", help="the search query (quote it in the shell)")
     p.add_argument("--db", required=True, help="an index written by `sxai index`")
-    p.add_argument("--limit", type=int, default=50, help="matches shown (default 50; 0: all)")
+    p.add_argument("--limit", type=non_negative_int, default=50, help="matches shown (default 50; 0: all)")
     p.add_argument("--sheet", help="write a contact sheet PNG of the matches shown")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     p.set_defaults(handler=_run_search)
@@ -180,16 +192,18 @@ def _search(sub: argparse._SubParsersAction) -> None:
 def _run_search(args: argparse.Namespace) -> int:
     from .search import SearchIndex, contact_sheet
 
+    if args.sheet:
+        check_output_file(args.sheet, "--sheet")
     with SearchIndex(args.db) as index:
         result = index.search(args.query, limit=args.limit or None)
     if args.json:
-        print(json.dumps({
+        print(dumps_json({
             "query": result.query, "total": result.total,
             "matches": [{"path": m.path, "predicted": m.predicted,
                          "class_probabilities": {k: _r(v) for k, v in m.class_probabilities.items()},
                          "probabilities": {k: _r(v) for k, v in m.probabilities.items()}}
                         for m in result.matches],
-        }, indent=2))
+        }))
     else:
         for m in result.matches:
             shown = "  ".join(f"{k} {m.probabilities[k]:.3f}" for k in result.spaces)
@@ -226,7 +240,7 @@ def _report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", "-t", default="english", help="explanation template (default english)")
     p.add_argument("--force", action="store_true",
                    help="use spaces built on other weights of the same architecture")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", "-o", required=True, metavar="FILE.html", help="the page to write")
     p.set_defaults(handler=_run_report)
 
@@ -237,6 +251,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
     get_explanation_template(args.template)  # fail on a bad name before any work
+    check_output_file(args.out)
     model = model_from_args(args)
     examples = example_images() if args.examples is None else args.examples
     failures: list[tuple[Path, str]] = []

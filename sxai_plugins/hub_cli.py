@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .cli import command
+from .io import dumps_json
 
 
 @command
@@ -74,8 +74,8 @@ def _run_push(args: argparse.Namespace) -> int:
                            commit_message=args.message or DEFAULT_COMMIT_MESSAGE,
                            extra_files=_extras(args.extra))
     if args.json:
-        print(json.dumps({"repo": args.repo, "revision": args.revision or "main", "commit": info.oid,
-                          "url": info.commit_url, "spaces": [s.key for s in spaces]}, indent=2))
+        print(dumps_json({"repo": args.repo, "revision": args.revision or "main", "commit": info.oid,
+                          "url": info.commit_url, "spaces": [s.key for s in spaces]}))
     else:
         print(f"pushed {len(spaces)} spaces to {args.repo}: {info.commit_url}")
     return 0
@@ -85,6 +85,10 @@ def _run_pull(args: argparse.Namespace) -> int:
     import spaces_hub
 
     repo, revision = args.repo, args.revision
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        from .errors import SxaiError
+
+        raise SxaiError(f"--out {args.out}: exists and is not a folder; pass a folder for the space files")
     if repo.startswith(spaces_hub.resolve.HF_PREFIX):
         repo, from_uri = spaces_hub.parse_hub_source(repo)
         revision = revision or from_uri
@@ -96,12 +100,13 @@ def _run_pull(args: argparse.Namespace) -> int:
     spaces = spaces_hub.pull(repo, revision=revision, token=args.token, cache_dir=args.cache_dir,
                              model=model, force=args.force, progress=not args.json)
     if args.out:
-        for space in spaces:
-            space.save(Path(args.out) / f"{space.key}.safetensors")
+        from spaces_hub.layout import save_spaces
+
+        save_spaces(spaces, args.out)
     records = [{"key": s.key, "class_name": s.class_name, "concept": s.concept, "n_ssn": s.n_ssn,
                 "backbone": s.backbone, "fingerprint": s.fingerprint} for s in spaces]
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(dumps_json(records))
     else:
         for r in records:
             print(f"{r['key']}: {r['n_ssn']} SSNs on {r['backbone']} ({r['fingerprint']})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,20 +33,38 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         array = np.asarray(image, dtype=np.float64)
         span = max(float(array.max() - array.min()), 1.0)
         image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
+    if image.mode == "F":
+        # Pillow would clip floats to 0..255 bytes, so a 0-1 float image would become black
+        array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("a float image with NaN or infinite pixels")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:  # not 0-1 intensities: stretch the range as for 16-bit images
+            array = (array - low) / max(high - low, np.finfo(np.float32).eps)
+        image = Image.fromarray(np.round(array * 255).astype(np.uint8))
     return image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image, or :class:`ImageLoadError` naming the file and the problem."""
+def load_image(path: str | Path, size: tuple[int, int] | None = None) -> Image.Image:
+    """An RGB PIL image, or :class:`ImageLoadError` naming the file and the problem.
+
+    ``size`` = (H, W), the size the image will be resized to: a JPEG at least four times as large
+    on both sides is decoded at 1/2, 1/4 or 1/8 scale (never below twice ``size``), which bounds
+    the memory a huge photo takes. Images over Pillow's pixel limit are refused, not decoded.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                if size is not None and image.format == "JPEG":
+                    image.draft(None, (2 * size[1], 2 * size[0]))
                 image.load()
                 return to_rgb(image)
     except FileNotFoundError as exc:
         raise ImageLoadError(f"{path}: no such file") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{path}: refused, too many pixels to decode safely ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageLoadError(f"{path}: not an image PIL can read (wrong extension or corrupt)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
@@ -81,16 +100,35 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageLoadError(f"{folder}: not a folder")
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # Path.glob("**") does not enter symlinked folders (Python 3.11); os.walk does when asked, and
+    # remembering each folder's (device, inode) stops link loops and double visits
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        found.extend(Path(root) / name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in found if p.is_file())
 
 
-def expand_paths(items: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to the images inside them."""
+def expand_paths(items: Iterable[str | Path], require: bool = False) -> list[Path]:
+    """Files as given, folders expanded to the images inside them. With ``require``, finding no
+    image at all is an :class:`ImageLoadError` (a command that would print nothing says why)."""
+    items = list(items)
     paths: list[Path] = []
     for item in items:
         item = Path(item)
         paths.extend(list_images(item) if item.is_dir() else [item])
+    if require and not paths:
+        shown = ", ".join(str(i) for i in items[:3]) + (", …" if len(items) > 3 else "")
+        raise ImageLoadError(f"no images found in {shown} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
+                             "in sub-folders too)")
     return paths
 
 
@@ -106,18 +144,20 @@ def iter_batches(
     batch_size: int = 32,
     failures: list[tuple[Path, str]] | None = None,
 ) -> Iterator[LoadedBatch]:
-    """Load and resize images in batches; an unreadable file is logged, recorded in ``failures``
-    and skipped, and the rest of the batch still runs."""
+    """Load and resize images in batches; an unreadable file is skipped, and the rest of the batch
+    still runs. It is recorded in ``failures`` when given (the caller reports it, once), else
+    logged as a warning."""
     ok_paths: list[Path] = []
     tensors: list[torch.Tensor] = []
     for path in paths:
         try:
-            tensors.append(to_tensor(load_image(path), size))
+            tensors.append(to_tensor(load_image(path, size), size))
             ok_paths.append(Path(path))
         except ImageLoadError as exc:
-            log.warning("skipped %s", exc)
             if failures is not None:
                 failures.append((Path(path), str(exc)))
+            else:
+                log.warning("skipped %s", exc)
             continue
         if len(tensors) == batch_size:
             yield LoadedBatch(ok_paths, torch.stack(tensors))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from tqdm.auto import tqdm
 
 from .images import iter_batches
 from .model import TraitModel
+
+log = logging.getLogger("sxai")
 
 
 @dataclass
@@ -36,9 +39,15 @@ def score_paths(
     batch_size: int = 32,
     progress: bool = True,
     desc: str = "scoring",
+    failures: list[tuple[Path, str]] | None = None,
 ) -> Scored:
-    """Logits and traits of every readable image; unreadable ones end up in ``failures``."""
-    failures: list[tuple[Path, str]] = []
+    """Logits and traits of every readable image; unreadable ones end up in ``Scored.failures``.
+
+    Pass ``failures`` to report them yourself (they are appended there too); otherwise each is
+    logged as a warning.
+    """
+    report = failures is None
+    failures = [] if failures is None else failures
     all_paths: list[Path] = []
     logits: list[torch.Tensor] = []
     traits: list[torch.Tensor] = []
@@ -51,6 +60,9 @@ def score_paths(
             all_paths.extend(batch.paths)
             bar.update(len(batch.paths))
         bar.update(len(paths) - bar.n)
+    if report:
+        for _path, why in failures:
+            log.warning("skipped %s", why)
     empty = torch.zeros(0, model.num_classes), torch.zeros(0, model.trait_dim)
     return Scored(
         all_paths,

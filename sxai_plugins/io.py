@@ -50,9 +50,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def dumps_json(data: Any) -> str:
+    """Strict JSON for output: non-finite floats become null (``json_safe``), and
+    ``allow_nan=False`` makes any that slip through fail loudly instead of printing ``NaN``."""
+    return json.dumps(json_safe(data), indent=2, allow_nan=False)
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Valid JSON, atomically: non-finite floats are written as null."""
-    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    text = dumps_json(data) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
@@ -84,3 +90,49 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_can_create_in(folder: Path, flag: str, target: Path) -> None:
+    from .errors import SxaiError
+
+    existing = _nearest_existing(folder.absolute())
+    if not existing.is_dir():
+        raise SxaiError(f"{flag} {target}: {existing} is a file, so no folder can be made there; "
+                        "choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SxaiError(f"{flag} {target}: cannot write in {existing} (read-only folder or no permission); "
+                        "choose a writable place")
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, a file path the command could not write at the end.
+
+    ``flag`` names the option in the one-line error. Missing parent folders are fine (they are
+    created) as long as the nearest existing one is writable.
+    """
+    from .errors import SxaiError
+
+    path = Path(path)
+    if path.is_dir():
+        raise SxaiError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'out'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SxaiError(f"{flag} {path}: the file is read-only; make it writable or choose another path")
+    _check_can_create_in(path.parent, flag, path)
+    return path
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, a folder the command could not write its files into."""
+    from .errors import SxaiError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SxaiError(f"{flag} {path}: exists and is a file; give a folder")
+    _check_can_create_in(path, flag, path)
+    return path

@@ -175,8 +175,9 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     if name in FIRST_PARTY_BACKBONES:
         dist, path = FIRST_PARTY_BACKBONES[name]
         raise PluginNotFoundError(
-            f"backbone {name!r} is provided by the plugin package {dist!r}, which is not installed; "
-            f"install it with `pip install {dist}` (from a checkout: `pip install {path}`)"
+            f"backbone {name!r} is provided by the plugin package {dist!r}, which is not installed "
+            f"(and not published on PyPI yet); install it from a checkout of the sxai source tree: "
+            f"`pip install {path}`"
         )
     spec = get_plugin_manager().hook.sxai_resolve_backbone(name=name)
     if spec is None:

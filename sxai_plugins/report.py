@@ -177,7 +177,7 @@ def _pc_number(path: Path) -> tuple[int, str]:
 def _traits_section(traits_dir: Path | None) -> str:
     parts = ['<h2 id="traits">Common traits</h2>']
     if traits_dir is None:
-        parts.append(_note("No common-traits folder given: run `sxai traits DATA CLASS --out DIR` and "
+        parts.append(_note("No common-traits folder given: run `sxai traits --data DATA --class CLASS --out DIR` and "
                            "pass --traits DIR (traits_dir=...) to show the class's PC1 here."))
         return "".join(parts)
     notes: list[str] = []
@@ -263,11 +263,13 @@ def _space_section(index: int, space: SemanticSpace, figures: dict[str, Any], pl
     parts.append(_figure(plots / f"{key}.distribution.png",
                          "A_s over the reference images with the fitted normal; Q-Q plot",
                          "`sxai space` draws it unless --no-plots", wide=True))
-    parts.append("<h3>Reference images at both ends</h3>")
-    parts.append(_figure(plots / f"{key}.low.png", "P_s < 0.1",
-                         "no reference image is that low, or the plots were not drawn", wide=True))
-    parts.append(_figure(plots / f"{key}.high.png", "P_s > 0.9",
-                         "no reference image is that high, or the plots were not drawn", wide=True))
+    low, high = plots / f"{key}.low.png", plots / f"{key}.high.png"
+    # spaces without these sheets (the bundled ones ship none) would get two notes each: leave
+    # the section out instead
+    if low.is_file() or high.is_file():
+        parts.append("<h3>Reference images at both ends</h3>")
+        parts.append(_figure(low, "P_s < 0.1", "no reference image is that low", wide=True))
+        parts.append(_figure(high, "P_s > 0.9", "no reference image is that high", wide=True))
     return "".join(parts)
 
 

@@ -388,18 +388,59 @@ class IndexReport:
     batches: int = 0
 
 
+def _db_path(path: str) -> str | bytes:
+    """How a path is stored: text, or its raw bytes when it is not valid UTF-8 (SQLite text must be).
+
+    A file name that is not UTF-8 reaches Python as a str with surrogate escapes
+    (``os.fsdecode``); ``os.fsencode`` gives back the exact bytes, and ``_from_db`` the same str.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _from_db(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _text(message: str) -> str:
+    """A message that SQLite can store and any terminal can print (undecodable bytes as \\x..)."""
+    return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _explain_db_error(path: Path, exc: sqlite3.Error) -> str:
+    """Say what is wrong with an index file; never suggest deleting one that may be valid."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return (f"{path}: the index is locked by another process ({text}); wait until that "
+                "`sxai index` finishes and run this again")
+    if "readonly" in text or "read-only" in text:
+        return f"{path}: cannot write the index ({text}); make the file and its folder writable, or pass another --db"
+    if "unable to open" in text:
+        return f"{path}: cannot open the index ({text}); check that the file and its folder are readable"
+    return (f"{path}: not an sxai index, or a damaged one ({text}); pass another --db, or rebuild the index "
+            "with `sxai index DIR --db NEW_FILE`")
+
+
 class SearchIndex:
     """An SQLite file of per-image predictions and semantic probabilities."""
 
     def __init__(self, path: str | Path, meta: IndexMeta | None = None) -> None:
         """Open ``path``. With ``meta`` the file is created if needed and must match it; without,
-        it must exist already (searching)."""
+        it must exist already and is opened read-only (searching)."""
         self.path = Path(path)
         if meta is None and not self.path.is_file():
             raise SearchIndexError(f"{self.path}: no such index; build one with `sxai index DIR --db {path}`")
         if meta is not None:
+            if self.path.is_dir():
+                raise SearchIndexError(f"{self.path}: is a folder; --db needs a file name, e.g. {self.path / 'index.db'}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=30)
+        try:
+            self.db = self._connect(read_only=meta is None)
+        except sqlite3.Error as exc:
+            raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
         try:
             stored = self._open(meta)
         except BaseException:
@@ -409,25 +450,48 @@ class SearchIndex:
         self.space_columns = {key: f"p{i}" for i, key in enumerate(stored.spaces)}
         self.class_columns = {name: f"c{i}" for i, name in enumerate(stored.classes)}
 
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        # timeout is SQLite's busy timeout: a second process waits for the lock instead of failing
+        if not read_only:
+            return sqlite3.connect(str(self.path), timeout=30)
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # A WAL index needs its -shm file, which a reader cannot create in a read-only folder.
+            # With no -wal file beside it, nothing is pending, so reading it as immutable is exact.
+            if Path(f"{self.path}-wal").exists():
+                raise
+            return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30)
+
     def _open(self, meta: IndexMeta | None) -> IndexMeta:
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent after a crash, fast
+            if meta is not None:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent after a crash, fast
             # the 2 MB default page cache makes every search re-read the table: 5x slower at 100k rows
             self.db.execute("PRAGMA cache_size=-131072")
             self.db.execute("PRAGMA mmap_size=268435456")
             stored = self._stored_meta()
-        except sqlite3.DatabaseError as exc:
-            raise SearchIndexError(f"{self.path}: not a readable sxai index ({exc}); "
-                                   "delete it or pass another --db") from exc
+            if stored is None and meta is not None:
+                self._create(meta)
+                stored = self._stored_meta()  # another process may have created it first
+        except sqlite3.Error as exc:
+            raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
         if stored is None:
-            if meta is None:
-                raise SearchIndexError(f"{self.path}: empty index; build it with `sxai index DIR --db {self.path}`")
-            self._create(meta)
-            return meta
+            raise SearchIndexError(f"{self.path}: empty index; build it with `sxai index DIR --db {self.path}`")
         if meta is not None and stored != meta:
             raise SearchIndexError(self._mismatch(stored, meta))
         return stored
+
+    def finish(self) -> None:
+        """Leave a plain (rollback-journal) file, so read-only folders and readers can open it."""
+        try:
+            self.db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass  # another connection still uses the WAL: it will be checkpointed later
 
     def close(self) -> None:
         self.db.close()
@@ -460,32 +524,41 @@ class SearchIndex:
             what.append(f"spaces {list(stored.spaces)} ({stored.spaces_digest}), now {list(meta.spaces)} "
                         f"({meta.spaces_digest})")
         return (f"{self.path} was indexed with {'; '.join(what)}: its numbers would not be comparable. "
-                "Pass another --db, or delete the file to index again from scratch")
+                "Index into another --db for this model and these spaces; this file stays searchable as it is")
 
     def _create(self, meta: IndexMeta) -> None:
+        """The schema, in one IMMEDIATE transaction: two processes creating the same new index
+        take turns (busy timeout), and the second finds everything there (IF NOT EXISTS, OR IGNORE)."""
         cols = [f"c{i} REAL NOT NULL" for i in range(len(meta.classes))]
         cols += [f"p{i} REAL NOT NULL" for i in range(len(meta.spaces))]
         cols += [f"a{i} REAL NOT NULL" for i in range(len(meta.spaces))]
-        with self.db:
-            self.db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.db.commit()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            # path is TEXT, or a BLOB of the raw bytes of a name that is not UTF-8 (_db_path)
             self.db.execute(
-                "CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, "
+                "CREATE TABLE IF NOT EXISTS images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, "
                 "mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, predicted TEXT NOT NULL, "
                 + ", ".join(cols) + ")")
-            self.db.execute("CREATE TABLE failures (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL, "
-                            "size INTEGER NOT NULL, error TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, "
+                            "mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, error TEXT NOT NULL)")
             # one index per searchable column: a range condition on any space is an index seek
             for i in range(len(meta.spaces)):
-                self.db.execute(f"CREATE INDEX images_p{i} ON images (p{i})")
-            self.db.execute("CREATE INDEX images_predicted ON images (predicted)")
-            self.db.execute("INSERT INTO meta VALUES ('index', ?)", (meta.to_json(),))
+                self.db.execute(f"CREATE INDEX IF NOT EXISTS images_p{i} ON images (p{i})")
+            self.db.execute("CREATE INDEX IF NOT EXISTS images_predicted ON images (predicted)")
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('index', ?)", (meta.to_json(),))
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
 
     # ------------------------------------------------------------------------------ writing
     def known(self) -> dict[str, tuple[int, int]]:
         """path -> (mtime_ns, size) of every indexed or known-unreadable file."""
         rows = self.db.execute("SELECT path, mtime_ns, size FROM images UNION ALL "
                                "SELECT path, mtime_ns, size FROM failures")
-        return {path: (mtime, size) for path, mtime, size in rows}
+        return {_from_db(path): (mtime, size) for path, mtime, size in rows}
 
     def add(
         self,
@@ -504,18 +577,19 @@ class SearchIndex:
         values = torch.cat([class_probabilities.double(), probabilities.double(), activations.double()], 1)
         predicted = class_probabilities.argmax(dim=1).tolist()
         self.db.executemany(sql, [
-            (path, mtime, size, classes[p], *vals)
+            (_db_path(path), mtime, size, classes[p], *vals)
             for (path, mtime, size), p, vals in zip(rows, predicted, values.tolist())
         ])
-        self.db.executemany("DELETE FROM failures WHERE path = ?", [(r[0],) for r in rows])
+        self.db.executemany("DELETE FROM failures WHERE path = ?", [(_db_path(r[0]),) for r in rows])
 
     def add_failures(self, failures: Sequence[tuple[str, int, int, str]]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", failures)
-        self.db.executemany("DELETE FROM images WHERE path = ?", [(f[0],) for f in failures])
+        self.db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                            [(_db_path(path), mtime, size, _text(why)) for path, mtime, size, why in failures])
+        self.db.executemany("DELETE FROM images WHERE path = ?", [(_db_path(f[0]),) for f in failures])
 
     def remove(self, paths: Sequence[str]) -> None:
-        self.db.executemany("DELETE FROM images WHERE path = ?", [(p,) for p in paths])
-        self.db.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in paths])
+        self.db.executemany("DELETE FROM images WHERE path = ?", [(_db_path(p),) for p in paths])
+        self.db.executemany("DELETE FROM failures WHERE path = ?", [(_db_path(p),) for p in paths])
 
     def commit(self) -> None:
         self.db.commit()
@@ -547,11 +621,18 @@ class SearchIndex:
         if limit is not None:
             sql += " LIMIT ?"
             params = (*params, int(limit))
+        try:
+            return self._search(query, compiled, sql, params, limit)
+        except sqlite3.Error as exc:
+            raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
+
+    def _search(self, query: str, compiled: CompiledQuery, sql: str, params: tuple,
+                limit: int | None) -> SearchResult:
         matches = []
         n_classes = len(self.meta.classes)
         for path, predicted, *values in self.db.execute(sql, params):
             matches.append(Match(
-                path, predicted,
+                _from_db(path), predicted,
                 dict(zip(self.meta.classes, values[:n_classes])),
                 dict(zip(self.meta.spaces, values[n_classes:])),
             ))
@@ -595,58 +676,68 @@ def index_folder(
     paths = list_images(folder)
     report.found = len(paths)
     with SearchIndex(db, IndexMeta.of(model, spaces)) as index:
-        known = index.known()
-        here = {str(p) for p in paths}
-        prefix = str(folder) + os.sep
-        gone = [p for p in known if p.startswith(prefix) and p not in here]
-        if gone:
-            index.remove(gone)
-            index.commit()
-        report.removed = len(gone)
-        todo: list[Path] = []
-        stats: dict[Path, tuple[int, int]] = {}
-        vanished: list[tuple[Path, str]] = []
-        for path, stat in _stat(paths):
-            if stat is None:
-                vanished.append((path, f"{path}: could not be read (removed while indexing?)"))
-            elif known.get(str(path)) == stat:
-                report.unchanged += 1
-            else:
-                todo.append(path)
-                stats[path] = stat
-        report.failed.extend((str(p), why) for p, why in vanished)
-        device = next(model.parameters()).device
-        failures: list[tuple[Path, str]] = []
-        recorded = 0
+        try:
+            _index_into(index, model, spaces, paths, folder, report, batch_size, progress, on_batch)
+        except sqlite3.Error as exc:
+            raise SearchIndexError(_explain_db_error(index.path, exc)) from exc
+        index.finish()
+    return report
 
-        def flush_failures() -> None:
-            nonlocal recorded
-            new = failures[recorded:]
-            index.add_failures([(str(p), *stats[p], why) for p, why in new])
-            report.failed.extend((str(p), why) for p, why in new)
-            recorded = len(failures)
 
-        with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
-            for batch in iter_batches(todo, model_size(model), batch_size, failures):
-                out = model(batch.images.to(device))
-                activations = spaces.activations(out.traits.float()).cpu()
-                index.add(
-                    [(str(p), *stats[p]) for p in batch.paths],
-                    out.logits.float().softmax(dim=1).cpu(),
-                    spaces.probabilities_from_activations(activations),
-                    activations,
-                )
-                flush_failures()
-                index.commit()
-                report.scored += len(batch.paths)
-                report.batches += 1
-                bar.update(report.scored + len(failures) - bar.n)  # unreadable files count as done
-                if on_batch is not None:
-                    on_batch(report.batches, batch.paths)
+def _index_into(index: SearchIndex, model: TraitModel, spaces: SpaceSet, paths: list[Path], folder: Path,
+                report: IndexReport, batch_size: int, progress: bool,
+                on_batch: Callable[[int, list[Path]], None] | None) -> None:
+    known = index.known()
+    here = {str(p) for p in paths}
+    prefix = str(folder) + os.sep
+    gone = [p for p in known if p.startswith(prefix) and p not in here]
+    if gone:
+        index.remove(gone)
+        index.commit()
+    report.removed = len(gone)
+    todo: list[Path] = []
+    stats: dict[Path, tuple[int, int]] = {}
+    vanished: list[tuple[Path, str]] = []
+    for path, stat in _stat(paths):
+        if stat is None:
+            vanished.append((path, f"{path}: could not be read (removed while indexing?)"))
+        elif known.get(str(path)) == stat:
+            report.unchanged += 1
+        else:
+            todo.append(path)
+            stats[path] = stat
+    report.failed.extend((str(p), why) for p, why in vanished)
+    device = next(model.parameters()).device
+    failures: list[tuple[Path, str]] = []
+    recorded = 0
+
+    def flush_failures() -> None:
+        nonlocal recorded
+        new = failures[recorded:]
+        index.add_failures([(str(p), *stats[p], why) for p, why in new])
+        report.failed.extend((str(p), why) for p, why in new)
+        recorded = len(failures)
+
+    with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
+        for batch in iter_batches(todo, model_size(model), batch_size, failures):
+            out = model(batch.images.to(device))
+            activations = spaces.activations(out.traits.float()).cpu()
+            index.add(
+                [(str(p), *stats[p]) for p in batch.paths],
+                out.logits.float().softmax(dim=1).cpu(),
+                spaces.probabilities_from_activations(activations),
+                activations,
+            )
             flush_failures()
             index.commit()
-            bar.update(len(todo) - bar.n)
-    return report
+            report.scored += len(batch.paths)
+            report.batches += 1
+            bar.update(report.scored + len(failures) - bar.n)  # unreadable files count as done
+            if on_batch is not None:
+                on_batch(report.batches, batch.paths)
+        flush_failures()
+        index.commit()
+        bar.update(len(todo) - bar.n)
 
 
 # ---------------------------------------------------------------------------- contact sheet

@@ -182,7 +182,7 @@ def format_table(spaces) -> str:
 def _run_space(args: argparse.Namespace) -> int:
     from . import DEFAULT_BACKBONE
     from .concepts import load_coco
-    from .io import atomic_folder, json_safe, write_json
+    from .io import atomic_folder, dumps_json, write_json
 
     config = _load_config(args)
     args.backbone = config.get("backbone", DEFAULT_BACKBONE)
@@ -213,11 +213,11 @@ def _run_space(args: argparse.Namespace) -> int:
     with atomic_folder(out) as tmp:
         for space in spaces:
             space.save(tmp / f"{space.key}.safetensors")
-        write_json(tmp / "report.json", json_safe(summary))
+        write_json(tmp / "report.json", summary)
         if not args.no_plots and config.get("plots", True):
             _plots(model, spaces, config, reference, tmp / "plots", args)
     if args.json:
-        print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+        print(dumps_json(summary))
     else:
         print(format_table(spaces))
         if shared:

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli import add_model_args, command, model_from_args, positive_list
+from .cli import add_model_args, command, model_from_args, positive_int, positive_list
 from .errors import ImageLoadError, SxaiError
 from .images import list_images, load_image, to_array
-from .io import atomic_folder, atomic_write, write_json, write_safetensors
+from .io import atomic_folder, atomic_write, dumps_json, write_json, write_safetensors
 from .model import TraitModel
 from .pca import RowCentredPCA, first_pc, spread
 
@@ -89,10 +89,11 @@ class _Loader:
         if path in self.failures:
             return False
         try:
-            self.images[path] = to_array(load_image(path), self.size)
+            self.images[path] = to_array(load_image(path, self.size), self.size)
             return True
         except ImageLoadError as exc:
-            log.warning("skipped %s", exc)
+            # recorded, and reported once by the caller (`sxai traits` prints each, summary.json lists them)
+            log.debug("skipped %s", exc)
             self.failures[path] = str(exc)
             return False
 
@@ -373,7 +374,7 @@ def _traits(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--data", required=True, help="ImageFolder root (uses DATA/<class>) or a folder of images")
     p.add_argument("--class", dest="target_class", metavar="CLASS", required=True, help="the class, e.g. cat")
-    p.add_argument("--n", type=int, default=300, help="sample size Ns (default 300, the paper's)")
+    p.add_argument("--n", type=positive_int, default=300, help="sample size Ns (default 300, the paper's)")
     p.add_argument("--out", "-o", required=True, help="results folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--seed", type=int, default=0)
@@ -382,15 +383,15 @@ def _traits(sub: argparse._SubParsersAction) -> None:
                    help="paper: 50 genomes × 50 generations; fast: occlusion-seeded, early stop")
     p.add_argument("--invert", default="tv",
                    help="feature inverter for the PCs: tv (paper), fourier, another plugin's, or none")
-    p.add_argument("--inversion-steps", type=int, help="default: the inverter's own (tv 4000, fourier 512)")
-    p.add_argument("--pcs", type=int, default=3, help="how many leading PCs to invert (default 3)")
+    p.add_argument("--inversion-steps", type=positive_int, help="default: the inverter's own (tv 4000, fourier 512)")
+    p.add_argument("--pcs", type=positive_int, default=3, help="how many leading PCs to invert (default 3)")
     p.add_argument("--stability", type=positive_list(int), metavar="N1,N2,...",
                    help="also measure PC1's spread for these sample sizes (e.g. 50,100,300)")
-    p.add_argument("--repeats", type=int, default=3, help="repeats per size for --stability (paper: 3)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="repeats per size for --stability (paper: 3)")
     p.add_argument("--per-layer", action="store_true", help="row-centred PCA of every block's maps too")
     p.add_argument("--layer-mode", choices=("blocks", "conv"), default="blocks")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass when taking traits")
-    p.add_argument("--ga-batch-size", type=int, default=50,
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass when taking traits")
+    p.add_argument("--ga-batch-size", type=positive_int, default=50,
                    help="genomes per forward pass in the genetic search (default 50; a GPU wants 500 or "
                         "more); changes speed, not the search's answers")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout at the end")
@@ -424,7 +425,7 @@ def _run_traits(args: argparse.Namespace) -> int:
     with atomic_folder(out) as tmp:
         summary = _write_results(tmp, out, args, model, found, inverter, ga_config, paths, progress)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps_json(summary))
     else:
         ratios = found.pca.explained_variance_ratio_
         print(f"{len(found.paths)} images of {args.target_class}: PC1 {100 * ratios[0]:.1f}%, "

@@ -91,3 +91,49 @@ def backbone_plugin():
     """``with backbone_plugin(name, build, description):`` makes ``name`` a backbone that
     ``sxai`` commands can build, through a real registered plugin, until the block ends."""
     return _backbone_available
+
+
+def _call_as_nobody(fn: Callable, args: tuple, results) -> None:
+    try:
+        if os.geteuid() == 0:  # root ignores file modes: drop to an ordinary user first
+            os.setgid(65534)
+            os.setuid(65534)
+        results.put(("ok", fn(*args)))
+    except BaseException as exc:  # handed to the parent, which asserts on it
+        results.put(("raised", f"{type(exc).__name__}: {exc}"))
+
+
+@pytest.fixture
+def as_nobody():
+    """``as_nobody(fn, *args)`` runs ``fn`` in a forked process as uid 65534 (tests run as root,
+    for whom read-only files and folders are writable) and returns ``("ok", result)`` or
+    ``("raised", "Type: message")``. Everything ``fn`` needs must be importable by that user or
+    imported already; pytest's tmp folders are closed to other users, so use ``open_tmp_path``."""
+    import multiprocessing
+
+    def run(fn: Callable, *args):
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        child = ctx.Process(target=_call_as_nobody, args=(fn, args, results))
+        child.start()
+        try:
+            return results.get(timeout=120)
+        finally:
+            child.join(timeout=30)
+
+    return run
+
+
+@pytest.fixture
+def open_tmp_path():
+    """A fresh folder under /tmp that other users may enter (pytest's tmp_path is 0700)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="sxai-test-"))
+    path.chmod(0o755)
+    yield path
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)
+    shutil.rmtree(path)

@@ -17,7 +17,9 @@ implements what huggingface_hub 2.4's ``HfApi`` and ``hf_hub_download`` call (mo
 Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound) like the Hub's, so
 the client raises its usual exceptions. Blobs live on disk under ``root``; refs and commits in
 memory. ``requests`` records every (method, path) served. Test hooks: ``write_token`` (writes need
-``Authorization: Bearer <token>``), ``short_paths`` (GET serves only half of those files).
+``Authorization: Bearer <token>``), ``short_paths`` (GET serves only half of those files),
+``oversize`` (GET sends that many zero bytes after those files, announced in Content-Length or
+not, while HEAD keeps the true size); ``sent`` counts the body bytes written per path.
 HTTP/1.0, one connection per request, so ``stop()`` really takes the Hub away.
 """
 
@@ -58,6 +60,8 @@ class HubServer:
         self.requests: list[tuple[str, str]] = []
         self.write_token = write_token
         self.short_paths: set[str] = set()
+        self.oversize: dict[str, tuple[int, bool]] = {}  # path -> (extra bytes, announced)
+        self.sent: dict[str, int] = {}
         self._lock = threading.Lock()
         self._counter = itertools.count()
         self._httpd: ThreadingHTTPServer | None = None
@@ -324,9 +328,35 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path in hub.short_paths:
             data = data[: len(data) // 2]
+        if path in hub.oversize:
+            return self._send_oversized(path, data, headers, *hub.oversize[path])
         status, start = 200, 0
         wanted = self.headers.get("Range", "")
         if wanted.startswith("bytes=") and wanted[6:].endswith("-"):
             start, status = int(wanted[6:-1]), 206
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         self._send(status, data[start:], headers, content_type="application/octet-stream")
+
+    def _send_oversized(self, path: str, data: bytes, headers: dict[str, str], extra: int,
+                        announced: bool) -> None:
+        """``data`` then ``extra`` zero bytes, in 64 KiB writes, until done or the client hangs up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if announced:
+            self.send_header("Content-Length", str(len(data) + extra))
+        self.end_headers()  # without Content-Length, HTTP/1.0 clients read until the connection closes
+        self.hub.sent[path] = 0
+        block = bytes(64 * 1024)
+        try:
+            self.wfile.write(data)
+            self.hub.sent[path] += len(data)
+            while extra > 0:
+                chunk = block[: min(extra, len(block))]
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                self.hub.sent[path] += len(chunk)
+                extra -= len(chunk)
+        except OSError:  # the client stopped reading: what we count is what it was sent
+            self.close_connection = True

@@ -229,3 +229,28 @@ def test_cli_adversarial_run(backbone, folder, tmp_path, capsys):
 def test_cli_adversarial_needs_images_for_other_backbones(backbone, capsys):
     code = main(["adversarial", "-b", backbone])
     assert code == 2 and "--data DIR" in capsys.readouterr().err
+
+
+def test_rates_over_nothing_read_n_a_in_the_table_and_null_in_json():
+    from sxai_plugins.adversarial import AdversarialReport, EpsilonResult, RuleResult
+    from sxai_plugins.io import dumps_json
+
+    nan = float("nan")
+    report = AdversarialReport(
+        n_images=3, n_correct=0, labels="folders", steps=4, step_size_factor=2.5, rules=[DetectionRule()],
+        results=[EpsilonResult(0.01, 0, 0, nan, [RuleResult("paper", 0, nan, 0, nan)], nan, nan)])
+    row = report.table().splitlines()[-1]
+    assert "nan" not in row.lower()
+    assert row == "| 0.01 | paper | n/a (0/0) | n/a (0/0) | n/a (0/0) | n/a → n/a |"
+    record = json.loads(dumps_json(report.to_dict()), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
+    assert record["results"][0]["attack_success_rate"] is None
+    assert record["results"][0]["rules"][0]["detection_rate"] is None
+
+
+def test_json_output_never_carries_nan_or_infinity():
+    from sxai_plugins.io import dumps_json
+
+    data = {"a": float("nan"), "b": [float("inf"), -float("inf"), 0.5, np.float64("nan"), np.float32("inf")],
+            "c": (1, "x", None, np.float32(0.25))}
+    strict = json.loads(dumps_json(data), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
+    assert strict == {"a": None, "b": [None, None, 0.5, None, None], "c": [1, "x", None, 0.25]}

@@ -18,10 +18,7 @@ BACKBONES = [
 
 @pytest.mark.parametrize(("name", "side"), BACKBONES)
 def test_backbone_traits_are_gap_of_last_conv_map(name: str, side: int) -> None:
-    if name.startswith("vgg") and "vgg19" not in sx.list_backbones():
-        pytest.skip("sxai-plugins-vgg is not installed")
-    if name == "alexnet" and "alexnet" not in sx.list_backbones():
-        pytest.skip("sxai-plugins-alexnet is not installed")
+    # the first-party plugins are installed with the tests (make test): a missing one must fail
     model = sx.create_model(name, pretrained=False, class_names=["a", "b", "c"])
     x = torch.rand(2, 3, side, side)
     with torch.no_grad():
@@ -38,14 +35,10 @@ def test_backbone_traits_are_gap_of_last_conv_map(name: str, side: int) -> None:
 def test_trait_widths_match_the_architectures() -> None:
     expected = {"vgg19": 512, "alexnet": 256, "tf_efficientnet_lite0": 1280, "resnet18": 512}
     for name, width in expected.items():
-        if name not in sx.list_backbones() and name not in ("resnet18",):
-            continue
         assert sx.create_model(name, pretrained=False, class_names=["a", "b"]).trait_dim == width
 
 
 def test_vgg_has_no_mlp_pre_logits() -> None:
-    if "vgg19" not in sx.list_backbones():
-        pytest.skip("sxai-plugins-vgg is not installed")
     model = sx.create_model("vgg19", pretrained=False, class_names=["a", "b"])
     assert not any(k.startswith("model.pre_logits") for k in model.body.state_dict())
 
@@ -104,3 +97,50 @@ def test_default_model_classes_and_offline_weights() -> None:
     imagenet = sx.create_model("tf_efficientnet_lite0")
     assert imagenet.num_classes == 1000 and "tabby" in imagenet.class_names[281]
     assert imagenet.fingerprint() == model.fingerprint()
+
+
+def test_a_head_file_given_as_weights_says_to_use_head(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "head.safetensors"
+    save_file({"weight": torch.zeros(2, 1280), "bias": torch.zeros(2)}, str(path))
+    for backbone in ("lite0_catdog", "resnet18"):
+        with pytest.raises(WeightsError) as info:
+            sx.create_model(backbone, weights=path)
+        message = str(info.value)
+        assert str(path) in message and "bias (2,), weight (2, 1280)" in message and "--head" in message
+        assert "conv_stem" not in message and "conv1" not in message
+
+
+def test_lite0_weights_in_an_unknown_layout_name_the_files_own_keys(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"stem.w": torch.zeros(3), "stem.b": torch.zeros(3)}, str(path))
+    with pytest.raises(WeightsError, match=r"other\.safetensors: has 2 tensors \('stem\.b', 'stem\.w'\)"):
+        sx.create_model("lite0_catdog", weights=path)
+    own = sx.create_model("tf_efficientnet_lite0", pretrained=False).body.model.state_dict()
+    renamed = {f"layer{i:03d}": tensor for i, tensor in enumerate(own.values())}
+    renamed["layer000"] = torch.zeros(5)  # right count, wrong shape
+    path = tmp_path / "other.pth"  # torch.save keeps the order, as the package's file does
+    torch.save(renamed, path)
+    with pytest.raises(WeightsError, match=r"other\.pth: tensor 'layer000' has shape \(5,\), but .* 'conv_stem.weight'"):
+        sx.create_model("lite0_catdog", weights=path)
+
+
+def test_no_network_fails_fast_with_the_good_message(tmp_path, monkeypatch) -> None:
+    """Without HF_HUB_OFFLINE, huggingface_hub retried for about a minute before this message."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match=r"'resnet18' \(cannot connect to http://127.0.0.1:9\).*--weights"):
+        sx.create_model("resnet18")
+    assert time.monotonic() - start < 15
+    assert constants.HF_HUB_OFFLINE is False  # the offline switch was for that one call

@@ -139,6 +139,23 @@ def test_explain_text_output(capsys, tmp_path, backbone, spaces_dir, images):
     assert (tmp_path / "pic1.radar.png").is_file()
 
 
+def test_explain_top_limits_the_classes_shown(capsys, tmp_path, backbone, spaces_dir, images):
+    argv = ["explain", str(images / "pic1.png"), "-b", backbone, "-s", str(spaces_dir), "--out", str(tmp_path)]
+    _code, out, _err = run(capsys, *argv)
+    assert out.splitlines()[0].count(",") == 1  # both classes by default (up to 5)
+    code, out, _err = run(capsys, *argv, "--top", "1")
+    first = out.splitlines()[0]
+    assert code == 0 and "," not in first and first.endswith(")")
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_no_images_found_is_an_error(capsys, tmp_path, backbone, spaces_dir, command):
+    (tmp_path / "empty").mkdir()
+    extra = ["-s", str(spaces_dir), "--out", str(tmp_path / "o")] if command == "explain" else []
+    code, out, err = run(capsys, command, str(tmp_path / "empty"), "-b", backbone, *extra)
+    assert code == 2 and out == "" and err.startswith(f"sxai: error: no images found in {tmp_path / 'empty'}")
+
+
 @pytest.fixture
 def terse():
     sys.path.insert(0, str(FIXTURE))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import socket
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from torch import nn
 
 import spaces_hub
 from spaces_hub.card import render_card
-from spaces_hub.layout import parse_index
+from spaces_hub.layout import check_name, parse_index
 from spaces_hub.safety import check_safetensors_header
 from sxai_plugins.cli import main
 from sxai_plugins.errors import SpaceError, SxaiError
@@ -253,6 +257,112 @@ def test_a_space_that_disagrees_with_its_index_is_refused(hub, spaces, model, tm
         spaces_hub.pull(REPO, cache_dir=tmp_path / "cache")
 
 
+MB = 1 << 20
+
+
+def sent_when_settled(hub: HubServer, path: str) -> int:
+    """Bytes the server wrote for ``path``, once its handler has stopped writing."""
+    last, deadline = -1, time.monotonic() + 5
+    while hub.sent.get(path) != last and time.monotonic() < deadline:
+        last = hub.sent.get(path)
+        time.sleep(0.2)
+    return hub.sent[path]
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "no-content-length"])
+@pytest.mark.parametrize("path", [SPACE_FILE, "spaces.json"])
+def test_a_file_larger_than_allowed_is_cut_off_while_downloading(hub, spaces, tmp_path, path, announced):
+    """The server sends 150 MB after the real bytes (HEAD still says the real size): the
+    download stops within huggingface_hub's 10 MB read chunk of the limit, not after 150 MB."""
+    spaces_hub.push(spaces, REPO)
+    hub.oversize[path] = (150 * MB, announced)
+    cache = tmp_path / "cache"
+    with pytest.raises(spaces_hub.DownloadError, match=rf"{path}.*download stopped") as info:
+        spaces_hub.pull(REPO, cache_dir=cache)
+    assert "\n" not in str(info.value)
+    assert sent_when_settled(hub, path) < 40 * MB
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > MB]
+
+
+def test_an_oversized_cached_file_is_refused_and_evicted(hub, spaces, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    round_trip(spaces, cache)
+    blob = next(p for p in cache.rglob("cat.eyes.safetensors")).resolve()
+    blob.write_bytes(blob.read_bytes() + bytes(1000))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(spaces_hub.DownloadError, match=rf"cached {SPACE_FILE} has"):
+        spaces_hub.pull(REPO, cache_dir=cache)
+    assert not blob.exists()
+
+
+def forged(data: bytes, **metadata: object) -> bytes:
+    """A real space file with fields of its ``sxai.space`` metadata replaced (tensors untouched)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["sxai.space"])
+    meta.update(metadata)
+    header["__metadata__"]["sxai.space"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors keeps the data section 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+def listing(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def hostile_names(sandbox: Path) -> list[tuple[str, str]]:
+    return [(f"{sandbox}/victim/x", "./../model"), ("../../..", "eyes"), ("cat", "../../../x"),
+            ("cat/..", "eyes"), (".hidden", "eyes"), ("cat", "eyes\\..")]
+
+
+@pytest.mark.parametrize("liar", ["space file", "space file and index"])
+@pytest.mark.parametrize("case", range(6))
+def test_pull_out_refuses_hostile_names_and_writes_nothing(hub, spaces, tmp_path, capsys, liar, case):
+    sandbox = tmp_path / "sandbox"
+    (sandbox / "victim").mkdir(parents=True)
+    (sandbox / "victim" / "model.safetensors").write_bytes(b"precious")
+    class_name, concept = hostile_names(sandbox)[case]
+    spaces_hub.push(spaces, REPO)
+    data = forged(stored(hub, SPACE_FILE), class_name=class_name, concept=concept)
+    index = json.loads(index_with(hub, SPACE_FILE, data))
+    if liar == "space file and index":
+        entry = next(e for e in index["files"] if e["path"] == SPACE_FILE)
+        entry.update(class_name=class_name, concept=concept)
+    commit_files(hub, {SPACE_FILE: data, "spaces.json": json.dumps(index).encode()})
+    before = listing(sandbox)
+    code = main(["hub", "pull", REPO, "--cache-dir", str(tmp_path / "cache"), "--out", str(sandbox / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("sxai: error:") and err.count("\n") == 1
+    assert SPACE_FILE in err if liar == "space file" else "not a safe name" in err
+    assert listing(sandbox) == before
+
+
+def test_pull_out_does_not_follow_a_link_out_of_the_folder(hub, spaces, tmp_path, capsys):
+    sandbox = tmp_path / "sandbox"
+    (sandbox / "out").mkdir(parents=True)
+    (sandbox / "victim.safetensors").write_bytes(b"precious")
+    (sandbox / "out" / "dog.eyes.safetensors").symlink_to(sandbox / "victim.safetensors")
+    spaces_hub.push(spaces, REPO)
+    before = listing(sandbox)
+    code = main(["hub", "pull", REPO, "--cache-dir", str(tmp_path / "cache"), "--out", str(sandbox / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "outside" in err and "dog.eyes.safetensors" in err
+    assert listing(sandbox) == before
+
+
+@pytest.mark.parametrize("name", ["cat", "golden_retriever", "left-eye", "v1.2", "A9"])
+def test_safe_names_pass(name):
+    assert check_name(name, "class name", "here") == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a..b", ".cat", "cat.", "a/b", "/abs", "a\\b", "a b",
+                                  "x" * 101, "caf\u00e9", "a\x00b", None, 3])
+def test_unsafe_names_are_refused_with_the_reason(name):
+    with pytest.raises(spaces_hub.HubError, match="not a safe name"):
+        check_name(name, "class name", "here")
+
+
 # ---------------------------------------------------------------------------------------- bad input
 def test_unknown_repo_and_missing_revision_are_one_line_errors(hub, spaces, tmp_path):
     with pytest.raises(spaces_hub.HubRepoNotFoundError, match="sxai-test/nope") as info:
@@ -370,13 +480,14 @@ def test_header_check_accepts_real_space_files(spaces, tmp_path):
 
 
 def test_index_parser_ignores_unsafe_paths_and_rejects_malformed_entries():
-    good = {"path": SPACE_FILE, "sha256": "a" * 64, "size": 10}
+    good = {"path": SPACE_FILE, "sha256": "a" * 64, "size": 10, "class_name": "cat", "concept": "eyes"}
     base = {"format_version": 1, "backbone": "b", "fingerprint": "f", "trait_dim": C}
     index = parse_index(json.dumps({**base, "files": [good, {**good, "path": "../../etc/x.safetensors"},
                                                       {**good, "path": "evil.pkl"}]}).encode(), "r")
     assert [f.path for f in index.files] == [SPACE_FILE]
     assert index.ignored == ["../../etc/x.safetensors", "evil.pkl"]
-    for broken in ({**base, "files": [{**good, "sha256": "xyz"}]}, {**base, "files": []}, [1, 2], {**base}):
+    for broken in ({**base, "files": [{**good, "sha256": "xyz"}]}, {**base, "files": []}, [1, 2], {**base},
+                   {**base, "files": [{**good, "class_name": "dog"}]}, {**base, "files": [{**good, "concept": 7}]}):
         with pytest.raises(spaces_hub.SpacesIndexError):
             parse_index(json.dumps({**broken} if isinstance(broken, dict) else broken).encode(), "r")
 
@@ -397,6 +508,19 @@ def test_cli_push_and_pull(hub, spaces, tmp_path, capsys):
     assert main(["hub", "pull", "sxai-test/nope", "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sxai: error:") and "sxai-test/nope" in err and "\n" not in err
+
+
+def test_cli_warnings_are_one_line_without_python_source(hub, spaces, tmp_path):
+    spaces_hub.push(spaces, REPO)
+    commit_files(hub, {"notes.bin": b"not listed in the index"})
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "sxai_plugins", "hub", "pull", REPO, "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sxai: warning:") and "notes.bin" in lines[0]
+    assert ".py:" not in proc.stderr and "warn(" not in proc.stderr
 
 
 def test_errors_are_sxai_errors():

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from sxai_plugins.errors import ImageLoadError
-from sxai_plugins.images import image_folder, iter_batches, load_image, to_tensor
+from sxai_plugins.images import (
+    expand_paths,
+    image_folder,
+    iter_batches,
+    list_images,
+    load_image,
+    to_tensor,
+)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA", "I;16", "1"])
@@ -75,3 +85,65 @@ def test_image_folder_layout(tmp_path) -> None:
     assert labels == [0, 1] and [p.parent.name for p in paths] == ["cat", "dog"]
     with pytest.raises(ImageLoadError, match="no class folders"):
         image_folder(tmp_path / "cat")
+
+
+def bomb_png(path, side: int = 20_000) -> None:
+    """A valid PNG header claiming side × side pixels (400 Mpx), and no pixel data: 57 bytes."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_an_unreadable_file(tmp_path) -> None:
+    bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(ImageLoadError, match=r"bomb\.png: refused, too many pixels"):
+        load_image(tmp_path / "bomb.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    failures: list = []
+    batches = list(iter_batches([tmp_path / "bomb.png", tmp_path / "ok.png"], (8, 8), failures=failures))
+    assert [p.name for b in batches for p in b.paths] == ["ok.png"]
+    assert [p.name for p, _ in failures] == ["bomb.png"]
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_size(tmp_path) -> None:
+    Image.new("RGB", (2000, 1600), (200, 30, 30)).save(tmp_path / "big.jpg", quality=90)
+    # 1/8 scale: the smallest JPEG reduction still at least twice the 32 × 32 model input
+    assert load_image(tmp_path / "big.jpg", (32, 32)).size == (250, 200)
+    assert load_image(tmp_path / "big.jpg", (512, 512)).size == (2000, 1600)  # not 4× larger: full
+    assert load_image(tmp_path / "big.jpg").size == (2000, 1600)
+
+
+@pytest.mark.parametrize("value", [0.25, 0.8])
+def test_a_float_tiff_in_0_1_keeps_its_brightness(tmp_path, value: float) -> None:
+    Image.fromarray(np.full((10, 12), value, np.float32), "F").save(tmp_path / "f.tif")
+    pixels = np.asarray(load_image(tmp_path / "f.tif"))
+    assert pixels.shape == (10, 12, 3) and np.all(pixels == round(value * 255))
+
+
+def test_a_float_tiff_with_nan_is_refused_with_the_reason(tmp_path) -> None:
+    array = np.full((10, 12), 0.5, np.float32)
+    array[3, 3] = np.nan
+    Image.fromarray(array, "F").save(tmp_path / "nan.tif")
+    with pytest.raises(ImageLoadError, match=r"nan\.tif.*NaN or infinite"):
+        load_image(tmp_path / "nan.tif")
+
+
+def test_images_in_symlinked_folders_are_found_once_and_loops_end(tmp_path) -> None:
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "real").mkdir(parents=True)
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "real" / "a.png")
+    Image.new("RGB", (8, 8)).save(elsewhere / "b.png")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)  # a cycle back to the top
+    found = list_images(root)
+    assert [p.relative_to(root).as_posix() for p in found] == ["linked/b.png", "real/a.png"]
+    assert expand_paths([root]) == found
+
+
+def test_no_images_at_all_is_an_error_when_required(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    assert expand_paths([tmp_path]) == []
+    with pytest.raises(ImageLoadError, match="no images found in"):
+        expand_paths([tmp_path], require=True)

@@ -232,7 +232,14 @@ def test_missing_optional_pieces_are_noted(tmp_path, model):
     assert "No common-traits folder given" in page
     assert "No example images given" in page
     assert page.count(".distribution.png is missing") == len(SPACES)
-    assert page.count(".low.png is missing") == len(SPACES)
+    # no reference sheets at all: no section of notes about them
+    assert "Reference images at both ends" not in page and ".low.png" not in page and ".high.png" not in page
+    # the command the page suggests is one the CLI accepts
+    suggested = re.search(r"run `(sxai traits [^`]*)`", page).group(1)
+    assert suggested == "sxai traits --data DATA --class CLASS --out DIR"
+    from sxai_plugins.cli import build_parser
+
+    assert build_parser().parse_args(suggested.split()[1:]).command == "traits"
     assert "<img" not in page
     # the evaluation figures then come from the space files themselves
     assert "0.875" in page

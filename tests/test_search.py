@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,7 +289,7 @@ def test_opening_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
         SearchIndex(tmp_path / "nothing.sqlite")
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(SearchIndexError, match="not a readable sxai index"):
+    with pytest.raises(SearchIndexError, match="not an sxai index, or a damaged one"):
         SearchIndex(junk)
     empty = tmp_path / "empty.sqlite"
     sqlite3.connect(empty).close()
@@ -318,3 +320,84 @@ def test_search_limit_total_and_contact_sheet(setup, tmp_path):
         assert image.height == 3 * (64 + 12 * 3 + 4 + 8) + 8  # 10 matches in rows of 4
     with pytest.raises(SearchIndexError, match="no matches"):
         contact_sheet([], tmp_path / "none.png")
+
+
+# ------------------------------------------------------------------------------------ robustness
+def test_a_file_name_that_is_not_utf8_is_indexed_found_and_rerun(setup):
+    model, spaces, folder, _paths, db = setup
+    odd = folder / os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).save(odd)
+    (folder / os.fsdecode(b"bad\xff.png")).write_bytes(b"junk")
+    first = index_folder(model, spaces, folder, db, batch_size=4, progress=False)
+    assert first.scored == 11 and len(first.failed) == 2
+    again = index_folder(model, spaces, folder, db, batch_size=4, progress=False)
+    assert (again.scored, again.unchanged, again.failed) == (0, 13, [])
+    with SearchIndex(db) as index:
+        paths = [m.path for m in index.search("predicted = cat or predicted = dog", limit=None).matches]
+    assert str(odd.resolve()) in paths
+    assert Path(next(p for p in paths if "caf" in p)).is_file()
+
+
+def _open_and_add(db, meta, barrier, row, results) -> None:
+    try:
+        barrier.wait(timeout=30)
+        with SearchIndex(db, meta) as index:
+            probs = torch.full((1, len(meta.spaces)), 0.5)
+            index.add([(f"/img{row}.png", 1, 1)], torch.tensor([[0.3, 0.7]]), probs, probs)
+            index.commit()
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_creating_the_same_new_index_at_once_all_succeed(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    meta = IndexMeta("tiny", "0" * 16, CLASSES, tuple(SPACES), "d" * 16)
+    db = tmp_path / "fresh.sqlite"
+    n = 6
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    workers = [ctx.Process(target=_open_and_add, args=(db, meta, barrier, i, results)) for i in range(n)]
+    for w in workers:
+        w.start()
+    outcomes = [results.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    assert outcomes == ["ok"] * n
+    with SearchIndex(db) as index:
+        assert len(index) == n and index.meta == meta
+
+
+def _search_paths(db) -> list[str]:
+    with SearchIndex(db) as index:
+        return sorted(m.path for m in index.search("cat.eyes >= 0", limit=None).matches)
+
+
+def test_a_read_only_index_in_a_read_only_folder_can_be_searched(setup, as_nobody, open_tmp_path):
+    model, spaces, folder, _paths, _db = setup
+    db = open_tmp_path / "index.sqlite"
+    index_folder(model, spaces, folder, db, batch_size=8, progress=False)
+    expected = _search_paths(db)
+    before = (db.read_bytes(), db.stat().st_mtime_ns, sorted(os.listdir(open_tmp_path)))
+    db.chmod(0o444)
+    open_tmp_path.chmod(0o555)
+    assert as_nobody(_search_paths, db) == ("ok", expected) and len(expected) == 10
+    assert (db.read_bytes(), db.stat().st_mtime_ns, sorted(os.listdir(open_tmp_path))) == before
+
+
+def test_a_damaged_index_is_a_clear_error_naming_the_file(setup, capsys):
+    model, spaces, folder, _paths, db = setup
+    index_folder(model, spaces, folder, db, batch_size=8, progress=False)
+    with sqlite3.connect(db) as con:
+        page = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'images'").fetchone()[0]
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    con.close()
+    with open(db, "r+b") as f:
+        f.seek((page - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+    with pytest.raises(SearchIndexError, match=rf"{db}: not an sxai index, or a damaged one"):
+        index_folder(model, spaces, folder, db, batch_size=8, progress=False)
+    from sxai_plugins.cli import main
+
+    assert main(["search", "cat.eyes > 0", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sxai: error: {db}: not an sxai index, or a damaged one") and err.count("\n") == 1

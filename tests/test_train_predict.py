@@ -80,8 +80,9 @@ def test_device_choice_and_its_errors(capsys) -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(sx.SxaiError, match="not a device torch knows"):
         resolve_device("gpu0")
-    assert main(["predict", "x.jpg", "--backbone", "resnet18", "--no-pretrained", "--device", "gpu0"]) == 2
-    assert "--device 'gpu0'" in capsys.readouterr().err
+    for device in ("mps", "meta"):
+        with pytest.raises(sx.SxaiError, match=f"{device} is not supported"):
+            resolve_device(device)
     if not torch.cuda.is_available():
         with pytest.raises(sx.SxaiError, match="no CUDA GPU; use --device cpu"):
             resolve_device("cuda")
@@ -95,3 +96,29 @@ def test_every_command_has_help(command, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
     assert info.value.code == 0 and "usage: sxai" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-head", "d", "--out", "h", "--heldout", "-0.5"], "--heldout: expected a fraction between 0 and 1"),
+    (["train-head", "d", "--out", "h", "--heldout", "1.0"], "--heldout: expected a fraction between 0 and 1"),
+    (["train-head", "d", "--out", "h", "--heldout", "0"], "--heldout: expected a fraction between 0 and 1"),
+    (["train-head", "d", "--out", "h", "--epochs", "-1"], "--epochs: expected a positive integer, got '-1'"),
+    (["train-head", "d", "--out", "h", "--epochs", "0"], "--epochs: expected a positive integer, got '0'"),
+    (["train-head", "d", "--out", "h", "--batch-size", "0"], "--batch-size: expected a positive integer"),
+    (["train-head", "d", "--out", "h", "--lr", "nan"], "--lr: expected a finite number, got 'nan'"),
+    (["train-head", "d", "--out", "h", "--lr", "inf"], "--lr: expected a finite number, got 'inf'"),
+    (["train-head", "d", "--out", "h", "--lr", "-0.1"], "--lr: expected a positive number"),
+    (["train-head", "d", "--out", "h", "--lr", "fast"], "--lr: expected a number, got 'fast'"),
+    (["predict", "x.jpg", "--top", "-1"], "--top: expected a positive integer, got '-1'"),
+    (["predict", "x.jpg", "--batch-size", "2.5"], "--batch-size: expected an integer, got '2.5'"),
+    (["explain", "x.jpg", "--top", "0"], "--top: expected a positive integer, got '0'"),
+    (["search", "cat.eyes > 0", "--db", "i.db", "--limit", "-5"], "--limit: expected 0 or a positive integer"),
+    (["predict", "x.jpg", "--device", "mps"], "--device: 'mps': sxai runs on cpu or cuda"),
+    (["predict", "x.jpg", "--device", "meta"], "--device: 'meta': sxai runs on cpu or cuda"),
+    (["predict", "x.jpg", "--device", "gpu0"], "--device: 'gpu0' is not a device torch knows"),
+])
+def test_numeric_and_device_arguments_are_checked_when_parsed(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {message}" in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -246,15 +247,19 @@ def test_per_layer_from_files_skips_bad_images(data, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def test_cli_end_to_end_with_a_timm_model(data, tmp_path, capsys):
+def test_cli_end_to_end_with_a_timm_model(data, tmp_path, capsys, caplog):
     out = tmp_path / "results"
     code = main(["traits", "--backbone", "test_resnet", "--no-pretrained", "--data", str(data),
                  "--class", "cat", "--n", "8", "--out", str(out), "--no-ga", "--invert", "tv",
                  "--inversion-steps", "3", "--stability", "4,6", "--per-layer", "--json"])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["n_used"] == 8 and summary["backbone"] == "test_resnet"
     assert [s["path"] for s in summary["skipped"]] == [str(data / "cat" / "cat.99.jpg")]
+    # reported once: the "skipped:" line, not also a logged warning
+    assert captured.err.count("cat.99.jpg") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "cat.99.jpg" in r.getMessage()]
     for name in summary["files"]:
         assert (out / name).is_file(), name
     with safe_open(str(out / "traits.safetensors"), "pt") as f:

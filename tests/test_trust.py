@@ -175,3 +175,20 @@ def test_radar_map_fills_a_missing_space_with_zero():
     concepts, series = radar_data(a)
     assert concepts == ["eyes", "nose"]
     assert series == {"cat": [0.8, 0.6], "dog": [0.3, 0.0]}
+
+
+@pytest.mark.parametrize("n_concepts, kind", [(1, "rectilinear"), (2, "rectilinear"), (3, "polar"), (6, "polar")])
+def test_radar_legend_stays_inside_the_image_and_few_concepts_get_bars(n_concepts, kind):
+    from sxai_plugins.radar import radar_figure
+
+    concepts = ["eyes", "nose", "ears", "legs", "tail", "fur"][:n_concepts]
+    probabilities = {f"{c}.{k}": 0.1 + 0.1 * i for i, (c, k) in
+                     enumerate((c, k) for c in ("cat", "dog", "fox") for k in concepts)}
+    fig = radar_figure(assessment_from_probabilities("cat", probabilities))
+    [ax] = fig.axes
+    assert ax.name == kind
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    image = fig.bbox
+    assert legend.x0 >= image.x0 and legend.x1 <= image.x1 and legend.y0 >= image.y0 and legend.y1 <= image.y1
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cat", "dog", "fox"]

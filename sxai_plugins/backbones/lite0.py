@@ -44,8 +44,18 @@ def _rename_in_order(state: dict[str, torch.Tensor], model: torch.nn.Module) -> 
     own = model.state_dict()
     if set(state) <= set(own):  # already timm-named (e.g. a user's own file)
         return state
-    body = [v for k, v in state.items() if not k.startswith("_fc.")]
-    return dict(zip(own.keys(), body))
+    body = [(k, v) for k, v in state.items() if not k.startswith("_fc.")]
+    # renaming by position is only right for the package's own layout: check count and shapes,
+    # and name the file's keys when they do not fit (the model's names would mean nothing here)
+    if len(body) != len(own):
+        shown = ", ".join(repr(k) for k, _ in body[:4]) + (", …" if len(body) > 4 else "")
+        raise WeightsError(f"has {len(body)} tensors ({shown}) that are neither timm's {TIMM_NAME} names nor "
+                           f"the {len(own)} tensors of the {WEIGHTS_PACKAGE} package in order")
+    for (key, tensor), (own_key, own_tensor) in zip(body, own.items()):
+        if tuple(tensor.shape) != tuple(own_tensor.shape):
+            raise WeightsError(f"tensor {key!r} has shape {tuple(tensor.shape)}, but in {WEIGHTS_PACKAGE}'s "
+                               f"order it would be {own_key!r} of shape {tuple(own_tensor.shape)}")
+    return {own_key: tensor for (_key, tensor), own_key in zip(body, own.keys())}
 
 
 def imagenet_class_names() -> list[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -50,13 +53,52 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _offline_hint(name: str) -> str:
+def _offline_hint(name: str, why: str = "no connection to the model hub?") -> str:
     return (
-        f"could not fetch pretrained weights for {name!r} (no connection to the model hub?). "
+        f"could not fetch pretrained weights for {name!r} ({why}). "
         f"Either go online, or pass a local file: weights='path/to/{name}.safetensors' "
         f"(CLI: --weights PATH), a timm or torchvision state dict for {name}. "
         "Set HF_HUB_OFFLINE=1 to fail at once instead of retrying"
     )
+
+
+HUB_CONNECT_TIMEOUT_S = 3.0
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _unreachable_hub() -> str | None:
+    """The Hub endpoint when one quick TCP connect to it fails, else None.
+
+    Without it, huggingface_hub retries each request for about a minute before failing. Behind a
+    proxy a direct connect says nothing, so it is not tried there.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError:
+        return endpoint
+    return None
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """huggingface_hub's offline mode (as HF_HUB_OFFLINE=1), for one call: cached files only."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def build_timm_trait_model(
@@ -80,20 +122,32 @@ def build_timm_trait_model(
     import timm
 
     kwargs = dict(num_classes=0, **(timm_kwargs or {}))
+    download = pretrained and weights is None
+    unreachable = _unreachable_hub() if download else None
+    why = f"cannot connect to {unreachable}" if unreachable else "no connection to the model hub?"
     try:
-        model = timm.create_model(timm_name, pretrained=pretrained and weights is None, **kwargs)
+        # no network: use the cache only, at once, instead of a minute of retries
+        with _hub_offline() if unreachable else nullcontext():
+            model = timm.create_model(timm_name, pretrained=download, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise
-        raise WeightsError(_offline_hint(timm_name)) from exc
+        raise WeightsError(_offline_hint(timm_name, why)) from exc
     except OSError as exc:  # huggingface_hub's offline / connection errors derive from OSError
-        raise WeightsError(_offline_hint(timm_name)) from exc
+        raise WeightsError(_offline_hint(timm_name, why)) from exc
     if prune is not None:
         prune(model)
     if weights is not None:
         state = load_weights_file(weights)
+        if set(state) == {"weight", "bias"} and state["weight"].ndim == 2:
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(state.items()))
+            raise WeightsError(f"{weights}: holds only a classifier head ({shapes}), as `sxai train-head` "
+                               "writes, not backbone weights; pass it with --head (Python: head=)")
         if convert_state is not None:
-            state = convert_state(state, model)
+            try:
+                state = convert_state(state, model)
+            except WeightsError as exc:
+                raise WeightsError(f"{weights}: {exc}") from exc
         own = model.state_dict()
         state = {k: v for k, v in state.items() if k in own or not _is_classifier_key(k, model)}
         load_state_checked(model, state, str(weights))
