@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpaceError, SxaiError
-from .io import atomic_write
+from .io import atomic_write, printable
 from .model import TraitModel
 from .spaces import SemanticSpace, SpaceSet
 
@@ -76,7 +76,7 @@ nav ul{columns:3;padding-left:1.2rem}.facts{flex:1 1 320px;min-width:300px}
 
 # ------------------------------------------------------------------------------------ helpers
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _num(value: Any, digits: int = 3) -> str:
