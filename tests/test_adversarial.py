@@ -165,7 +165,9 @@ def test_evaluate_detection_counts(folder):
     assert rules["never"].detected == 0 and rules["never"].false_positives == 0
     assert 0.0 <= rules["paper"].detection_rate <= 1.0
     table = report.table()
-    assert "| 0.3 | paper |" in table and "100.0%" in table
+    assert "| pgd | 0.3 | 100.0% (" in table
+    assert f"| 100.0% ({strong.n_success}/{strong.n_success}) | 100.0% (6/6) |" in table  # "always"
+    assert strong.n_clean == 6  # false positives are counted over every clean image
 
 
 def test_evaluate_without_class_folders_uses_predictions(tmp_path):
@@ -223,7 +225,7 @@ def test_cli_adversarial_run(backbone, folder, tmp_path, capsys):
     code = main(["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces),
                  "--eps", "0.3", "--steps", "1", "--n", "3", "-q"])
     text = capsys.readouterr().out
-    assert code == 0 and "| 0.3 | paper |" in text and "3 images" in text
+    assert code == 0 and "| pgd | 0.3 |" in text and "3 images" in text and "no calibrated detector" in text
 
 
 def test_cli_adversarial_needs_images_for_other_backbones(backbone, capsys):
@@ -241,7 +243,7 @@ def test_rates_over_nothing_read_n_a_in_the_table_and_null_in_json():
         results=[EpsilonResult(0.01, 0, 0, nan, [RuleResult("paper", 0, nan, 0, nan)], nan, nan)])
     row = report.table().splitlines()[-1]
     assert "nan" not in row.lower()
-    assert row == "| 0.01 | paper | n/a (0/0) | n/a (0/0) | n/a (0/0) | n/a → n/a |"
+    assert row == "| pgd | 0.01 | n/a (0/0) | n/a (n/a / n/a) | – | – | n/a (0/0) | n/a (0/0) |"
     record = json.loads(dumps_json(report.to_dict()), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
     assert record["results"][0]["attack_success_rate"] is None
     assert record["results"][0]["rules"][0]["detection_rate"] is None
