@@ -308,6 +308,9 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--fpr", type=_fraction, default=0.05,
                    help="false-positive budget on clean images the threshold is calibrated to (default 0.05)")
+    p.add_argument("--confidence", type=float, default=0.9,
+                   help="probability that the false-positive rate stays within --fpr over the draw of "
+                        "calibration images (default 0.9; 0: within it on average, the conformal quantile)")
     p.add_argument("--score", choices=SCORES, default="gap",
                    help="detection score: gap (confidence beyond the semantic evidence; default) or "
                         "paper (the paper's rule as a score)")
@@ -350,6 +353,8 @@ def calibrate_on(model, spaces, sources: Sequence[str], args: argparse.Namespace
     from .images import expand_paths, iter_batches
     from .inference import model_size
 
+    if not 0 <= args.confidence < 1:
+        raise SxaiError(f"--confidence must be in [0, 1), got {args.confidence}")
     paths = _draw(expand_paths(sources, require=True), args.calibration_n, args.seed)
     logits, probabilities, used = [], [], []
     for batch in iter_batches(paths, model_size(model), args.batch_size, failures):
@@ -363,7 +368,7 @@ def calibrate_on(model, spaces, sources: Sequence[str], args: argparse.Namespace
     root = Path(os.path.commonpath([str(p.parent) for p in used]))
     try:
         return calibrate(torch.cat(logits), torch.cat(probabilities), spaces, model.class_names, args.fpr,
-                         args.score, fingerprint=model.fingerprint(), source=str(root),
+                         args.score, confidence=args.confidence or None, fingerprint=model.fingerprint(), source=str(root),
                          files=[str(p.relative_to(root)) for p in used])
     except ValueError as exc:
         raise SxaiError(f"calibration: {exc}") from None
@@ -433,7 +438,12 @@ def _calibrate_detector(sub: argparse._SubParsersAction) -> None:
             "gap (default) = logit margin of the prediction − (β·semantic margin + c), β and c fitted "
             "on these images; paper = the paper's rule as a score (above 0 exactly when it flags)."),
     )
-    p.add_argument("images", nargs="+", help="clean image files or folders")
+    p.add_argument("images", nargs="*", help="clean image files or folders")
+    p.add_argument("--heldout-rest", type=positive_int, metavar="N",
+                   help="calibrate on the held-out images of the head card (--heldout-card; default the "
+                        "bundled head's) that `sxai adversarial --n N --seed SEED` does not attack")
+    p.add_argument("--heldout-card", help="the head card for --heldout-rest")
+    p.add_argument("--data-root", help="the folder the card's held-out paths are relative to")
     _add_calibration_args(p)
     p.add_argument("--out", "-o", metavar="FILE",
                    help="where to write the detector (default: detector.json in the spaces' folder)")
@@ -450,6 +460,13 @@ def _run_calibrate_detector(args: argparse.Namespace) -> int:
     from .io import check_output_file
     from .trust import load_space_set
 
+    sources = [str(p) for p in args.images]
+    if args.heldout_rest:
+        attacked = set(_attack_paths(argparse.Namespace(**{**vars(args), "data": None, "n": args.heldout_rest})))
+        sources += [str(p) for p in _attack_paths(argparse.Namespace(**{**vars(args), "data": None, "n": 0}))
+                    if p not in attacked]
+    if not sources:
+        raise SxaiError("no calibration images: give IMAGES, or --heldout-rest N")
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
     out = args.out
@@ -461,7 +478,7 @@ def _run_calibrate_detector(args: argparse.Namespace) -> int:
         out = folder / DETECTOR_FILE
     check_output_file(out)
     failures: list = []
-    detector = calibrate_on(model, spaces, args.images, args, failures)
+    detector = calibrate_on(model, spaces, sources, args, failures)
     for _p, why in failures:
         print(f"skipped: {why}", file=sys.stderr)
     path = detector.save(out)

@@ -6,17 +6,18 @@ Two scores exist:
 
 - ``gap`` (default): how much more confident the classifier is than the semantic evidence for its
   prediction supports. With ``m`` the logit margin of the predicted class over the runner-up class
-  and ``s`` the semantic margin (mean space logit ``log(P_s / (1 − P_s))`` over the predicted
-  class's spaces minus the same over the runner-up's), the score is the residual
+  and ``s`` the semantic margin (mean P_s over the predicted class's spaces minus the mean over
+  the runner-up's, in [−1, 1], like the paper's ΔP), the score is the residual
   ``m − (β·s + c)``, with ``β ≥ 0`` and ``c`` fitted (least squares) on clean calibration images:
   clean images have the confidence their semantics explain; an adversarial image has more.
 - ``paper``: the paper's rule as a score, ``max(ℓ(P_(1)) − ℓ(0.99), ℓ(P_(2)) − ℓ(0.9))`` with ℓ
   the logit and ``P_(1) ≥ P_(2)`` the two largest semantic probabilities: it is above 0 exactly
   when the paper's rule flags the image (one P above 0.99 or two above 0.9).
 
-The threshold is **calibrated on clean images** to a false-positive budget α: the
-``⌈(n + 1)(1 − α)⌉``-th smallest of the n calibration scores (the conformal quantile), so that a
-new clean image exchangeable with them scores above it with probability at most α. The detector
+The threshold is **calibrated on clean images** to a false-positive budget α: by default the
+order statistic of the n calibration scores for which the false-positive rate is at most α with
+probability 0.9 over the calibration draw (a binomial bound); without that confidence, the
+``⌈(n + 1)(1 − α)⌉``-th smallest (the split-conformal quantile: at most α on average). The detector
 (score, fit, threshold, budget) is stored as ``detector.json`` beside the space files; ``sxai
 explain`` reads it and flags images whose score is above the threshold.
 """
@@ -92,29 +93,45 @@ def score_parts(
     else:  # one class: no rival, the margin is the logit itself
         pred = runner = np.zeros(len(z), dtype=int)
         margin = z[:, 0]
-    ell = _logit(p)
     masks = _class_masks(spaces, class_names)  # K × S
-    counts = masks.sum(1)
-    mean_ell = (ell @ masks.T) / np.maximum(counts, 1)  # B × K (0 for a class without spaces)
-    semantic = mean_ell[rows, pred] - (mean_ell[rows, runner] if z.shape[1] > 1 else 0.0)
+    mean_p = (p @ masks.T) / np.maximum(masks.sum(1), 1)  # B × K (0 for a class without spaces)
+    semantic = mean_p[rows, pred] - (mean_p[rows, runner] if z.shape[1] > 1 else 0.0)
     top = -np.sort(-p, axis=1)
     second = top[:, 1] if p.shape[1] > 1 else np.full(len(p), P_CLIP)
     paper = np.maximum(_logit(top[:, 0]) - _logit(0.99), _logit(second) - _logit(0.9))
     return {"margin": margin, "semantic": semantic, "paper": paper}
 
 
-def conformal_threshold(scores: np.ndarray | Sequence[float], fpr: float) -> float:
-    """The ``⌈(n + 1)(1 − fpr)⌉``-th smallest calibration score: a clean score exchangeable with
-    them lies strictly above it with probability at most ``fpr``. Needs ``n ≥ 1/fpr − 1``."""
+def conformal_threshold(scores: np.ndarray | Sequence[float], fpr: float, confidence: float | None = None) -> float:
+    """A threshold on clean calibration scores for a false-positive budget ``fpr``.
+
+    Without ``confidence``: the ``⌈(n + 1)(1 − fpr)⌉``-th smallest score (split conformal), so that
+    a new clean score exchangeable with them lies above it with probability at most ``fpr``
+    (averaged over calibration draws). With ``confidence`` γ: the ``(n − j)``-th smallest, ``j`` the
+    largest count with ``P(Binomial(n, fpr) ≤ j) ≤ 1 − γ``, so that the threshold's false-positive
+    rate is at most ``fpr`` with probability at least γ over the calibration draw (a stricter
+    promise, hence a higher threshold)."""
+    from scipy.stats import binom
+
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     if not 0 < fpr < 1:
         raise ValueError(f"the false-positive budget must be in (0, 1), got {fpr}")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"the confidence must be in (0, 1), got {confidence}")
     if s.size == 0 or not np.isfinite(s).all():
         raise ValueError("calibration needs finite scores of at least one clean image")
-    k = math.ceil((s.size + 1) * (1 - fpr))
+    if confidence is None:
+        k = math.ceil((s.size + 1) * (1 - fpr))
+        needed = math.ceil(1 / fpr - 1)
+    else:
+        counts = np.arange(s.size)
+        allowed = counts[binom.cdf(counts, s.size, fpr) <= 1 - confidence]
+        k = s.size - int(allowed.max()) if allowed.size else s.size + 1
+        needed = math.ceil(math.log(1 - confidence) / math.log(1 - fpr))
     if k > s.size:
-        raise ValueError(f"a false-positive budget of {fpr:g} needs at least {math.ceil(1 / fpr - 1)} "
-                         f"calibration images, got {s.size}")
+        raise ValueError(f"a false-positive budget of {fpr:g}"
+                         + (f" at confidence {confidence:g}" if confidence is not None else "")
+                         + f" needs at least {needed} calibration images, got {s.size}")
     return float(s[k - 1])
 
 
@@ -125,6 +142,7 @@ class Detector:
     score: str = "gap"
     threshold: float = 0.0
     fpr: float = 0.05  # the false-positive budget the threshold was calibrated to
+    confidence: float | None = 0.9  # probability that the budget holds (None: holds on average)
     beta: float = 0.0  # gap score: margin explained by β·semantic + intercept
     intercept: float = 0.0
     n_calibration: int = 0
@@ -190,12 +208,12 @@ class Detector:
         if unknown:
             raise SpaceError(f"{where}: unknown detector fields {sorted(unknown)}")
         values = {k: raw[k] for k in known if k in raw}
-        for key in ("threshold", "fpr", "beta", "intercept", "calibration_fpr"):
+        for key in ("threshold", "fpr", "beta", "intercept", "calibration_fpr", "confidence"):
             if key not in values:
                 continue
             v = values[key]
-            if key == "calibration_fpr" and v is None:
-                values[key] = float("nan")
+            if key in ("calibration_fpr", "confidence") and v is None:
+                values[key] = float("nan") if key == "calibration_fpr" else None
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise SpaceError(f"{where}: {key} must be a finite number, got {v!r}")
@@ -204,6 +222,8 @@ class Detector:
             raise SpaceError(f"{where}: a detector needs 'threshold' and 'fpr'")
         if not 0 < values["fpr"] < 1:
             raise SpaceError(f"{where}: fpr must be in (0, 1), got {values['fpr']}")
+        if values.get("confidence") is not None and not 0 < values["confidence"] < 1:
+            raise SpaceError(f"{where}: confidence must be in (0, 1) or null, got {values['confidence']}")
         if values.get("beta", 0.0) < 0:
             raise SpaceError(f"{where}: beta must not be negative, got {values['beta']}")
         n = values.get("n_calibration", 0)
@@ -241,12 +261,15 @@ def calibrate(
     fpr: float = 0.05,
     score: str = "gap",
     *,
+    confidence: float | None = 0.9,
     fingerprint: str = "",
     source: str = "",
     files: Sequence[str] = (),
 ) -> Detector:
     """A detector whose threshold holds ``fpr`` on clean images like these (logits and P_s of clean
-    calibration images, from one prediction pass). The ``gap`` fit uses the same images."""
+    calibration images, from one prediction pass), with probability ``confidence`` over the draw
+    of these images (None: on average; see :func:`conformal_threshold`). The ``gap`` fit uses the
+    same images."""
     parts = score_parts(logits, probabilities, spaces, class_names)
     beta = intercept = 0.0
     if score == "gap":
@@ -255,12 +278,12 @@ def calibrate(
             beta, intercept = (float(v) for v in np.polyfit(s, m, 1))
         if beta < 0 or np.ptp(s) == 0:  # more semantic evidence never excuses less confidence
             beta, intercept = 0.0, float(m.mean())
-    detector = Detector(score=score, fpr=float(fpr), beta=beta, intercept=intercept,
+    detector = Detector(score=score, fpr=float(fpr), confidence=confidence, beta=beta, intercept=intercept,
                         n_calibration=len(parts["margin"]), spaces=spaces.keys,
                         classes=list(class_names), fingerprint=fingerprint, calibration_source=source,
                         calibration_files=list(files))
     values = detector.scores_from_parts(parts)
-    detector.threshold = conformal_threshold(values, fpr)
+    detector.threshold = conformal_threshold(values, fpr, confidence)
     detector.calibration_fpr = float((values > detector.threshold).mean())
     return detector
 
@@ -268,10 +291,9 @@ def calibrate(
 def load_detector(folder: str | Path | None, spaces: SpaceSet, class_names: Sequence[str]) -> Detector | None:
     """The ``detector.json`` stored in a space folder, checked against the loaded spaces; None
     when the folder has none (or there is no single folder)."""
-    if folder is None:
+    if folder is None or not Path(folder).is_dir():
         return None
-    path = Path(folder)
-    path = path / DETECTOR_FILE if path.is_dir() else path.parent / DETECTOR_FILE
+    path = Path(folder) / DETECTOR_FILE
     if not path.is_file():
         return None
     detector = Detector.load(path)
