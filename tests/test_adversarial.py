@@ -256,3 +256,43 @@ def test_json_output_never_carries_nan_or_infinity():
             "c": (1, "x", None, np.float32(0.25))}
     strict = json.loads(dumps_json(data), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
     assert strict == {"a": None, "b": [None, None, 0.5, None, None], "c": [1, "x", None, 0.25]}
+
+
+def test_cli_adversarial_with_a_calibrated_detector_adaptive_attack_and_roc(backbone, folder, tmp_path_factory,
+                                                                           capsys):
+    tmp_path = tmp_path_factory.mktemp("outside")  # `folder` is the test's tmp_path: keep out of it
+    spaces = tmp_path / "spaces"
+    for space in spaces_for(small_model()):
+        space.save(spaces / f"{space.key}.safetensors")
+    calibration = tmp_path / "clean"
+    calibration.mkdir()
+    for i, image in enumerate(images(40, seed=11)):
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(calibration / f"c{i}.png")
+    roc, cache = tmp_path / "roc.png", tmp_path / "cache"
+    argv = ["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces), "--eps", "0.3",
+            "--steps", "2", "--n", "0", "--calibration", str(calibration), "--fpr", "0.1", "--confidence", "0",
+            "--adaptive", "--roc", str(roc), "--cache", str(cache), "--json"]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert roc.is_file() and roc.read_bytes()[:4] == b"\x89PNG"
+    assert report["detector"]["n_calibration"] == 40 and report["detector"]["fpr"] == 0.1
+    assert [(r["attack"], r["eps"]) for r in report["results"]] == [("pgd", 0.3), ("adaptive", 0.3)]
+    for r in report["results"]:
+        assert r["n_clean"] == 6 and 0 <= r["false_positive_rate"] <= 1 and r["score"] == "gap"
+        assert r["detection_rate"] is None or 0 <= r["detection_rate"] <= 1
+        assert r["auc"] is None or 0 <= r["auc"] <= 1
+    cached = sorted(p.name.split("-")[0] for p in cache.iterdir())
+    assert cached == ["adaptive", "pgd"]  # one batch of each attack, reused by the next run
+    stamp = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == stamp
+    assert again["results"] == report["results"]
+
+    # the false-positive rate is never measured on calibration images
+    code = main(["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces), "--eps", "0.3",
+                 "--steps", "1", "--n", "0", "--calibration", str(folder), "--fpr", "0.5", "-q"])
+    assert code != 0 and "used to calibrate" in capsys.readouterr().err
