@@ -24,8 +24,10 @@ explain`` reads it and flags images whose score is above the threshold.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +47,9 @@ __all__ = [
     "adaptive_loss",
     "calibrate",
     "conformal_threshold",
+    "DetectorWarning",
     "load_detector",
+    "spaces_digest",
     "score_parts",
     "space_logits",
 ]
@@ -148,6 +152,7 @@ class Detector:
     n_calibration: int = 0
     calibration_fpr: float = float("nan")  # share of the calibration images above the threshold
     spaces: list[str] = field(default_factory=list)  # the space keys it was calibrated with
+    spaces_digest: str = ""  # their weights and links to P_s (spaces_digest())
     classes: list[str] = field(default_factory=list)
     fingerprint: str = ""
     calibration_source: str = ""
@@ -171,6 +176,9 @@ class Detector:
         if self.spaces and list(self.spaces) != spaces.keys:
             raise SpaceError(f"{where}: calibrated for the spaces {', '.join(self.spaces)}, but the loaded "
                              f"spaces are {', '.join(spaces.keys)}; recalibrate it (sxai calibrate-detector)")
+        if self.spaces_digest and self.spaces_digest != spaces_digest(spaces):
+            raise SpaceError(f"{where}: calibrated for other versions of the spaces {', '.join(self.spaces)} "
+                             "(their weights or links to P_s changed); recalibrate it (sxai calibrate-detector)")
         if self.classes and list(self.classes) != list(class_names):
             raise SpaceError(f"{where}: calibrated for the classes {', '.join(self.classes)}, but the model "
                              f"has {', '.join(class_names)}; recalibrate it (sxai calibrate-detector)")
@@ -233,7 +241,7 @@ class Detector:
             v = values.get(key, [])
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise SpaceError(f"{where}: {key} must be a list of names")
-        for key in ("score", "fingerprint", "calibration_source"):
+        for key in ("score", "fingerprint", "calibration_source", "spaces_digest"):
             if key in values and not isinstance(values[key], str):
                 raise SpaceError(f"{where}: {key} must be a string")
         try:
@@ -280,6 +288,7 @@ def calibrate(
             beta, intercept = 0.0, float(m.mean())
     detector = Detector(score=score, fpr=float(fpr), confidence=confidence, beta=beta, intercept=intercept,
                         n_calibration=len(parts["margin"]), spaces=spaces.keys,
+                        spaces_digest=spaces_digest(spaces),
                         classes=list(class_names), fingerprint=fingerprint, calibration_source=source,
                         calibration_files=list(files))
     values = detector.scores_from_parts(parts)
@@ -288,17 +297,42 @@ def calibrate(
     return detector
 
 
-def load_detector(folder: str | Path | None, spaces: SpaceSet, class_names: Sequence[str]) -> Detector | None:
+class DetectorWarning(UserWarning):
+    """A stored detector that does not fit the loaded spaces (it is then not used)."""
+
+
+def load_detector(folder: str | Path | None, spaces: SpaceSet, class_names: Sequence[str],
+                  strict: bool = False) -> Detector | None:
     """The ``detector.json`` stored in a space folder, checked against the loaded spaces; None
-    when the folder has none (or there is no single folder)."""
+    when the folder has none (or there is no single folder). A detector calibrated for other
+    spaces or classes is an error with ``strict``, else a :class:`DetectorWarning` and None (a
+    stale detector never judges images, and never stops ``explain``); an unreadable one is always
+    an error."""
     if folder is None or not Path(folder).is_dir():
         return None
     path = Path(folder) / DETECTOR_FILE
     if not path.is_file():
         return None
     detector = Detector.load(path)
-    detector.check_fits(spaces, class_names, str(path))
+    try:
+        detector.check_fits(spaces, class_names, str(path))
+    except SpaceError as exc:
+        if strict:
+            raise
+        warnings.warn(f"{exc}; detection is off until then", DetectorWarning, stacklevel=2)
+        return None
     return detector
+
+
+def spaces_digest(spaces: SpaceSet) -> str:
+    """A digest of what P_s depends on: every space's key, weights, bias and link to P_s."""
+    h = hashlib.sha256()
+    for space in spaces:
+        link = (space.key, space.bias, asdict(space.reference) if space.reference else None,
+                space.probe.metadata() if space.probe is not None else None)
+        h.update(json.dumps(link, sort_keys=True, default=str).encode())
+        h.update(space.weight_vector().numpy().astype(np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------ differentiable pieces

@@ -12,6 +12,7 @@ from torch import nn
 import sxai_plugins as sx
 from sxai_plugins.adversarial import PAPER_RULE, AttackData, pgd_attack, summarise
 from sxai_plugins.detector import (
+    DetectorWarning,
     adaptive_loss,
     calibrate,
     conformal_threshold,
@@ -218,10 +219,13 @@ def test_detector_round_trips_and_refuses_bad_or_foreign_files(tmp_path):
     assert load_detector(tmp_path / "elsewhere", spaces, CLASSES) is None
 
     other = SpaceSet([toy_space("cat", "stripes"), toy_space("dog", "spots", 3)])
-    with pytest.raises(SpaceError, match="recalibrate"):
-        load_detector(tmp_path, other, CLASSES)
-    with pytest.raises(SpaceError, match="classes"):
-        load_detector(tmp_path, spaces, ["cat", "cow"])
+    rebuilt = stripe_spaces(model, probe=True)  # the same keys, other weights (say, v2 spaces)
+    for wrong_spaces, classes, message in [(other, CLASSES, "recalibrate"), (rebuilt, CLASSES, "other versions"),
+                                           (spaces, ["cat", "cow"], "classes")]:
+        with pytest.raises(SpaceError, match=message):
+            load_detector(tmp_path, wrong_spaces, classes, strict=True)
+        with pytest.warns(DetectorWarning, match=message):  # a stale detector judges nothing
+            assert load_detector(tmp_path, wrong_spaces, classes) is None
     raw = json.loads(path.read_text())
     for change, message in [({"threshold": None}, "finite number"), ({"fpr": 1.5}, r"\(0, 1\)"),
                             ({"score": "magic"}, "unknown"), ({"extra": 1}, "unknown detector fields"),

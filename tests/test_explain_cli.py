@@ -280,7 +280,8 @@ def test_explain_carries_the_stored_detector_flag_and_fpr(capsys, tmp_path, back
     code, out, _err = run(capsys, *argv)
     assert code == 0 and out.count(FLAG_SENTENCE) == 8 and "25% of clean images" in out
 
-    # a detector calibrated for other spaces is refused, not silently applied
+    # a detector calibrated for other spaces is not applied, and says so
     (folder / "dog.legs.safetensors").unlink()
-    code, _out, err = run(capsys, *argv, "--json")
-    assert code != 0 and "recalibrate" in err
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0 and all(r["detection"] is None for r in json.loads(out))
+    assert "recalibrate" in err and "detection is off" in err
