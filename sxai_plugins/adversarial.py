@@ -13,12 +13,21 @@ normalises inside, so ε is in pixel units of [0, 1]), no random start, ``steps`
 steps of ``step_size`` (default ``2.5·ε/steps``, Madry et al.'s choice, so the iterate can reach
 the ball's border and move along it), each projected back onto the ε-ball and into [0, 1].
 
-Evaluation (:func:`evaluate_detection`), per ε, over the images the model classifies correctly
-when clean (the others need no attack):
+Adaptive attack (``pgd_attack(..., spaces=...)``): the standard objection to a detector is an
+attacker who knows it. This one maximises :func:`sxai_plugins.detector.adaptive_loss`: the
+label's cross-entropy capped once the wrong class has confidence 0.9 (so the classifier is no
+more confident than on a clean image), plus the semantic margin of the class it pushes to (its
+spaces' P_s up, the label's down): it aims at the ``gap`` score on both of its parts.
+
+Evaluation (:func:`evaluate_detection` = :func:`collect_attacks` + :func:`summarise`), per attack
+and ε, over the images the model classifies correctly when clean (the others need no attack):
 
 - attack success rate: share of them misclassified after the attack;
-- detection rate: share of the successful adversarial images a rule flags;
-- false-positive rate: share of the same clean images the rule flags.
+- ROC AUC of the detection score (:mod:`sxai_plugins.detector`) between every clean image and the
+  successful adversarial ones, also for its confidence part and its semantic part alone;
+- detection rate at the calibrated threshold (of the successful adversarial images) and the
+  false-positive rate (of the clean images, which must not be the calibration images);
+- per rule: the same two rates.
 """
 
 from __future__ import annotations
