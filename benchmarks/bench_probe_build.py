@@ -17,12 +17,7 @@ from pathlib import Path
 
 import sxai_plugins as sx
 from sxai_plugins.concepts import load_coco
-from sxai_plugins.probe_data import (
-    cached_probe_features,
-    labelled_from_annotations,
-    load_visibility,
-    merge_labelled,
-)
+from sxai_plugins.probe_data import cached_probe_features, load_labelled
 from sxai_plugins.probes import ProbeRecipe, build_probe_spaces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     data = Path(args.data)
     model = sx.create_model()
-    annotations = load_coco(data / "concepts.coco.json", data)
-    labelled = merge_labelled(labelled_from_annotations(annotations), load_visibility(data / "visibility.json", data))
+    labelled = load_labelled(load_coco(data / "concepts.coco.json", data), data / "visibility.json", data)
     start = time.perf_counter()
     bank = cached_probe_features(model, labelled, CONCEPTS, progress=not args.json)
     features_s = time.perf_counter() - start

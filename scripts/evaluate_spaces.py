@@ -25,12 +25,7 @@ import numpy as np
 
 import sxai_plugins as sx
 from sxai_plugins.concepts import load_coco
-from sxai_plugins.probe_data import (
-    cached_probe_features,
-    labelled_from_annotations,
-    load_visibility,
-    merge_labelled,
-)
+from sxai_plugins.probe_data import cached_probe_features, load_labelled
 from sxai_plugins.space_validity import RECIPES, TARGETS, V1Material, evaluate_recipes, misses
 from sxai_plugins.spaces_cli import reference_scores
 
@@ -86,8 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     data = Path(args.data)
     model = sx.create_model()
-    annotations = load_coco(data / "concepts.coco.json", data)
-    labelled = merge_labelled(labelled_from_annotations(annotations), load_visibility(data / "visibility.json", data))
+    labelled = load_labelled(load_coco(data / "concepts.coco.json", data), data / "visibility.json", data)
     bank = cached_probe_features(model, labelled, CONCEPTS)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     reference = None

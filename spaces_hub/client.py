@@ -383,8 +383,10 @@ def pull(
             try:
                 space = SemanticSpace.load(local)
             except SpaceError as exc:
+                # the reason without the cache path it starts with (the entry path says which file)
+                reason = str(exc).removeprefix(f"{local}: ")
                 raise IntegrityError(f"{where}: {entry.path} is not a valid semantic space "
-                                     f"({_one_line(exc, 160)})") from exc
+                                     f"({_one_line(reason, 200)})") from exc
             # the file's own class and concept name the space everywhere after this (and files
             # written with --out), so they must be the checked names of its index entry
             mismatch = [f"{k} {str(getattr(space, k))[:120]!r} vs {v!r}" for k, v in

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import logging
 import math
 import sys
@@ -14,7 +13,7 @@ import torch
 
 from . import DEFAULT_BACKBONE
 from .errors import SxaiError
-from .io import dumps_json
+from .io import ESCAPE_ERRORS, dumps_json
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
@@ -287,24 +286,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"sxai: warning: {message}", file=file or sys.stderr)
 
 
-def _escape_unprintable(exc: UnicodeError) -> tuple[str, int]:
-    """Codec error handler: a byte of a file name that is not UTF-8 (which Python holds as a
-    surrogate escape, U+DC80..U+DCFF) prints as \\xNN, anything else unprintable as \\uNNNN."""
-    if not isinstance(exc, UnicodeEncodeError):
-        raise exc
-    chunk = exc.object[exc.start:exc.end]
-    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
-                   else c.encode("ascii", "backslashreplace").decode("ascii") for c in chunk), exc.end
-
-
-codecs.register_error("sxai.escape", _escape_unprintable)
-
-
 def _printable_streams() -> None:
     """Paths that are not valid UTF-8 print with \\x escapes instead of crashing the print."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="sxai.escape")
+            stream.reconfigure(errors=ESCAPE_ERRORS)
 
 
 def main(argv: list[str] | None = None) -> int:

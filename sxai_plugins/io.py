@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -13,6 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def _escape_unprintable(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: a byte of a file name that is not UTF-8 (which Python holds as a
+    surrogate escape, U+DC80..U+DCFF) becomes \\xNN, anything else unprintable \\uNNNN."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    chunk = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode("ascii") for c in chunk), exc.end
+
+
+ESCAPE_ERRORS = "sxai.escape"
+codecs.register_error(ESCAPE_ERRORS, _escape_unprintable)
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write as UTF-8: file-name bytes that are not UTF-8 shown as \\xNN."""
+    return text.encode("utf-8", ESCAPE_ERRORS).decode("utf-8")
 
 
 def _umask() -> int:

@@ -134,6 +134,16 @@ def merge_labelled(*groups: Sequence[LabelledImage]) -> list[LabelledImage]:
     return out
 
 
+def load_labelled(annotations: AnnotationSet, visibility: str | Path | None = None,
+                  image_root: str | Path | None = None) -> list[LabelledImage]:
+    """The labelled images of a concept annotation set and, when given, of a visibility file
+    (its paths relative to ``image_root``, default the file's folder), each image once."""
+    labelled = labelled_from_annotations(annotations)
+    if visibility is not None:
+        labelled = merge_labelled(labelled, load_visibility(visibility, image_root))
+    return labelled
+
+
 def stable_seed(*parts: object) -> int:
     """A seed from names that does not change between runs or Python versions (unlike ``hash``)."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
@@ -418,5 +428,5 @@ def cached_probe_features(
 __all__ = [
     "CONTROL", "HELD_OUT_MASKINGS", "MASKED", "ORIGINAL", "TRAIN_MASKINGS", "LabelledImage", "Masking",
     "ProbeFeatures", "ProbeRow", "cached_probe_features", "control_region", "extract_probe_features",
-    "labelled_from_annotations", "load_visibility", "merge_labelled", "stable_seed",
+    "labelled_from_annotations", "load_labelled", "load_visibility", "merge_labelled", "stable_seed",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpaceError, SxaiError
-from .io import atomic_write
+from .io import atomic_write, printable
 from .model import TraitModel
 from .spaces import SemanticSpace, SpaceSet
 
@@ -34,6 +34,18 @@ __all__ = ["EVALUATION_LABELS", "build_report", "data_uri", "file_data_uri"]
 
 # report.json / SemanticSpace.evaluation keys, in the order and words the page shows them
 EVALUATION_LABELS = {
+    # probe spaces (format v2): out-of-fold figures, see sxai_plugins.space_validity
+    "protocol": "how the figures were measured",
+    "n_positive": "images of the class showing the concept",
+    "n_natural": "images of the class without it (natural negatives)",
+    "n_rival": "images of other classes showing it",
+    "drop": "share with P_s(original) > P_s(concept hidden by a held-out masking)",
+    "auroc": "AUROC of P_s, concept shown vs hidden or absent",
+    "auroc_natural": "AUROC of P_s, concept shown vs naturally absent",
+    "control_shift": "mean |ΔP_s| when a region of the same size elsewhere is hidden",
+    "rival_auroc": "AUROC of P_s, this class vs other classes showing the concept",
+    "ece": "expected calibration error of P_s",
+    # SSN spaces (format v1)
     "n_eval": "evaluation images (annotated, not used to build)",
     "fraction_original_above_masked": "fraction with P_s(original) > P_s(concept masked)",
     "auroc_original_vs_masked": "AUROC of P_s, original vs concept masked",
@@ -64,7 +76,7 @@ nav ul{columns:3;padding-left:1.2rem}.facts{flex:1 1 320px;min-width:300px}
 
 # ------------------------------------------------------------------------------------ helpers
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -40,6 +40,8 @@ METADATA_KEY = "sxai.space"
 # in dot-separated parts, and nothing that could name another folder.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 MAX_NAME_LENGTH = 100
+# No CNN has a million trait channels; a file claiming more would only make loading allocate it.
+MAX_TRAIT_DIM = 2**20
 
 
 def check_name(value: object, what: str, where: str = "space") -> str:
@@ -173,8 +175,9 @@ class SemanticSpace:
         check_name(self.class_name, "class name")
         check_name(self.concept, "concept name")
         where = f"space {self.key}"
-        if isinstance(self.trait_dim, bool) or not isinstance(self.trait_dim, int) or self.trait_dim < 1:
-            raise SpaceError(f"{where}: trait_dim must be a positive integer, got {self.trait_dim!r}")
+        if (isinstance(self.trait_dim, bool) or not isinstance(self.trait_dim, int)
+                or not 1 <= self.trait_dim <= MAX_TRAIT_DIM):
+            raise SpaceError(f"{where}: trait_dim must be an integer from 1 to {MAX_TRAIT_DIM}, got {self.trait_dim!r}")
         self.indices = torch.as_tensor(self.indices).flatten()
         if self.indices.is_floating_point() or self.indices.is_complex() or self.indices.dtype == torch.bool:
             raise SpaceError(f"{where}: SSN indices must be integers, got {self.indices.dtype}")

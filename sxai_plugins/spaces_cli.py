@@ -10,7 +10,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from .cli import add_model_args, command, model_from_args
+from .cli import add_model_args, command, model_from_args, positive_int
 from .errors import SxaiError
 
 CONFIG_KEYS = {"annotations", "image_root", "visibility", "reference", "classes", "concepts", "out",
@@ -46,10 +46,10 @@ def _space(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=RECIPES,
                    help="probe (default): calibrated concept probes (format v2); tuned: SSNs ranked by "
                         "paired masking effect and natural negatives; paper: the paper's PC1 difference")
-    p.add_argument("--folds", type=_at_least_2, help="probe: out-of-fold evaluation folds (default 5)")
+    p.add_argument("--folds", type=positive_int, help="probe: out-of-fold evaluation folds, at least 2 (default 5)")
     p.add_argument("--no-evaluate", action="store_true",
                    help="probe: skip the out-of-fold evaluation (faster; the files carry no figures)")
-    p.add_argument("--n-ssn", type=_at_least_1, help="number of SSNs (kept for display by probe; default 5)")
+    p.add_argument("--n-ssn", type=positive_int, help="number of SSNs (kept for display by probe; default 5)")
     p.add_argument("--masker", help="paper/tuned: masker plugin name (default superpixel)")
     p.add_argument("--region", choices=["superpixel", "disc"], help="paper/tuned: how points grow into a region")
     p.add_argument("--seed", type=int, help="seed of splits, folds and control regions (default 0)")
@@ -61,22 +61,6 @@ def _space(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_model_args(p)
     p.set_defaults(handler=_run_space, backbone=None)
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_at_least_1, _at_least_2 = _at_least(1), _at_least(2)
 
 
 def _load_config(args: argparse.Namespace) -> dict:
@@ -103,6 +87,8 @@ def _load_config(args: argparse.Namespace) -> dict:
     config.update({k: v for k, v in overrides.items() if v is not None})
     if args.no_evaluate:
         config["evaluate"] = False
+    if int(config.get("folds", 5)) < 2:
+        raise SxaiError(f"--folds must be at least 2 (every image is scored by spaces built without it), got {config['folds']}")
     if config.get("recipe", "probe") not in RECIPES:
         raise SxaiError(f"unknown recipe {config['recipe']!r}; use one of {', '.join(RECIPES)}")
     options = dict(config.get("recipe_options", {}))
@@ -229,13 +215,7 @@ def _run_space(args: argparse.Namespace) -> int:
 
 def _build_probes(model, annotations, config, classes, concepts, reference):
     from .build_spaces import shared_channels
-    from .probe_data import (
-        Masking,
-        cached_probe_features,
-        labelled_from_annotations,
-        load_visibility,
-        merge_labelled,
-    )
+    from .probe_data import Masking, cached_probe_features, load_labelled
     from .probes import ProbeRecipe, build_probe_spaces
     from .space_validity import evaluate_recipes
 
@@ -252,9 +232,7 @@ def _build_probes(model, annotations, config, classes, concepts, reference):
         recipe = ProbeRecipe(**options)
     except TypeError as exc:
         raise SxaiError(f"unknown probe recipe option ({exc}); see sxai_plugins.probes.ProbeRecipe") from exc
-    labelled = labelled_from_annotations(annotations)
-    if config.get("visibility"):
-        labelled = merge_labelled(labelled, load_visibility(config["visibility"], config.get("image_root")))
+    labelled = load_labelled(annotations, config.get("visibility"), config.get("image_root"))
     maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
     bank = cached_probe_features(model, labelled, concepts, maskings, seed=seed)
     spaces = build_probe_spaces(model, bank, classes, concepts, recipe)

@@ -130,3 +130,12 @@ def test_index_then_search_over_the_same_folder(capsys, tmp_path, backbone, spac
     assert result["total"] == len(SCORED) and names(m["path"] for m in result["matches"]) == SCORED
     code, out, err = run(capsys, "search", "cat.eyes >= 0", "--db", db, "--limit", "0")
     assert code == 0 and "caf\\xe9.png" in out
+
+
+def test_report_examples_show_the_good_files_and_report_each_bad_one_once(capsys, tmp_path, backbone,
+                                                                          spaces_dir, folder):
+    out = tmp_path / "report.html"
+    code, _out, err = run(capsys, "report", "-b", backbone, "-s", spaces_dir, "--examples", folder, "--out", out)
+    assert code == 0
+    assert_one_line_per_unreadable_file(err)
+    assert out.read_text(encoding="utf-8").count('class="example"') == len(SCORED)

@@ -550,3 +550,24 @@ def test_default_spaces_round_trip_give_identical_probabilities_on_the_examples(
     have = SpaceSet([by_key[s.key] for s in local]).probabilities(traits)
     assert torch.equal(want, have)
     assert want.shape == (6, 8)
+
+
+@pytest.mark.parametrize("reference, message", [
+    ({"mu": float("nan"), "sigma": 1.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9}, "reference mu"),
+    ({"mu": 0.0, "sigma": 0.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9}, "sigma must be positive"),
+    ({"mu": 0.0, "sigma": -2.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9}, "sigma must be positive"),
+    ({"mu": "0", "sigma": 1.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9}, "must be a number"),
+    ({"mu": 0.0, "sigma": 1.0, "a_min": 1.0, "a_max": -1.0, "n": 10, "qq_r2": 0.9}, "must be below a_max"),
+])
+def test_pulled_spaces_with_bad_numbers_are_refused_and_nothing_is_written(hub, spaces, tmp_path, capsys,
+                                                                         reference, message):
+    """A hostile repo writes its own hashes: only loading can catch NaN, σ ≤ 0 or strings where
+    numbers belong (which made ``explain`` print NaN or 'I am sure … obviously' before)."""
+    spaces_hub.push(spaces, REPO)
+    data = forged(stored(hub, SPACE_FILE), reference=reference)
+    commit_files(hub, {SPACE_FILE: data, "spaces.json": index_with(hub, SPACE_FILE, data)})
+    out = tmp_path / "out"
+    code = main(["hub", "pull", REPO, "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and SPACE_FILE.split("/")[-1] in err
+    assert not out.exists() or not any(out.iterdir())

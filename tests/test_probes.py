@@ -257,3 +257,124 @@ def test_build_probe_spaces_refuses_too_little_data(tiny_model) -> None:
     bank = synthetic_bank(8, seed=5)
     with pytest.raises(SpaceError, match="needs at least 8"):
         build_probe_spaces(tiny_model, bank, ["cat"], ["eyes"], RECIPE, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _synthetic_dataset(root: Path) -> Path:
+    """Cats and dogs (grey and brown backgrounds) with a bright 'eye' square in most of them,
+    keypoints on it; the images a tiny backbone can tell apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for i in range(60):
+        name = "cat" if i % 2 == 0 else "dog"
+        (root / name).mkdir(parents=True, exist_ok=True)
+        colour = (90, 90, 90) if name == "cat" else (120, 80, 40)
+        pixels = (np.array(colour, np.uint8) + rng.integers(0, 25, (48, 48, 3))).astype(np.uint8)
+        visible = i % 6 not in (0, 1)
+        x, y = int(rng.integers(8, 30)), int(rng.integers(8, 30))
+        if visible:
+            pixels[y:y + 10, x:x + 10] = (250, 240, 30)
+        Image.fromarray(pixels).save(root / name / f"{name}{i}.png")
+        images.append({"id": i, "file_name": f"{name}/{name}{i}.png", "width": 48, "height": 48})
+        annotations.append({"id": 100 + i, "image_id": i, "category_id": 1 if name == "cat" else 2,
+                            "keypoints": [x + 5, y + 5, 2 if visible else 0]})
+    coco = {"images": images, "annotations": annotations, "concepts": {"eyes": ["eye"]},
+            "categories": [{"id": 1, "name": "cat", "keypoints": ["eye"]},
+                           {"id": 2, "name": "dog", "keypoints": ["eye"]}]}
+    (root / "coco.json").write_text(json.dumps(coco))
+    return root / "coco.json"
+
+
+@pytest.fixture
+def tiny_backbone(backbone_plugin):
+    with backbone_plugin("tiny_probe_net", lambda **_: make_tiny_model(trait_dim=16), "tiny CNN") as name:
+        yield name
+
+
+@pytest.mark.parametrize("recipe", ["probe", "tuned", "paper"])
+def test_sxai_space_builds_every_recipe_and_replaces_the_folder(tmp_path, tiny_backbone, recipe, capsys,
+                                                                monkeypatch) -> None:
+    from sxai_plugins.cli import main
+
+    monkeypatch.setenv("SXAI_CACHE", str(tmp_path / "cache"))
+    coco = _synthetic_dataset(tmp_path / "data")
+    out = tmp_path / "spaces"
+    out.mkdir()
+    (out / "cat.nose.safetensors").write_bytes(b"a space of an earlier build")
+    # a small regularisation grid and 2 inner folds keep the test quick; the CLI reads them from TOML
+    config = tmp_path / "space.toml"
+    config.write_text("[recipe_options]\ncs = [0.01, 0.1]\nfolds = 2\n" if recipe == "probe" else "")
+    args = ["space", "--config", str(config), "--annotations", str(coco), "--out", str(out), "-b", tiny_backbone,
+            "--recipe", recipe, "--reference", str(tmp_path / "data"), "--no-plots", "--json"]
+    # an untrained tiny model calls everything one class, so the v1 recipes (which fit a
+    # reference distribution on the images predicted as the space's class) build cat spaces only
+    classes = ["cat", "dog"] if recipe == "probe" else ["cat"]
+    args += [arg for c in classes for arg in ("--class", c)]
+    if recipe == "probe":
+        args += ["--folds", "3", "--seed", "1"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    # the folder holds this build only: the earlier build's file is gone
+    expected = sorted([f"{c}.eyes.safetensors" for c in classes] + ["report.json"])
+    assert sorted(p.name for p in out.iterdir()) == expected
+    spaces = {s.key: s for s in load_spaces([out])}
+    assert report["recipe"] == recipe and set(report["spaces"]) == {f"{c}.eyes" for c in classes}
+    version = 2 if recipe == "probe" else 1
+    assert all(s.format_version == version for s in spaces.values())
+    if recipe == "probe":
+        figures = report["spaces"]["cat.eyes"]
+        assert figures["protocol"].startswith("out-of-fold, 3 folds")
+        assert {"drop", "auroc", "control_shift", "rival_auroc", "ece"} <= set(figures)
+        assert spaces["cat.eyes"].evaluation["n_positive"] == figures["n_positive"] > 0
+        # the same command twice gives the same spaces (seeded folds and control regions)
+        first = spaces["cat.eyes"].probe.weight.clone()
+        assert main(args) == 0
+        capsys.readouterr()
+        assert torch.equal(load_spaces([out / "cat.eyes.safetensors"])[0].probe.weight, first)
+
+
+def test_sxai_space_probe_errors_are_clear(tmp_path, tiny_backbone, capsys, monkeypatch) -> None:
+    from sxai_plugins.cli import main
+
+    monkeypatch.setenv("SXAI_CACHE", str(tmp_path / "cache"))
+    coco = _synthetic_dataset(tmp_path / "data")
+    base = ["space", "--annotations", str(coco), "-b", tiny_backbone, "--no-plots"]
+    assert main([*base, "--out", str(tmp_path / "o"), "--folds", "1"]) == 2
+    assert "--folds must be at least 2" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main([*base, "--out", str(tmp_path / "file")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "o"), "--masker", "blur"]) == 2
+    assert "belongs to the paper and tuned recipes" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- integration
+@pytest.mark.integration
+def test_bundled_examples_that_the_model_is_sure_of_are_explained_by_their_own_concepts(default_model) -> None:
+    """Each bundled example with P(class) > 0.99 gets a sentence that names at least one concept
+    of that class as support (what the v1 spaces failed on: cat_18.jpg was 'not sure')."""
+    from sxai_plugins import get_explanation_template
+    from sxai_plugins.examples import example_images
+    from sxai_plugins.images import load_image, to_tensor
+    from sxai_plugins.templates import judge
+    from sxai_plugins.trust import assess, load_space_set
+
+    spaces = load_space_set([], default_model)
+    assert {s.format_version for s in spaces} == {2}  # the bundled spaces are probes
+    template = get_explanation_template("english")
+    paths = example_images()
+    assert len(paths) == 6
+    images = torch.stack([to_tensor(load_image(p), default_model.input_size[1:]) for p in paths])
+    sure = 0
+    for path, assessment in zip(paths, assess(default_model, spaces, images, paths)):
+        if assessment.class_probabilities[assessment.predicted] <= 0.99:
+            continue
+        sure += 1
+        sentence = template.render(assessment)
+        supported = [c.concept for c in judge(assessment, template.rules).concepts
+                     if c.mentioned and not c.confusing]
+        assert supported, f"{path.name}: {sentence}"
+        assert any(concept in sentence for concept in supported), f"{path.name}: {sentence}"
+    assert sure >= 4  # the test means something only if most examples are confident
