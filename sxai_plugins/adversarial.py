@@ -268,8 +268,9 @@ class AdversarialReport:
         head = (f"{self.n_images} images ({self.n_correct} classified correctly and attacked; labels from "
                 f"{self.labels}); PGD L∞, {self.steps} steps of {self.step_size_factor:g}·ε/{self.steps}")
         if det:
+            promise = (f"with confidence {det['confidence']:g}" if det.get("confidence") else "on average")
             head += (f"; detector: score {det['score']}, threshold {det['threshold']:.4g} calibrated to "
-                     f"FPR {det['fpr']:g} on {det['n_calibration']} other clean images")
+                     f"FPR ≤ {det['fpr']:g} ({promise}) on {det['n_calibration']} other clean images")
         rule_cols = "".join(f" {r.name} rule: detection | {r.name} rule: FPR |" for r in self.rules)
         lines = [head, "",
                  "| attack | ε | attack success | ROC AUC (margin / semantic alone) "
