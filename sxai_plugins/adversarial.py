@@ -152,14 +152,17 @@ def pgd_attack(
     spaces: SpaceSet | None = None,
     adaptive_weight: float = 1.0,
     adaptive_confidence: float = 0.9,
+    detector: Detector | None = None,
 ) -> torch.Tensor:
     """Untargeted L∞ PGD (``captum.robust.PGD``) against ``labels``; images in [0, 1].
 
     With ``spaces``, the attack is **adaptive**: it maximises
     :func:`sxai_plugins.detector.adaptive_loss` (the label's cross-entropy capped at
     ``adaptive_confidence``, plus ``adaptive_weight`` × the semantic margin of the class it pushes
-    to) instead of the plain cross-entropy. Returns images within ``eps`` of the input (L∞) and
-    inside [0, 1].
+    to) instead of the plain cross-entropy; with ``spaces`` and a ``gap`` ``detector`` it is
+    **score-aware**: it maximises :func:`sxai_plugins.detector.score_aware_loss` (the capped
+    cross-entropy minus the detector's score). Returns images within ``eps`` of the input (L∞)
+    and inside [0, 1].
     """
     from captum.robust import PGD
 
@@ -171,7 +174,7 @@ def pgd_attack(
     if spaces is None:
         forward, loss = model.logits, nn.CrossEntropyLoss(reduction="none")
     else:
-        from .detector import adaptive_loss
+        from .detector import adaptive_loss, score_aware_loss
 
         if not 0 < adaptive_confidence < 1:
             raise ValueError(f"adaptive_confidence must be in (0, 1), got {adaptive_confidence}")
@@ -182,6 +185,9 @@ def pgd_attack(
             return torch.cat([out.logits, out.traits], dim=1)
 
         def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if detector is not None:
+                return score_aware_loss(output[:, :k], output[:, k:], target, spaces, model.class_names,
+                                        detector, adaptive_weight, adaptive_confidence)
             return adaptive_loss(output[:, :k], output[:, k:], target, spaces, model.class_names,
                                  adaptive_weight, adaptive_confidence)
     saved = [(p, p.requires_grad) for p in model.parameters()]
@@ -207,7 +213,7 @@ def pgd_attack(
 
 
 # -------------------------------------------------------------------------------- evaluation
-ATTACKS = ("pgd", "adaptive")
+ATTACKS = ("pgd", "adaptive", "score-aware")
 
 
 @dataclass
@@ -380,6 +386,7 @@ def collect_attacks(
     batch_size: int = 16,
     progress: bool = True,
     cache: str | Path | None = None,
+    detector: Detector | None = None,
 ) -> AttackData:
     """Attack every correctly classified image with each attack at each ε; keep logits and traits.
 
@@ -396,6 +403,8 @@ def collect_attacks(
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
         raise SxaiError(f"unknown attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+    if "score-aware" in attacks and (detector is None or detector.score != "gap"):
+        raise SxaiError("the score-aware attack needs a calibrated detector with the gap score")
     paths = [Path(p) for p in paths]
     if labels is None:
         labels = _labels_for(paths, model.class_names)
@@ -406,7 +415,7 @@ def collect_attacks(
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         weights = _digest(model.fingerprint(), *(t.detach().cpu().numpy() for t in model.head.state_dict().values()))
-        space_key = _spaces_digest(spaces) if "adaptive" in attacks else ""
+        space_key = _spaces_digest(spaces) if set(attacks) - {"pgd"} else ""
     failures: list[tuple[Path, str]] = []
     kept: list[str] = []
     truths, clean_logits, clean_traits = [], [], []
@@ -434,8 +443,9 @@ def collect_attacks(
                     file = None
                     if cache is not None:
                         key = _digest([str(p) for p in batch.paths], weights, attack, e, steps, step_size_factor,
-                                      *((adaptive_weight, adaptive_confidence, space_key) if attack == "adaptive"
-                                        else ()))
+                                      *((adaptive_weight, adaptive_confidence, space_key) if attack != "pgd"
+                                        else ()),
+                                      *((detector.beta, detector.intercept) if attack == "score-aware" else ()))
                         file = cache / f"{attack}-eps{e:g}-steps{steps}-{key}.npz"
                     if file is not None and file.is_file():
                         with np.load(file) as stored:
@@ -443,8 +453,9 @@ def collect_attacks(
                     else:
                         x = pgd_attack(model, images[keep.to(device)], truth[keep].to(device), e, steps,
                                        step_size_factor * e / steps,
-                                       spaces=spaces if attack == "adaptive" else None,
-                                       adaptive_weight=adaptive_weight, adaptive_confidence=adaptive_confidence)
+                                       spaces=spaces if attack != "pgd" else None,
+                                       adaptive_weight=adaptive_weight, adaptive_confidence=adaptive_confidence,
+                                       detector=detector if attack == "score-aware" else None)
                         with torch.no_grad():
                             out = model(x)
                         logits, traits = out.logits.float().cpu().numpy(), out.traits.float().cpu().numpy()
@@ -582,7 +593,7 @@ def evaluate_detection(
     data = collect_attacks(model, spaces, paths, eps=eps, attacks=attacks, steps=steps,
                            step_size_factor=step_size_factor, labels=labels, adaptive_weight=adaptive_weight,
                            adaptive_confidence=adaptive_confidence, batch_size=batch_size, progress=progress,
-                           cache=cache)
+                           cache=cache, detector=detector)
     return summarise(data, spaces, model.class_names, detector=detector, rules=rules, steps=steps,
                      step_size_factor=step_size_factor, adaptive_weight=adaptive_weight,
                      adaptive_confidence=adaptive_confidence)
@@ -615,7 +626,8 @@ def roc_figure(report: AdversarialReport, path: str | Path, title: str = "") -> 
         ax.plot([0, 1], [0, 1], color="lightgrey", lw=1, ls="--")
         ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false-positive rate (clean images)",
                ylabel="detection rate (successful adversarial)",
-               title=f"{'adaptive PGD' if attack == 'adaptive' else 'PGD'}, {report.steps} steps")
+               title=f"{ {'adaptive': 'adaptive PGD', 'score-aware': 'score-aware PGD'}.get(attack, 'PGD')}, "
+                     f"{report.steps} steps")
         ax.legend(loc="lower right", fontsize=8)
     score = report.detector["score"] if report.detector else "paper"
     fig.suptitle(title or f"{score} score ROC: ● calibrated threshold, × {report.rules[0].name} rule",

@@ -272,6 +272,9 @@ def _adversarial(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-size-factor", type=positive_float, default=2.5,
                    help="step size = factor·ε/steps (default 2.5)")
     p.add_argument("--adaptive", action="store_true", help="also run the adaptive attacker")
+    p.add_argument("--score-aware", action="store_true",
+                   help="also run the score-aware attacker: it knows the detector (β, c) and lowers its "
+                        "gap score once the image is misclassified (needs a gap detector)")
     p.add_argument("--adaptive-weight", type=positive_float, default=1.0,
                    help="weight of its semantic term (default 1)")
     p.add_argument("--adaptive-confidence", type=_fraction, default=0.9,
@@ -401,7 +404,8 @@ def _run_adversarial(args: argparse.Namespace) -> int:
     report = evaluate_detection(model, spaces, paths, eps=args.eps, rules=rules, steps=args.steps,
                                 step_size_factor=args.step_size_factor, batch_size=args.batch_size,
                                 progress=not (args.quiet or args.json), detector=detector,
-                                attacks=("pgd", "adaptive") if args.adaptive else ("pgd",),
+                                attacks=("pgd",) + (("adaptive",) if args.adaptive else ())
+                                + (("score-aware",) if args.score_aware else ()),
                                 adaptive_weight=args.adaptive_weight,
                                 adaptive_confidence=args.adaptive_confidence, cache=args.cache)
     for why in [why for _p, why in failures] + report.skipped:

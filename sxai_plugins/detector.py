@@ -45,6 +45,7 @@ __all__ = [
     "SCORES",
     "Detector",
     "adaptive_loss",
+    "score_aware_loss",
     "calibrate",
     "conformal_threshold",
     "DetectorWarning",
@@ -382,6 +383,42 @@ def adaptive_loss(
     rows = torch.arange(len(labels), device=traits.device)
     semantic = mean_ell[rows, rival] - mean_ell[rows, labels]
     return capped + weight * semantic
+
+
+def score_aware_loss(
+    logits: torch.Tensor,
+    traits: torch.Tensor,
+    labels: torch.Tensor,
+    spaces: SpaceSet,
+    class_names: Sequence[str],
+    detector: Detector,
+    weight: float = 1.0,
+    confidence: float = 0.9,
+) -> torch.Tensor:
+    """Per-image loss of the score-aware attacker (to be maximised), who knows the stored
+    ``gap`` detector (β and c): the label's cross-entropy capped at ``−log(1 − confidence)``, minus
+    ``weight`` × the detector's score of the class it pushes to (the runner-up to the label),
+    ``(z_rival − z_label) − (β·ΔP + c)`` with ΔP that class's mean P_s minus the label's. Once
+    misclassified with that confidence, it lowers the score: less confidence, more semantic
+    support."""
+    if detector.score != "gap":
+        raise ValueError(f"the score-aware attack aims at the gap score, not {detector.score!r}")
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    capped = torch.clamp(ce, max=-math.log(1 - confidence))
+    masked = logits.detach().clone()
+    masked[torch.arange(len(labels)), labels] = -torch.inf
+    rival = masked.argmax(1)
+    rows = torch.arange(len(labels), device=traits.device)
+    margin = logits[rows, rival] - logits[rows, labels]
+    masks = torch.as_tensor(_class_masks(spaces, class_names), device=traits.device)  # K × S
+    weights = masks.float() / masks.sum(1, keepdim=True).clamp(min=1)
+    mean_p = torch.sigmoid(space_logits(spaces, traits)) @ weights.T  # B × K
+    delta_p = mean_p[rows, rival] - mean_p[rows, labels]
+    score = margin - (detector.beta * delta_p + detector.intercept)
+    # the score term only where the wrong class already has the capped confidence: before, it would
+    # pull the image back to its label; after, the cross-entropy pushes back whenever it goes below
+    fooled = (ce.detach() >= -math.log(1 - confidence)).float()
+    return capped - weight * fooled * score
 
 
 def detector_folder(sources: Sequence[str | Path] | None, model_name: str) -> Path | None:

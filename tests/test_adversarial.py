@@ -272,20 +272,21 @@ def test_cli_adversarial_with_a_calibrated_detector_adaptive_attack_and_roc(back
     roc, cache = tmp_path / "roc.png", tmp_path / "cache"
     argv = ["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces), "--eps", "0.3",
             "--steps", "2", "--n", "0", "--calibration", str(calibration), "--fpr", "0.1", "--confidence", "0",
-            "--adaptive", "--roc", str(roc), "--cache", str(cache), "--json"]
+            "--adaptive", "--score-aware", "--roc", str(roc), "--cache", str(cache), "--json"]
     code = main(argv)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
     assert roc.is_file() and roc.read_bytes()[:4] == b"\x89PNG"
     assert report["detector"]["n_calibration"] == 40 and report["detector"]["fpr"] == 0.1
-    assert [(r["attack"], r["eps"]) for r in report["results"]] == [("pgd", 0.3), ("adaptive", 0.3)]
+    assert [(r["attack"], r["eps"]) for r in report["results"]] == [("pgd", 0.3), ("adaptive", 0.3),
+                                                                    ("score-aware", 0.3)]
     for r in report["results"]:
         assert r["n_clean"] == 6 and 0 <= r["false_positive_rate"] <= 1 and r["score"] == "gap"
         assert r["detection_rate"] is None or 0 <= r["detection_rate"] <= 1
         assert r["auc"] is None or 0 <= r["auc"] <= 1
     cached = sorted(p.name.split("-")[0] for p in cache.iterdir())
-    assert cached == ["adaptive", "pgd"]  # one batch of each attack, reused by the next run
+    assert cached == ["adaptive", "pgd", "score"]  # one batch of each attack, reused by the next run
     stamp = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert main(argv) == 0
     again = json.loads(capsys.readouterr().out)

@@ -12,6 +12,7 @@ from torch import nn
 import sxai_plugins as sx
 from sxai_plugins.adversarial import PAPER_RULE, AttackData, pgd_attack, summarise
 from sxai_plugins.detector import (
+    Detector,
     DetectorWarning,
     adaptive_loss,
     calibrate,
@@ -169,6 +170,29 @@ def test_adaptive_loss_gradients_reach_the_space_activations(probe):
         ell = space_logits(spaces, model.traits(images)).detach()
         return ell[torch.arange(len(y)), rival] - ell[torch.arange(len(y)), y]
     assert float(rival_logit(adv).mean()) > float(rival_logit(adv_plain).mean()) + 1.0
+
+
+def test_score_aware_attack_lowers_the_detector_score_it_knows():
+    model = stripe_model()
+    spaces = stripe_spaces(model)
+    with torch.no_grad():
+        out = model(stripe_images(300, seed=1)[0])
+    detector = calibrate(out.logits, spaces.probabilities(out.traits), spaces, CLASSES, fpr=0.05)
+    x, y = stripe_images(64, seed=6)
+
+    def scores(images):
+        with torch.no_grad():
+            o = model(images)
+        return detector.scores(o.logits, spaces.probabilities(o.traits), spaces, CLASSES), o.logits.argmax(1)
+
+    plain, plain_pred = scores(pgd_attack(model, x, y, 0.45, steps=10))
+    aware, aware_pred = scores(pgd_attack(model, x, y, 0.45, steps=10, spaces=spaces, detector=detector))
+    assert float((aware_pred != y).float().mean()) >= 0.9  # still fools the classifier
+    assert (plain > detector.threshold).mean() >= 0.9
+    assert (aware > detector.threshold).mean() < (plain > detector.threshold).mean()
+    assert float(np.median(aware)) < float(np.median(plain)) - 1.0
+    with pytest.raises(ValueError, match="gap score"):
+        pgd_attack(model, x, y, 0.1, steps=1, spaces=spaces, detector=Detector(score="paper"))
 
 
 def test_adaptive_loss_stops_raising_the_confidence_at_its_cap():
