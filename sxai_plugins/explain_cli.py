@@ -22,7 +22,11 @@ EXPLAIN_JSON = (
     '"radar": PNG path, "p_max": float|null, "concept_max": str|null, "delta_max_p": float|null, '
     '"concepts": [{"concept", "probability", "delta", "rival", "rival_probability"}], '
     '"spaces": [{"space": "class.concept", "class": str, "concept": str, "activation": A_s, '
-    '"probability": P_s}]}. '
+    '"probability": P_s}], '
+    '"detection": {"flag": bool, "score": float, "threshold": float, "fpr": float}|null}. '
+    "detection is the calibrated adversarial detector stored with the spaces (detector.json in "
+    "their folder, written by `sxai calibrate-detector`): flag is score > threshold, and fpr the "
+    "false-positive budget on clean images it was calibrated to; null when the spaces carry none. "
     "Numbers are rounded to 6 decimals."
 )
 
@@ -78,6 +82,9 @@ def _record(assessment, sentence: str, radar: Path) -> dict:
              "activation": _r(s.activation), "probability": _r(s.probability)}
             for s in assessment.spaces
         ],
+        "detection": None if assessment.detection is None else {
+            "flag": assessment.detection["flag"], "score": _r(assessment.detection["score"]),
+            "threshold": _r(assessment.detection["threshold"]), "fpr": _r(assessment.detection["fpr"])},
     }
 
 
@@ -94,6 +101,7 @@ def _radar_name(path: Path, taken: set[str]) -> str:
 def _run_explain(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .detector import FLAG_SENTENCE, detector_folder, load_detector
     from .images import expand_paths, iter_batches
     from .inference import model_size
     from .radar import radar_map
@@ -105,6 +113,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     paths = expand_paths(args.images, require=True)
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
+    detector = load_detector(detector_folder(args.spaces, model.name), spaces, model.class_names)
     out = Path(args.out)
     failures: list[tuple[Path, str]] = []
     records = []
@@ -112,7 +121,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     with tqdm(total=len(paths), desc="explaining", unit="img",
               disable=args.json or len(paths) <= 64) as bar:
         for batch in iter_batches(paths, model_size(model), args.batch_size, failures):
-            for assessment in assess(model, spaces, batch.images, batch.paths):
+            for assessment in assess(model, spaces, batch.images, batch.paths, detector=detector):
                 sentence = template.render(assessment)
                 radar = radar_map(assessment, out / _radar_name(Path(assessment.path), taken))
                 records.append(_record(assessment, sentence, radar))
@@ -128,6 +137,10 @@ def _run_explain(args: argparse.Namespace) -> int:
             print(f"{r['path']}: {r['predicted']}  ({shown})")
             print("  " + "  ".join(f"{s['space']} {s['probability']:.3f}" for s in r["spaces"]))
             print(f"  {r['sentence']}")
+            d = r["detection"]
+            if d is not None and d["flag"]:
+                print(f"  {FLAG_SENTENCE} (detection score {d['score']:.3f} > threshold "
+                      f"{d['threshold']:.3f}; {d['fpr']:.0%} of clean images are flagged too).")
             print(f"  radar map: {r['radar']}")
     return 0 if records or not paths else 1
 

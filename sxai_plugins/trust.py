@@ -64,6 +64,8 @@ class Assessment:
     concept_max: str | None = None
     delta_max_p: float | None = None
     path: str | None = None
+    # the calibrated detector's verdict {"flag", "score", "threshold", "fpr"}; None without one
+    detection: dict[str, Any] | None = None
 
     def space(self, key: str) -> SpaceScore:
         for score in self.spaces:
@@ -112,8 +114,12 @@ def assess(
     spaces: SpaceSet,
     images: torch.Tensor,
     paths: Sequence[str | Path] | None = None,
+    detector: Any = None,
 ) -> list[Assessment]:
     """Assess a batch of images (``B×3×H×W`` in [0, 1]) with one forward pass.
+
+    With a calibrated ``detector`` (:class:`sxai_plugins.detector.Detector`), each assessment
+    carries its verdict in ``detection``, scored from the same pass's logits and P_s.
 
     The caller checks that the spaces fit the model (``spaces.check_compatible(model)``); this
     function does not, because hashing the weights for every batch would cost more than the pass.
@@ -126,11 +132,17 @@ def assess(
     class_p = out.logits.float().softmax(dim=1).cpu()
     activations = spaces.activations(out.traits.float()).cpu()
     probabilities = spaces.probabilities_from_activations(activations)
-    return [
+    scores = (detector.scores(out.logits.float(), probabilities, spaces, model.class_names)
+              if detector is not None else None)
+    assessments = [
         _assessment(model.class_names, spaces, class_p[i], activations[i], probabilities[i],
                     str(paths[i]) if paths is not None else None)
         for i in range(len(images))
     ]
+    if scores is not None:
+        for assessment, score in zip(assessments, scores.tolist()):
+            assessment.detection = detector.verdict(score)
+    return assessments
 
 
 def _assessment(

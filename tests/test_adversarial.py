@@ -165,7 +165,9 @@ def test_evaluate_detection_counts(folder):
     assert rules["never"].detected == 0 and rules["never"].false_positives == 0
     assert 0.0 <= rules["paper"].detection_rate <= 1.0
     table = report.table()
-    assert "| 0.3 | paper |" in table and "100.0%" in table
+    assert "| pgd | 0.3 | 100.0% (" in table
+    assert f"| 100.0% ({strong.n_success}/{strong.n_success}) | 100.0% (6/6) |" in table  # "always"
+    assert strong.n_clean == 6  # false positives are counted over every clean image
 
 
 def test_evaluate_without_class_folders_uses_predictions(tmp_path):
@@ -223,7 +225,7 @@ def test_cli_adversarial_run(backbone, folder, tmp_path, capsys):
     code = main(["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces),
                  "--eps", "0.3", "--steps", "1", "--n", "3", "-q"])
     text = capsys.readouterr().out
-    assert code == 0 and "| 0.3 | paper |" in text and "3 images" in text
+    assert code == 0 and "| pgd | 0.3 |" in text and "3 images" in text and "no calibrated detector" in text
 
 
 def test_cli_adversarial_needs_images_for_other_backbones(backbone, capsys):
@@ -241,7 +243,7 @@ def test_rates_over_nothing_read_n_a_in_the_table_and_null_in_json():
         results=[EpsilonResult(0.01, 0, 0, nan, [RuleResult("paper", 0, nan, 0, nan)], nan, nan)])
     row = report.table().splitlines()[-1]
     assert "nan" not in row.lower()
-    assert row == "| 0.01 | paper | n/a (0/0) | n/a (0/0) | n/a (0/0) | n/a → n/a |"
+    assert row == "| pgd | 0.01 | n/a (0/0) | n/a (n/a / n/a) | – | – | n/a (0/0) | n/a (0/0) |"
     record = json.loads(dumps_json(report.to_dict()), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
     assert record["results"][0]["attack_success_rate"] is None
     assert record["results"][0]["rules"][0]["detection_rate"] is None
@@ -254,3 +256,44 @@ def test_json_output_never_carries_nan_or_infinity():
             "c": (1, "x", None, np.float32(0.25))}
     strict = json.loads(dumps_json(data), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
     assert strict == {"a": None, "b": [None, None, 0.5, None, None], "c": [1, "x", None, 0.25]}
+
+
+def test_cli_adversarial_with_a_calibrated_detector_adaptive_attack_and_roc(backbone, folder, tmp_path_factory,
+                                                                           capsys):
+    tmp_path = tmp_path_factory.mktemp("outside")  # `folder` is the test's tmp_path: keep out of it
+    spaces = tmp_path / "spaces"
+    for space in spaces_for(small_model()):
+        space.save(spaces / f"{space.key}.safetensors")
+    calibration = tmp_path / "clean"
+    calibration.mkdir()
+    for i, image in enumerate(images(40, seed=11)):
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(calibration / f"c{i}.png")
+    roc, cache = tmp_path / "roc.png", tmp_path / "cache"
+    argv = ["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces), "--eps", "0.3",
+            "--steps", "2", "--n", "0", "--calibration", str(calibration), "--fpr", "0.1", "--confidence", "0",
+            "--adaptive", "--score-aware", "--roc", str(roc), "--cache", str(cache), "--json"]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert roc.is_file() and roc.read_bytes()[:4] == b"\x89PNG"
+    assert report["detector"]["n_calibration"] == 40 and report["detector"]["fpr"] == 0.1
+    assert [(r["attack"], r["eps"]) for r in report["results"]] == [("pgd", 0.3), ("adaptive", 0.3),
+                                                                    ("score-aware", 0.3)]
+    for r in report["results"]:
+        assert r["n_clean"] == 6 and 0 <= r["false_positive_rate"] <= 1 and r["score"] == "gap"
+        assert r["detection_rate"] is None or 0 <= r["detection_rate"] <= 1
+        assert r["auc"] is None or 0 <= r["auc"] <= 1
+    cached = sorted(p.name.split("-")[0] for p in cache.iterdir())
+    assert cached == ["adaptive", "pgd", "score"]  # one batch of each attack, reused by the next run
+    stamp = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == stamp
+    assert again["results"] == report["results"]
+
+    # the false-positive rate is never measured on calibration images
+    code = main(["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces), "--eps", "0.3",
+                 "--steps", "1", "--n", "0", "--calibration", str(folder), "--fpr", "0.5", "-q"])
+    assert code != 0 and "used to calibrate" in capsys.readouterr().err

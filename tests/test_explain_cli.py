@@ -244,3 +244,44 @@ def test_explain_real_photo_with_bundled_spaces(capsys, tmp_path):
     assert code == 0
     [record] = json.loads(out)
     assert record["predicted"] in ("cat", "dog") and len(record["spaces"]) == 8
+
+
+# ------------------------------------------------------------------------ adversarial detector
+def test_explain_carries_the_stored_detector_flag_and_fpr(capsys, tmp_path, backbone, spaces_dir, images):
+    import shutil
+
+    from sxai_plugins.detector import FLAG_SENTENCE, Detector
+
+    folder = tmp_path / "spaces"
+    shutil.copytree(spaces_dir, folder)
+    argv = ["explain", str(images), "-b", backbone, "-s", str(folder), "--out", str(tmp_path / "maps")]
+    code, out, _err = run(capsys, *argv, "--json")
+    assert code == 0 and all(r["detection"] is None for r in json.loads(out))  # no detector stored
+    code, out, _err = run(capsys, *argv)
+    assert FLAG_SENTENCE not in out
+
+    # calibrated on the same kind of images (8 images allow a budget of 1/4 on average)
+    code, out, err = run(capsys, "calibrate-detector", str(images), "-b", backbone, "-s", str(folder),
+                         "--fpr", "0.25", "--confidence", "0")
+    assert code == 0 and (folder / "detector.json").is_file() and "threshold" in out
+    stored = Detector.load(folder / "detector.json")
+    assert stored.n_calibration == 8 and stored.confidence is None
+    code, out, _err = run(capsys, *argv, "--json")
+    records = json.loads(out)
+    for r in records:
+        d = r["detection"]
+        assert set(d) == {"flag", "score", "threshold", "fpr"} and d["fpr"] == 0.25
+        assert d["flag"] == (d["score"] > d["threshold"])
+        assert d["threshold"] == pytest.approx(stored.threshold, abs=1e-6)
+    assert sum(r["detection"]["flag"] for r in records) <= 2  # the calibration images themselves
+
+    # a detector whose threshold every image exceeds: text mode says so for each
+    Detector(**{**stored.__dict__, "threshold": -1e9}).save(folder)
+    code, out, _err = run(capsys, *argv)
+    assert code == 0 and out.count(FLAG_SENTENCE) == 8 and "25% of clean images" in out
+
+    # a detector calibrated for other spaces is not applied, and says so
+    (folder / "dog.legs.safetensors").unlink()
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0 and all(r["detection"] is None for r in json.loads(out))
+    assert "recalibrate" in err and "detection is off" in err
