@@ -80,7 +80,7 @@ class V1Material:
 
 def _v1_space(mode: str, bank: ProbeFeatures, class_name: str, concept: str, train_images: np.ndarray,
               recipe: ProbeRecipe, reference: V1Material, model_name: str = "eval"):
-    from .build_spaces import paired_effect, paper_delta, tuned_scores  # noqa: F401
+    from .build_spaces import paper_delta, tuned_scores
     from .spaces import SemanticSpace, select_ssn
 
     kind, image = bank.column("kind"), bank.column("image")
