@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,19 +22,8 @@ import sxai_plugins as sx
 from sxai_plugins.detector import Detector
 from sxai_plugins.trust import load_space_set
 
-
-@torch.inference_mode()
-def run(model, images: torch.Tensor, spaces, detector: Detector | None) -> float:
-    start = time.perf_counter()
-    out = model(images)
-    probs = out.logits.softmax(1)
-    if spaces is not None:
-        p_s = spaces.probabilities(out.traits)
-        if detector is not None:
-            detector.scores(out.logits, p_s, spaces, model.class_names).sum()
-        float(p_s.sum())
-    float(probs.sum())
-    return time.perf_counter() - start
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_spaces import run  # noqa: E402  (one timing loop for both benchmarks)
 
 
 def main() -> None:

@@ -38,12 +38,15 @@ def synthetic_spaces(model, count: int, version: int = 1, seed: int = 0) -> Spac
 
 
 @torch.inference_mode()
-def run(model, images: torch.Tensor, spaces: SpaceSet | None) -> float:
+def run(model, images: torch.Tensor, spaces: SpaceSet | None, detector=None) -> float:
+    """Seconds for one prediction pass, plus P_s of ``spaces`` and the ``detector``'s score when given."""
     start = time.perf_counter()
     out = model(images)
     probs = out.logits.softmax(1)
     if spaces is not None:
         p_s = spaces.probabilities(out.traits)
+        if detector is not None:
+            detector.scores(out.logits, p_s, spaces, model.class_names).sum()
         float(p_s.sum())
     float(probs.sum())
     return time.perf_counter() - start

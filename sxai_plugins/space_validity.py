@@ -99,7 +99,8 @@ def _v1_space(mode: str, bank: ProbeFeatures, class_name: str, concept: str, tra
         indices, weights = select_ssn(score, 5)
     space = SemanticSpace(class_name, concept, model_name, "", bank.traits.shape[1],
                           torch.as_tensor(indices), torch.as_tensor(weights))
-    held_out = {str(bank.images[i].path) for i in range(len(bank.images)) if i not in set(train_images.tolist())}
+    training = set(train_images.tolist())
+    held_out = {str(im.path) for i, im in enumerate(bank.images) if i not in training}
     keep = [(p == class_name) and (path not in held_out) for p, path in zip(reference.predicted, reference.paths)]
     return space.with_reference(space.activation(reference.traits[torch.as_tensor(keep)]))
 

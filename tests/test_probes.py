@@ -378,3 +378,20 @@ def test_bundled_examples_that_the_model_is_sure_of_are_explained_by_their_own_c
         assert supported, f"{path.name}: {sentence}"
         assert any(concept in sentence for concept in supported), f"{path.name}: {sentence}"
     assert sure >= 4  # the test means something only if most examples are confident
+
+
+def test_v1_recipes_are_scored_out_of_fold_on_the_same_bank() -> None:
+    from sxai_plugins.space_validity import V1Material, out_of_fold
+
+    bank = synthetic_bank(120, seed=6)
+    originals = np.flatnonzero(bank.column("kind") == ORIGINAL)
+    reference = V1Material(bank.traits[originals], bank.image_column("class_name")[originals],
+                           [str(p) for p in bank.image_column("path")[originals]])
+    for recipe in ("paper", "tuned"):
+        qq: dict[str, list[float]] = {}
+        p = out_of_fold(bank, ["cat"], ["eyes"], recipe, RECIPE, folds=3, reference=reference,
+                        progress=False, qq_r2=qq)["cat.eyes"]
+        assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+        assert len(qq["cat.eyes"]) == 3  # one v1 space, with its own reference fit, per fold
+    with pytest.raises(SpaceError, match="needs the reference"):
+        out_of_fold(bank, ["cat"], ["eyes"], "paper", RECIPE, folds=3)
