@@ -29,6 +29,7 @@ import math
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -466,10 +467,26 @@ class SearchIndex:
                 raise
             return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30)
 
+    def _use_wal(self, patience: float = 30.0) -> None:
+        """Switch the file to WAL. The switch needs the file to itself and, unlike other
+        statements, SQLite does not wait on the busy timeout for it: processes opening the same
+        index at once get "database is locked" at once. So wait here, as the busy timeout would."""
+        deadline = time.monotonic() + patience
+        delay = 0.01
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
     def _open(self, meta: IndexMeta | None) -> IndexMeta:
         try:
             if meta is not None:
-                self.db.execute("PRAGMA journal_mode=WAL")
+                self._use_wal()
                 self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent after a crash, fast
             # the 2 MB default page cache makes every search re-read the table: 5x slower at 100k rows
             self.db.execute("PRAGMA cache_size=-131072")
