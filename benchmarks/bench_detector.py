@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import sxai_plugins as sx
-from sxai_plugins.detector import Detector
-from sxai_plugins.trust import load_space_set
+from sxai_plugins.explain.trust import load_space_set
+from sxai_plugins.robust.detection import Detector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_spaces import run  # noqa: E402  (one timing loop for both benchmarks)

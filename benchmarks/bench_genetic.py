@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 import sxai_plugins as sx
-from sxai_plugins.genetic import GAConfig, search_best_superpixels
-from sxai_plugins.images import list_images, load_image, to_array
+from sxai_plugins.data.images import list_images, load_image, to_array
+from sxai_plugins.traits.genetic import GAConfig, search_best_superpixels
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "dogs-vs-cats" / "train" / "dog"
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(report, indent=2))
     if args.json:
-        from sxai_plugins.io import write_json
+        from sxai_plugins._utils.io import write_json
 
         write_json(args.json, report)
     print_table(report)

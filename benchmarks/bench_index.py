@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from sxai_plugins import create_model
-from sxai_plugins.images import list_images
-from sxai_plugins.inference import score_paths
-from sxai_plugins.search import IndexMeta, SearchIndex, index_folder
-from sxai_plugins.spaces import SemanticSpace, SpaceSet
+from sxai_plugins.data.images import list_images
+from sxai_plugins.models.inference import score_paths
+from sxai_plugins.search.index import IndexMeta, SearchIndex, index_folder
+from sxai_plugins.spaces.space import SemanticSpace, SpaceSet
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SXAI_SHARED", ROOT.parent / "shared"))

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import sxai_plugins as sx
-from sxai_plugins.pca import RowCentredPCA
-from sxai_plugins.registry import get_feature_inverter
+from sxai_plugins.plugin.manager import get_feature_inverter
+from sxai_plugins.traits.pca import RowCentredPCA
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import sxai_plugins as sx
-from sxai_plugins.concepts import load_coco
-from sxai_plugins.probe_data import cached_probe_features, load_labelled
-from sxai_plugins.probes import ProbeRecipe, build_probe_spaces
+from sxai_plugins.data.concepts import load_coco
+from sxai_plugins.spaces.probe_data import cached_probe_features, load_labelled
+from sxai_plugins.spaces.probes import ProbeRecipe, build_probe_spaces
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = ["eyes", "nose", "ears", "legs"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import sxai_plugins as sx
-from sxai_plugins.spaces import ProbeHead, Reference, SemanticSpace, SpaceSet
+from sxai_plugins.spaces.space import ProbeHead, Reference, SemanticSpace, SpaceSet
 
 
 def synthetic_spaces(model, count: int, version: int = 1, seed: int = 0) -> SpaceSet:

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 import sxai_plugins as sx
-from sxai_plugins.backbones.lite0 import ASSETS
-from sxai_plugins.inference import score_paths
+from sxai_plugins.models.inference import score_paths
+from sxai_plugins.models.lite0 import ASSETS
 
 ROOT = Path(__file__).resolve().parents[1]
 

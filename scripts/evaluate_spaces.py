@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 import sxai_plugins as sx
-from sxai_plugins.concepts import load_coco
-from sxai_plugins.probe_data import cached_probe_features, load_labelled
-from sxai_plugins.space_validity import RECIPES, TARGETS, V1Material, evaluate_recipes, misses
-from sxai_plugins.spaces_cli import reference_scores
+from sxai_plugins.cli.spaces import reference_scores
+from sxai_plugins.data.concepts import load_coco
+from sxai_plugins.spaces.probe_data import cached_probe_features, load_labelled
+from sxai_plugins.spaces.validity import RECIPES, TARGETS, V1Material, evaluate_recipes, misses
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = ["eyes", "nose", "ears", "legs"]

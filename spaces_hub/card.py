@@ -8,7 +8,7 @@ from typing import Any
 
 from huggingface_hub import ModelCardData
 
-from sxai_plugins.spaces import SemanticSpace
+from sxai_plugins.spaces.space import SemanticSpace
 
 from .layout import INDEX_NAME, space_path
 

@@ -45,8 +45,8 @@ from huggingface_hub.errors import (
 )
 from tqdm.auto import tqdm
 
-from sxai_plugins.errors import SpaceError
-from sxai_plugins.spaces import SemanticSpace
+from sxai_plugins._utils.errors import SpaceError
+from sxai_plugins.spaces.space import SemanticSpace
 
 from .card import render_card
 from .errors import (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sxai_plugins.errors import SxaiError
+from sxai_plugins._utils.errors import SxaiError
 
 
 class HubError(SxaiError):

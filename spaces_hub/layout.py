@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sxai_plugins.spaces import FORMAT_VERSION as SPACE_FORMAT_VERSION
-from sxai_plugins.spaces import MAX_NAME_LENGTH, NAME_PATTERN, SemanticSpace
+from sxai_plugins.spaces.space import FORMAT_VERSION as SPACE_FORMAT_VERSION
+from sxai_plugins.spaces.space import MAX_NAME_LENGTH, NAME_PATTERN, SemanticSpace
 
 from .errors import HubError, SpacesIndexError
 

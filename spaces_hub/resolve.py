@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sxai_plugins.spaces import SemanticSpace, load_spaces
+from sxai_plugins.spaces.space import SemanticSpace, load_spaces
 
 from .errors import HubError
 

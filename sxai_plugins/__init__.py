@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import (
+from ._utils.errors import (
     BackboneNotFoundError,
     ImageLoadError,
     PluginNotFoundError,
@@ -18,9 +18,9 @@ from .errors import (
     SxaiError,
     WeightsError,
 )
-from .hookspecs import hookimpl, hookspec
-from .model import TraitModel, TraitOutput
-from .registry import (
+from .models.trait_model import TraitModel, TraitOutput
+from .plugin.hookspecs import hookimpl, hookspec
+from .plugin.manager import (
     BackboneSpec,
     backbone_table,
     get_backbone_spec,
@@ -31,9 +31,9 @@ from .registry import (
     register_plugin,
     reload_plugins,
 )
-from .registry import explanation_templates as list_explanation_templates
-from .registry import feature_inverters as list_feature_inverters
-from .registry import maskers as list_maskers
+from .plugin.manager import explanation_templates as list_explanation_templates
+from .plugin.manager import feature_inverters as list_feature_inverters
+from .plugin.manager import maskers as list_maskers
 
 DEFAULT_BACKBONE = "lite0_catdog"
 
@@ -85,7 +85,7 @@ def create_model(
     """
     spec = get_backbone_spec(name)
     if head is not None:
-        from .train import load_head_file
+        from .models.head import load_head_file
 
         head_state, classes = load_head_file(head)
         model = spec.build(pretrained=pretrained, weights=weights, class_names=classes)

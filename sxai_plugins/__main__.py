@@ -1,5 +1,5 @@
 import sys
 
-from sxai_plugins.cli import main
+from sxai_plugins.cli.main import main
 
 sys.exit(main())

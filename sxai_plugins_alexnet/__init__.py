@@ -16,7 +16,7 @@ from timm.models import register_model
 from torch import nn
 
 from sxai_plugins import BackboneSpec, TraitModel, WeightsError, hookimpl
-from sxai_plugins.backbones import build_timm_trait_model
+from sxai_plugins.models import build_timm_trait_model
 
 TORCHVISION_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 PRETRAINED_CFG = {

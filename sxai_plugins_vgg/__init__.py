@@ -16,7 +16,7 @@ from functools import partial
 from torch import nn
 
 from sxai_plugins import BackboneSpec, TraitModel, hookimpl
-from sxai_plugins.backbones import build_timm_trait_model
+from sxai_plugins.models import build_timm_trait_model
 
 VARIANTS = {
     "vgg19": "VGG-19 (the paper's backbone) with a GAP head",

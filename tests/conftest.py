@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sxai_plugins import BackboneSpec, get_plugin_manager, hookimpl, register_plugin
-from sxai_plugins.model import TraitModel
+from sxai_plugins.models.trait_model import TraitModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SXAI_SHARED", ROOT.parent / "shared"))

@@ -10,17 +10,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sxai_plugins.adversarial import (
+from sxai_plugins._utils.errors import SxaiError
+from sxai_plugins.cli.main import main
+from sxai_plugins.models.trait_model import TraitModel
+from sxai_plugins.robust.adversarial import (
     PAPER_RULE,
     DetectionRule,
     evaluate_detection,
     heldout_files,
     pgd_attack,
 )
-from sxai_plugins.cli import main
-from sxai_plugins.errors import SxaiError
-from sxai_plugins.model import TraitModel
-from sxai_plugins.spaces import SemanticSpace, SpaceSet
+from sxai_plugins.spaces.space import SemanticSpace, SpaceSet
 
 SIZE = 16
 BACKBONE = "adv_test_cnn"
@@ -234,8 +234,8 @@ def test_cli_adversarial_needs_images_for_other_backbones(backbone, capsys):
 
 
 def test_rates_over_nothing_read_n_a_in_the_table_and_null_in_json():
-    from sxai_plugins.adversarial import AdversarialReport, EpsilonResult, RuleResult
-    from sxai_plugins.io import dumps_json
+    from sxai_plugins._utils.io import dumps_json
+    from sxai_plugins.robust.adversarial import AdversarialReport, EpsilonResult, RuleResult
 
     nan = float("nan")
     report = AdversarialReport(
@@ -250,7 +250,7 @@ def test_rates_over_nothing_read_n_a_in_the_table_and_null_in_json():
 
 
 def test_json_output_never_carries_nan_or_infinity():
-    from sxai_plugins.io import dumps_json
+    from sxai_plugins._utils.io import dumps_json
 
     data = {"a": float("nan"), "b": [float("inf"), -float("inf"), 0.5, np.float64("nan"), np.float32("inf")],
             "c": (1, "x", None, np.float32(0.25))}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sxai_plugins.attribution import (
+from sxai_plugins.attr.semantic import (
     METHODS,
     ClassAttribution,
     SemanticAttribution,
@@ -26,10 +26,10 @@ from sxai_plugins.attribution import (
     pointing_hit,
     sensitivity_score,
 )
-from sxai_plugins.cli import main
-from sxai_plugins.concepts import ConceptAnnotation, ConceptGeometry
-from sxai_plugins.model import TraitModel
-from sxai_plugins.spaces import Reference, SemanticSpace
+from sxai_plugins.cli.main import main
+from sxai_plugins.data.concepts import ConceptAnnotation, ConceptGeometry
+from sxai_plugins.models.trait_model import TraitModel
+from sxai_plugins.spaces.space import Reference, SemanticSpace
 
 SIZE = 32
 PATCH_A = (slice(4, 12), slice(4, 12))  # what the space reads (rows, cols)
@@ -305,8 +305,8 @@ def test_cli_compare_refuses_an_unknown_space(backbone, tmp_path, capsys):
 
 @pytest.mark.integration
 def test_default_model_semantic_gradcam_on_a_real_cat(default_model, shared_data):
-    from sxai_plugins.images import load_image, to_tensor
-    from sxai_plugins.trust import default_spaces_dir, load_space_set
+    from sxai_plugins.data.images import load_image, to_tensor
+    from sxai_plugins.explain.trust import default_spaces_dir, load_space_set
 
     if default_spaces_dir(default_model.name) is None:
         pytest.skip("the default model's spaces are not bundled in this checkout")

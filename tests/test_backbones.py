@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import sxai_plugins as sx
-from sxai_plugins.backbones import load_weights_file
-from sxai_plugins.errors import BackboneError, BackboneNotFoundError, WeightsError
+from sxai_plugins._utils.errors import BackboneError, BackboneNotFoundError, WeightsError
+from sxai_plugins.models import load_weights_file
 
 # (name, input side): small inputs keep random-weight builds fast; AlexNet/VGG need >= 64 px.
 BACKBONES = [

@@ -19,8 +19,8 @@ from test_images import bomb_png
 from torch import nn
 
 from sxai_plugins import TraitModel
-from sxai_plugins.cli import main
-from sxai_plugins.spaces import SemanticSpace
+from sxai_plugins.cli.main import main
+from sxai_plugins.spaces.space import SemanticSpace
 
 BACKBONE = "tiny_bad_inputs_cnn"
 TRAITS = 6

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sxai_plugins.concepts import (
+from sxai_plugins.data.concepts import (
     AnnotationWarning,
     ConceptAnnotationError,
     ConceptGeometry,

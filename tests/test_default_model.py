@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sxai_plugins.backbones.lite0 import ASSETS
-from sxai_plugins.inference import score_paths
+from sxai_plugins.models.inference import score_paths
+from sxai_plugins.models.lite0 import ASSETS
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def test_default_model_is_accurate_on_heldout_images(default_model, shared_data)
 
 
 def test_bundled_examples_are_classified(default_model) -> None:
-    from sxai_plugins.examples import example_images
+    from sxai_plugins.data.examples import example_images
 
     paths = example_images()
     assert len(paths) >= 4

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 import sxai_plugins as sx
-from sxai_plugins.adversarial import PAPER_RULE, AttackData, pgd_attack, summarise
-from sxai_plugins.detector import (
+from sxai_plugins._utils.errors import SpaceError
+from sxai_plugins.models.trait_model import TraitModel
+from sxai_plugins.robust.adversarial import PAPER_RULE, AttackData, pgd_attack, summarise
+from sxai_plugins.robust.detection import (
     Detector,
     DetectorWarning,
     adaptive_loss,
@@ -21,9 +23,7 @@ from sxai_plugins.detector import (
     score_parts,
     space_logits,
 )
-from sxai_plugins.errors import SpaceError
-from sxai_plugins.model import TraitModel
-from sxai_plugins.spaces import ProbeHead, SemanticSpace, SpaceSet
+from sxai_plugins.spaces.space import ProbeHead, SemanticSpace, SpaceSet
 
 CLASSES = ["cat", "dog"]
 

@@ -14,9 +14,9 @@ from PIL import Image
 from torch import nn
 
 from sxai_plugins import TraitModel, get_plugin_manager, register_plugin
-from sxai_plugins.cli import main
-from sxai_plugins.spaces import SemanticSpace
-from sxai_plugins.trust import default_spaces_dir
+from sxai_plugins.cli.main import main
+from sxai_plugins.explain.trust import default_spaces_dir
+from sxai_plugins.spaces.space import SemanticSpace
 
 TRAITS = 12
 BACKBONE = "tiny_test_cnn"
@@ -250,7 +250,7 @@ def test_explain_real_photo_with_bundled_spaces(capsys, tmp_path):
 def test_explain_carries_the_stored_detector_flag_and_fpr(capsys, tmp_path, backbone, spaces_dir, images):
     import shutil
 
-    from sxai_plugins.detector import FLAG_SENTENCE, Detector
+    from sxai_plugins.robust.detection import FLAG_SENTENCE, Detector
 
     folder = tmp_path / "spaces"
     shutil.copytree(spaces_dir, folder)

@@ -8,9 +8,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from sxai_plugins.genetic import GAConfig, GeneticSearchError, search_best_superpixels
-from sxai_plugins.model import TraitModel
-from sxai_plugins.superpixels import fill_removed
+from sxai_plugins.data.superpixels import fill_removed
+from sxai_plugins.models.trait_model import TraitModel
+from sxai_plugins.traits.genetic import GAConfig, GeneticSearchError, search_best_superpixels
 
 SIZE = 32
 BLOCK = 8  # a 4×4 grid of 8×8 blocks = 16 superpixels

@@ -25,10 +25,10 @@ import spaces_hub
 from spaces_hub.card import render_card
 from spaces_hub.layout import check_name, parse_index
 from spaces_hub.safety import check_safetensors_header
-from sxai_plugins.cli import main
-from sxai_plugins.errors import SpaceError, SxaiError
-from sxai_plugins.model import TraitModel
-from sxai_plugins.spaces import SemanticSpace, SpaceSet
+from sxai_plugins._utils.errors import SpaceError, SxaiError
+from sxai_plugins.cli.main import main
+from sxai_plugins.models.trait_model import TraitModel
+from sxai_plugins.spaces.space import SemanticSpace, SpaceSet
 
 C = 16
 REPO = "sxai-test/catdog-spaces"
@@ -533,10 +533,10 @@ def test_errors_are_sxai_errors():
 def test_default_spaces_round_trip_give_identical_probabilities_on_the_examples(hub, tmp_path, default_model) -> None:
     """The eight bundled spaces, pushed and pulled into an empty cache, score the bundled example
     images exactly as the local files do (one forward pass, then each set's probabilities)."""
-    from sxai_plugins.examples import example_images
-    from sxai_plugins.inference import score_paths
-    from sxai_plugins.spaces import load_spaces
-    from sxai_plugins.trust import default_spaces_dir
+    from sxai_plugins.data.examples import example_images
+    from sxai_plugins.explain.trust import default_spaces_dir
+    from sxai_plugins.models.inference import score_paths
+    from sxai_plugins.spaces.space import load_spaces
 
     local = load_spaces([default_spaces_dir(default_model.name)])
     assert len(local) == 8

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sxai_plugins.errors import ImageLoadError
-from sxai_plugins.images import (
+from sxai_plugins._utils.errors import ImageLoadError
+from sxai_plugins.data.images import (
     expand_paths,
     image_folder,
     iter_batches,

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from sxai_plugins.inversion import save_png, total_variation
-from sxai_plugins.model import TraitModel
-from sxai_plugins.registry import FeatureInverter, feature_inverters, get_feature_inverter
+from sxai_plugins.models.trait_model import TraitModel
+from sxai_plugins.plugin.manager import FeatureInverter, feature_inverters, get_feature_inverter
+from sxai_plugins.viz.inversion import save_png, total_variation
 
 SIZE = 32
 

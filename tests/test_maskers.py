@@ -7,9 +7,9 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 import sxai_plugins
-import sxai_plugins.maskers
-from sxai_plugins.maskers import BlurMasker, InpaintMasker, MaskerError, SuperpixelMasker
-from sxai_plugins.registry import Masker
+import sxai_plugins.spaces.maskers
+from sxai_plugins.plugin.manager import Masker
+from sxai_plugins.spaces.maskers import BlurMasker, InpaintMasker, MaskerError, SuperpixelMasker
 
 NAMES = ["superpixel", "inpaint", "blur"]
 
@@ -119,5 +119,5 @@ def test_blur_equals_a_full_image_gaussian_inside_the_region():
 
 
 def test_maskers_are_registered_through_the_hook():
-    assert sxai_plugins.get_plugin_manager().is_registered(sxai_plugins.maskers)
+    assert sxai_plugins.get_plugin_manager().is_registered(sxai_plugins.spaces.maskers)
     assert set(NAMES) <= set(sxai_plugins.list_maskers())

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-import sxai_plugins.explain_cli  # noqa: F401  (imported before forking: the child user cannot read the venv)
-import sxai_plugins.report  # noqa: F401
-import sxai_plugins.search  # noqa: F401
-import sxai_plugins.train  # noqa: F401
+import sxai_plugins.cli.explain  # noqa: F401  (imported before forking: the child user cannot read the venv)
+import sxai_plugins.models.head  # noqa: F401
+import sxai_plugins.search.index  # noqa: F401
+import sxai_plugins.viz.report  # noqa: F401
 from sxai_plugins import TraitModel
-from sxai_plugins.cli import main
+from sxai_plugins.cli.main import main
 
 BACKBONE = "tiny_output_cnn"
 BUILT: list[str] = []

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.decomposition import PCA
 
-from sxai_plugins.pca import RowCentredPCA, first_pc, row_centre, spread
+from sxai_plugins.traits.pca import RowCentredPCA, first_pc, row_centre, spread
 
 
 def traits_matrix(n: int = 12, c: int = 40, seed: int = 0) -> np.ndarray:

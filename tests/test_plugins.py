@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 import sxai_plugins as sx
-from sxai_plugins import registry
-from sxai_plugins.errors import PluginNotFoundError
+from sxai_plugins.plugin import manager as registry
+from sxai_plugins._utils.errors import PluginNotFoundError
 
 PLUGIN_SOURCE = '''
 from functools import partial
 from sxai_plugins import BackboneSpec, hookimpl
-from sxai_plugins.backbones import build_timm_trait_model
+from sxai_plugins.models import build_timm_trait_model
 
 @hookimpl
 def sxai_backbones():

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from sxai_plugins.errors import SpaceError
-from sxai_plugins.probe_data import (
+from sxai_plugins._utils.errors import SpaceError
+from sxai_plugins.spaces.probe_data import (
     CONTROL,
     MASKED,
     ORIGINAL,
@@ -23,9 +23,9 @@ from sxai_plugins.probe_data import (
     control_region,
     stable_seed,
 )
-from sxai_plugins.probes import ProbeRecipe, build_probe_spaces, fit_probe, training_set
-from sxai_plugins.space_validity import expected_calibration_error, space_metrics
-from sxai_plugins.spaces import SemanticSpace, SpaceSet, load_spaces
+from sxai_plugins.spaces.probes import ProbeRecipe, build_probe_spaces, fit_probe, training_set
+from sxai_plugins.spaces.space import SemanticSpace, SpaceSet, load_spaces
+from sxai_plugins.spaces.validity import expected_calibration_error, space_metrics
 
 C = 24
 CLASS_CHANNEL = 0  # high for cats
@@ -136,7 +136,7 @@ def test_training_set_weights_and_rivals() -> None:
 
 def test_v2_spaces_score_in_the_space_set_like_the_probe(fitted) -> None:
     bank, probe = fitted
-    from sxai_plugins.probes import probe_space
+    from sxai_plugins.spaces.probes import probe_space
 
     space = probe_space(probe, make_tiny_model(trait_dim=C), "cat", "eyes", RECIPE, 400)
     assert space.format_version == 2 and space.reference is None
@@ -150,7 +150,7 @@ def test_v2_spaces_score_in_the_space_set_like_the_probe(fitted) -> None:
 
 
 def make_v2(weight=None, slope=2.0, intercept=-0.5, **kw) -> SemanticSpace:
-    from sxai_plugins.spaces import ProbeHead
+    from sxai_plugins.spaces.space import ProbeHead
 
     w = torch.linspace(-1, 1, 8) if weight is None else weight
     return SemanticSpace("cat", "eyes", "tiny", "abc", 8, torch.tensor([7, 0]), torch.tensor([1.0, -1.0]),
@@ -158,7 +158,7 @@ def make_v2(weight=None, slope=2.0, intercept=-0.5, **kw) -> SemanticSpace:
 
 
 def test_v1_and_v2_files_round_trip(tmp_path) -> None:
-    from sxai_plugins.spaces import Reference
+    from sxai_plugins.spaces.space import Reference
 
     v2 = make_v2(evaluation={"drop": 0.97, "auroc": float("nan")})
     v1 = SemanticSpace("dog", "nose", "tiny", "abc", 8, torch.tensor([3, 1]), torch.tensor([2.0, -1.0]),
@@ -296,7 +296,7 @@ def tiny_backbone(backbone_plugin):
 @pytest.mark.parametrize("recipe", ["probe", "tuned", "paper"])
 def test_sxai_space_builds_every_recipe_and_replaces_the_folder(tmp_path, tiny_backbone, recipe, capsys,
                                                                 monkeypatch) -> None:
-    from sxai_plugins.cli import main
+    from sxai_plugins.cli.main import main
 
     monkeypatch.setenv("SXAI_CACHE", str(tmp_path / "cache"))
     coco = _synthetic_dataset(tmp_path / "data")
@@ -336,7 +336,7 @@ def test_sxai_space_builds_every_recipe_and_replaces_the_folder(tmp_path, tiny_b
 
 
 def test_sxai_space_probe_errors_are_clear(tmp_path, tiny_backbone, capsys, monkeypatch) -> None:
-    from sxai_plugins.cli import main
+    from sxai_plugins.cli.main import main
 
     monkeypatch.setenv("SXAI_CACHE", str(tmp_path / "cache"))
     coco = _synthetic_dataset(tmp_path / "data")
@@ -356,10 +356,10 @@ def test_bundled_examples_that_the_model_is_sure_of_are_explained_by_their_own_c
     """Each bundled example with P(class) > 0.99 gets a sentence that names at least one concept
     of that class as support (what the v1 spaces failed on: cat_18.jpg was 'not sure')."""
     from sxai_plugins import get_explanation_template
-    from sxai_plugins.examples import example_images
-    from sxai_plugins.images import load_image, to_tensor
-    from sxai_plugins.templates import judge
-    from sxai_plugins.trust import assess, load_space_set
+    from sxai_plugins.data.examples import example_images
+    from sxai_plugins.data.images import load_image, to_tensor
+    from sxai_plugins.explain.templates import judge
+    from sxai_plugins.explain.trust import assess, load_space_set
 
     spaces = load_space_set([], default_model)
     assert {s.format_version for s in spaces} == {2}  # the bundled spaces are probes
@@ -381,7 +381,7 @@ def test_bundled_examples_that_the_model_is_sure_of_are_explained_by_their_own_c
 
 
 def test_v1_recipes_are_scored_out_of_fold_on_the_same_bank() -> None:
-    from sxai_plugins.space_validity import V1Material, out_of_fold
+    from sxai_plugins.spaces.validity import V1Material, out_of_fold
 
     bank = synthetic_bank(120, seed=6)
     originals = np.flatnonzero(bank.column("kind") == ORIGINAL)

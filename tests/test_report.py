@@ -1,4 +1,4 @@
-"""The HTML report (``sxai_plugins.report.build_report`` and ``sxai report``)."""
+"""The HTML report (``sxai_plugins.viz.report.build_report`` and ``sxai report``)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from sxai_plugins import (
     TraitModel,
     get_explanation_template,
 )
-from sxai_plugins.cli import main
-from sxai_plugins.examples import example_images
-from sxai_plugins.images import load_image, to_tensor
-from sxai_plugins.report import build_report
-from sxai_plugins.spaces import SemanticSpace, SpaceSet
-from sxai_plugins.trust import assess
+from sxai_plugins.cli.main import main
+from sxai_plugins.data.examples import example_images
+from sxai_plugins.data.images import load_image, to_tensor
+from sxai_plugins.explain.trust import assess
+from sxai_plugins.spaces.space import SemanticSpace, SpaceSet
+from sxai_plugins.viz.report import build_report
 
 TRAITS = 10
 BACKBONE = "tiny_report_cnn"
@@ -240,7 +240,7 @@ def test_missing_optional_pieces_are_noted(tmp_path, model):
     # the command the page suggests is one the CLI accepts
     suggested = re.search(r"run `(sxai traits [^`]*)`", page).group(1)
     assert suggested == "sxai traits --data DATA --class CLASS --out DIR"
-    from sxai_plugins.cli import build_parser
+    from sxai_plugins.cli.main import build_parser
 
     assert build_parser().parse_args(suggested.split()[1:]).command == "traits"
     assert "<img" not in page

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from sxai_plugins import SxaiError, TraitModel
-from sxai_plugins.search import (
+from sxai_plugins.search.index import (
     MAX_DEPTH,
     IndexMeta,
     QueryError,
@@ -27,7 +27,7 @@ from sxai_plugins.search import (
     index_folder,
     parse_query,
 )
-from sxai_plugins.spaces import SemanticSpace, SpaceSet
+from sxai_plugins.spaces.space import SemanticSpace, SpaceSet
 
 TRAITS = 12
 SPACES = {"cat.eyes": "p0", "cat.legs": "p1", "dog.nose": "p2", "dog.eyes": "p3"}
@@ -396,7 +396,7 @@ def test_a_damaged_index_is_a_clear_error_naming_the_file(setup, capsys):
         f.write(b"\xa5" * page_size)
     with pytest.raises(SearchIndexError, match=rf"{db}: not an sxai index, or a damaged one"):
         index_folder(model, spaces, folder, db, batch_size=8, progress=False)
-    from sxai_plugins.cli import main
+    from sxai_plugins.cli.main import main
 
     assert main(["search", "cat.eyes > 0", "--db", str(db)]) == 2
     err = capsys.readouterr().err

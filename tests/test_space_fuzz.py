@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from sxai_plugins.errors import SpaceError
-from sxai_plugins.spaces import METADATA_KEY, SemanticSpace, SpaceSet
+from sxai_plugins._utils.errors import SpaceError
+from sxai_plugins.spaces.space import METADATA_KEY, SemanticSpace, SpaceSet
 
 TRAIT_DIM = 6
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,14 +6,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sxai_plugins.space_plots import (
+from sxai_plugins.spaces.space import Reference, SemanticSpace
+from sxai_plugins.viz.space_plots import (
     INVERSION_PEAK,
     distribution_plot,
     extreme_sheets,
     inversion_target,
     invert_spaces,
 )
-from sxai_plugins.spaces import Reference, SemanticSpace
 
 
 def space(trait_dim: int = 8) -> SemanticSpace:

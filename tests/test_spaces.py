@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from sxai_plugins.build_spaces import (
+from sxai_plugins._utils.errors import SpaceError
+from sxai_plugins.data.concepts import load_coco
+from sxai_plugins.spaces.build import (
     SpaceRecipe,
     auroc,
     build_spaces,
@@ -19,9 +21,7 @@ from sxai_plugins.build_spaces import (
     paper_delta,
     shared_channels,
 )
-from sxai_plugins.concepts import load_coco
-from sxai_plugins.errors import SpaceError
-from sxai_plugins.spaces import Reference, SemanticSpace, SpaceSet, load_spaces, select_ssn
+from sxai_plugins.spaces.space import Reference, SemanticSpace, SpaceSet, load_spaces, select_ssn
 
 
 def make_space(indices=(3, 1), delta=(2.0, -1.0), trait_dim=8, reference=None, **kw) -> SemanticSpace:
@@ -202,7 +202,7 @@ def test_a_masker_that_changes_nothing_is_a_clear_error(tmp_path, tiny_model) ->
 def test_tuned_scores_drop_channels_that_natural_negatives_contradict(rng) -> None:
     """Channel 1 reacts to masking but is as high in images without the concept (a region effect,
     not the concept); channel 4 reacts to masking and is low in natural negatives: only 4 is kept."""
-    from sxai_plugins.build_spaces import tuned_scores
+    from sxai_plugins.spaces.build import tuned_scores
 
     n, c = 40, 6
     masked = torch.tensor(rng.normal(5, 0.3, (n, c)))

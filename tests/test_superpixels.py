@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from sxai_plugins.superpixels import (
+from sxai_plugins.data.superpixels import (
     BLUR_SIGMA_FRACTION,
     backgrounds,
     compose,

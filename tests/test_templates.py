@@ -15,8 +15,16 @@ from sxai_plugins import (
     get_plugin_manager,
     register_plugin,
 )
-from sxai_plugins.templates import ENGLISH_RULES, Band, Rules, RuleTemplate, Verdict, english, judge
-from sxai_plugins.trust import assessment_from_probabilities as assessment
+from sxai_plugins.explain.templates import (
+    ENGLISH_RULES,
+    Band,
+    Rules,
+    RuleTemplate,
+    Verdict,
+    english,
+    judge,
+)
+from sxai_plugins.explain.trust import assessment_from_probabilities as assessment
 
 FIXTURE = Path(__file__).parent / "fixtures" / "terse_template"
 

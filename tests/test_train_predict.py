@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import sxai_plugins as sx
-from sxai_plugins.cli import main
-from sxai_plugins.train import load_head_file, train_head
+from sxai_plugins.cli.main import main
+from sxai_plugins.models.head import load_head_file, train_head
 
 
 def write_two_class_folder(root, n=12, side=24):
@@ -74,7 +74,7 @@ def test_cli_errors_are_one_line(capsys) -> None:
 
 
 def test_device_choice_and_its_errors(capsys) -> None:
-    from sxai_plugins.cli import resolve_device
+    from sxai_plugins.cli.main import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,286 @@
+"""``sxai space``: build semantic spaces from concept annotations, evaluate them, plot them."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import tomllib
+from pathlib import Path
+
+from .._utils.errors import SxaiError
+from .main import add_model_args, command, model_from_args, positive_int
+
+CONFIG_KEYS = {"annotations", "image_root", "visibility", "reference", "classes", "concepts", "out",
+               "recipe", "recipe_options", "backbone", "head", "weights", "invert", "inversion_steps",
+               "plots", "contact_sheets", "evaluate", "folds"}
+RECIPES = ("probe", "tuned", "paper")
+
+
+@command
+def _space(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "space", help="build semantic spaces from concept annotations",
+        description="Build one semantic space per (class, concept) from annotated images (COCO "
+                    "keypoints/polygons/boxes; --visibility adds images labelled without points), "
+                    "evaluate it on images it was not built from, and write "
+                    "OUT/<class>.<concept>.safetensors, OUT/report.json and OUT/plots/ (OUT is "
+                    "replaced whole). The default recipe 'probe' trains a calibrated concept probe "
+                    "on the traits of originals, concept-masked and control-masked copies and "
+                    "reports out-of-fold validity; 'paper' and 'tuned' build the SSN spaces of "
+                    "format v1. Options can come from a TOML file (--config; paths in it are "
+                    "relative to the file); command-line options override it.",
+    )
+    p.add_argument("--config", help="TOML file with the keys: " + ", ".join(sorted(CONFIG_KEYS)))
+    p.add_argument("--annotations", help="COCO annotation file")
+    p.add_argument("--image-root", help="folder the annotation file's image paths are relative to")
+    p.add_argument("--visibility", help="JSON of images labelled with visible parts, without points "
+                                        "(probe recipe: more natural positives and negatives)")
+    p.add_argument("--reference", help="folder of reference images (searched recursively; needed by "
+                                       "paper and tuned, optional for probe: distribution plots)")
+    p.add_argument("--class", dest="classes", action="append", help="class name (repeatable)")
+    p.add_argument("--concept", dest="concepts", action="append", help="concept name (repeatable)")
+    p.add_argument("--out", "-o", help="output folder")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="probe (default): calibrated concept probes (format v2); tuned: SSNs ranked by "
+                        "paired masking effect and natural negatives; paper: the paper's PC1 difference")
+    p.add_argument("--folds", type=positive_int, help="probe: out-of-fold evaluation folds, at least 2 (default 5)")
+    p.add_argument("--no-evaluate", action="store_true",
+                   help="probe: skip the out-of-fold evaluation (faster; the files carry no figures)")
+    p.add_argument("--n-ssn", type=positive_int, help="number of SSNs (kept for display by probe; default 5)")
+    p.add_argument("--masker", help="paper/tuned: masker plugin name (default superpixel)")
+    p.add_argument("--region", choices=["superpixel", "disc"], help="paper/tuned: how points grow into a region")
+    p.add_argument("--seed", type=int, help="seed of splits, folds and control regions (default 0)")
+    p.add_argument("--invert", help="feature inverter for the space pictures: fourier, tv or none (default none)")
+    p.add_argument("--inversion-steps", type=int)
+    p.add_argument("--no-plots", action="store_true", help="skip distribution plots and contact sheets")
+    p.add_argument("--no-contact-sheets", action="store_true",
+                   help="skip the sheets of reference images (they copy the data set's images)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_model_args(p)
+    p.set_defaults(handler=_run_space, backbone=None)
+
+
+def _load_config(args: argparse.Namespace) -> dict:
+    config: dict = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            config = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SxaiError(f"{path}: cannot read the space config ({exc})") from exc
+        unknown = set(config) - CONFIG_KEYS
+        if unknown:
+            raise SxaiError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+        for key in ("annotations", "image_root", "visibility", "reference", "out", "head", "weights"):
+            if key in config:
+                config[key] = str((path.parent / config[key]).resolve())
+    overrides = {
+        "annotations": args.annotations, "image_root": args.image_root, "reference": args.reference,
+        "visibility": args.visibility, "folds": args.folds,
+        "classes": args.classes, "concepts": args.concepts, "out": args.out, "recipe": args.recipe,
+        "invert": args.invert, "inversion_steps": args.inversion_steps, "backbone": args.backbone,
+        "head": args.head, "weights": args.weights,
+    }
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    if args.no_evaluate:
+        config["evaluate"] = False
+    if int(config.get("folds", 5)) < 2:
+        raise SxaiError(f"--folds must be at least 2 (every image is scored by spaces built without it), got {config['folds']}")
+    if config.get("recipe", "probe") not in RECIPES:
+        raise SxaiError(f"unknown recipe {config['recipe']!r}; use one of {', '.join(RECIPES)}")
+    options = dict(config.get("recipe_options", {}))
+    for key, value in (("n_ssn", args.n_ssn), ("masker", args.masker), ("region", args.region), ("seed", args.seed)):
+        if value is not None:
+            options[key] = value
+    config["recipe_options"] = options
+    needed = ("annotations", "out") if config.get("recipe", "probe") == "probe" else ("annotations", "reference", "out")
+    missing = [k for k in needed if not config.get(k)]
+    if missing:
+        raise SxaiError(f"sxai space needs {', '.join('--' + k for k in missing)} (or a --config with them)")
+    return config
+
+
+def reference_scores(model, folder: str | Path, progress: bool = True):
+    """Logits and traits of every image under ``folder``, cached in ~/.cache/sxai by model weights,
+    head and the folder's file list (paths, sizes, mtimes), so rebuilding spaces costs no rescoring."""
+    from safetensors.torch import load_file
+
+    from .._utils.io import write_safetensors
+    from ..data.images import list_images
+    from ..models.inference import score_paths
+
+    paths = list_images(folder)
+    if not paths:
+        raise SxaiError(f"{folder}: no images to use as the reference set")
+    digest = hashlib.sha256(model.fingerprint().encode())
+    digest.update(model.head.weight.detach().numpy().tobytes())
+    for p in paths:
+        stat = p.stat()
+        digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    cache_dir = Path(os.environ.get("SXAI_CACHE", Path.home() / ".cache" / "sxai"))
+    cache = cache_dir / f"reference-{digest.hexdigest()[:20]}.safetensors"
+    if cache.is_file():
+        tensors = load_file(str(cache))
+        kept = json.loads(cache.with_suffix(".json").read_text())
+        return [Path(p) for p in kept], tensors["traits"], tensors["logits"]
+    scored = score_paths(model, paths, progress=progress, desc="reference images")
+    # the JSON (paths) goes first: a cache file without its path list is never read
+    from .._utils.io import write_json
+
+    write_json(cache.with_suffix(".json"), [str(p) for p in scored.paths])
+    write_safetensors(cache, {"traits": scored.traits, "logits": scored.logits})
+    return scored.paths, scored.traits, scored.logits
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def format_table(spaces) -> str:
+    """The spaces' evaluation figures, one row each (out-of-fold figures for probe spaces)."""
+    if spaces and "drop" in spaces[0].evaluation:
+        columns = [("drop", "drop"), ("auroc", "AUROC"), ("auroc_natural", "AUROC nat"),
+                   ("control_shift", "ctrl |ΔP|"), ("rival_auroc", "rival AUROC"), ("ece", "ECE")]
+        head = f"{'space':<12}{'pos':>5}{'nat':>5}" + "".join(f"{label:>13}" for _, label in columns)
+        rows = [head, "-" * len(head)]
+        for s in spaces:
+            e = s.evaluation
+            rows.append(f"{s.key:<12}{e.get('n_positive', 0):>5}{e.get('n_natural', 0):>5}"
+                        + "".join(f"{_fmt(e.get(name)):>13}" for name, _ in columns))
+        return "\n".join(rows + ["(out of fold: each image scored by probes that never saw it)"])
+    head = (f"{'space':<12}{'SSNs':>5}{'P(orig)>P(masked)':>19}{'AUROC vis/not':>15}{'(neg)':>6}"
+            f"{'AUROC orig/mask':>17}{'Q-Q R²':>8}")
+    rows = [head, "-" * len(head)]
+    for s in spaces:
+        e = s.evaluation
+        if not e:
+            rows.append(f"{s.key:<12}{s.n_ssn:>5}  (not evaluated)")
+            continue
+        rows.append(f"{s.key:<12}{s.n_ssn:>5}{_fmt(e['fraction_original_above_masked']):>19}"
+                    f"{_fmt(e['auroc_visible_vs_not']):>15}{e['n_natural_negatives']:>6}"
+                    f"{_fmt(e['auroc_original_vs_masked']):>17}{_fmt(e['qq_r2']):>8}")
+    return "\n".join(rows)
+
+
+def _run_space(args: argparse.Namespace) -> int:
+    from .. import DEFAULT_BACKBONE
+    from .._utils.io import atomic_folder, dumps_json, write_json
+    from ..data.concepts import load_coco
+
+    config = _load_config(args)
+    args.backbone = config.get("backbone", DEFAULT_BACKBONE)
+    args.head, args.weights = config.get("head"), config.get("weights")
+    out = Path(config["out"])
+    if out.exists() and not out.is_dir():
+        raise SxaiError(f"{out}: exists and is not a folder; choose another --out")
+    if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
+        raise SxaiError(f"{out.parent}: cannot write there; choose another --out")
+    model = model_from_args(args)
+    annotations = load_coco(config["annotations"], config.get("image_root") or Path(config["annotations"]).parent)
+    classes = config.get("classes") or list(model.class_names)
+    concepts = config.get("concepts") or list(annotations.concepts)
+    mode = config.get("recipe", "probe")
+    reference = reference_scores(model, config["reference"]) if config.get("reference") else None
+    if mode == "probe":
+        spaces, shared = _build_probes(model, annotations, config, classes, concepts, reference)
+    else:
+        spaces, shared = _build_v1(model, annotations, config, classes, concepts, reference, mode)
+    summary = {
+        "backbone": model.name, "fingerprint": model.fingerprint(), "recipe": mode,
+        "annotations": str(config["annotations"]), "visibility": config.get("visibility"),
+        "reference": config.get("reference"),
+        "spaces": {s.key: {"ssn": s.indices.tolist(), "delta": [round(float(d), 6) for d in s.delta],
+                           **s.evaluation} for s in spaces},
+        "shared_channels": {str(c): keys for c, keys in shared.items()},
+    }
+    with atomic_folder(out) as tmp:
+        for space in spaces:
+            space.save(tmp / f"{space.key}.safetensors")
+        write_json(tmp / "report.json", summary)
+        if not args.no_plots and config.get("plots", True):
+            _plots(model, spaces, config, reference, tmp / "plots", args)
+    if args.json:
+        print(dumps_json(summary))
+    else:
+        print(format_table(spaces))
+        if shared:
+            print("channels shared between spaces: " + "; ".join(
+                f"{c}: {', '.join(keys)}" for c, keys in shared.items()))
+        print(f"wrote {len(spaces)} spaces to {out}")
+    return 0
+
+
+def _build_probes(model, annotations, config, classes, concepts, reference):
+    from ..spaces.build import shared_channels
+    from ..spaces.probe_data import Masking, cached_probe_features, load_labelled
+    from ..spaces.probes import ProbeRecipe, build_probe_spaces
+    from ..spaces.validity import evaluate_recipes
+
+    options = dict(config["recipe_options"])
+    seed = int(options.pop("seed", 0))
+    for key in ("masker", "region"):
+        if key in options:
+            raise SxaiError(f"--{key} belongs to the paper and tuned recipes; the probe recipe masks "
+                            "with its train_maskings (recipe_options in the config)")
+    for key in ("train_maskings", "held_out_maskings", "cs"):
+        if key in options:
+            options[key] = tuple(options[key])
+    try:
+        recipe = ProbeRecipe(**options)
+    except TypeError as exc:
+        raise SxaiError(f"unknown probe recipe option ({exc}); see sxai_plugins.probes.ProbeRecipe") from exc
+    labelled = load_labelled(annotations, config.get("visibility"), config.get("image_root"))
+    maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
+    bank = cached_probe_features(model, labelled, concepts, maskings, seed=seed)
+    spaces = build_probe_spaces(model, bank, classes, concepts, recipe)
+    if config.get("evaluate", True):
+        folds = int(config.get("folds", 5))
+        results = evaluate_recipes(bank, classes, concepts, ["probe"], recipe, folds=folds, seed=seed)["probe"]
+        for space in spaces:
+            space.evaluation = {"protocol": f"out-of-fold, {folds} folds grouped by image, seed {seed}; "
+                                            f"held-out maskings {', '.join(recipe.held_out_maskings)}",
+                                **results[space.key]}
+    if reference is not None:
+        _paths, traits, logits = reference
+        for space in spaces:
+            own = traits[logits.argmax(1) == model.class_names.index(space.class_name)]
+            if len(own) >= 3:
+                space.with_reference(space.activation(own))
+    return spaces, shared_channels(spaces)
+
+
+def _build_v1(model, annotations, config, classes, concepts, reference, mode):
+    from ..spaces.build import SpaceRecipe, build_spaces
+
+    options = dict(config["recipe_options"])
+    recipe = SpaceRecipe.paper(**options) if mode == "paper" else SpaceRecipe.tuned(**options)
+    _paths, traits, logits = reference
+    report = build_spaces(model, annotations, classes, concepts, (traits, logits), recipe)
+    return report.spaces, report.shared_channels
+
+
+def _plots(model, spaces, config, reference, folder: Path, args) -> None:
+    from ..viz.space_plots import distribution_plot, extreme_sheets
+
+    if reference is not None:
+        paths, traits, logits = reference
+        predicted = logits.argmax(1)
+        for space in spaces:
+            if space.reference is None:
+                continue
+            keep = predicted == model.class_names.index(space.class_name)
+            own = traits[keep]
+            distribution_plot(space, space.activation(own).detach().numpy(), folder / f"{space.key}.distribution.png")
+            if config.get("contact_sheets", True) and not args.no_contact_sheets:
+                own_paths = [p for p, k in zip(paths, keep.tolist()) if k]
+                extreme_sheets(space, own_paths, space.probability(own).numpy(), folder)
+    if config.get("invert", "none") != "none":
+        from ..viz.space_plots import invert_spaces
+
+        invert_spaces(model, spaces, folder, config["invert"], config.get("inversion_steps"))
+
+
+__all__ = ["format_table", "reference_scores"]

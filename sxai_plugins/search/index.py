@@ -1,0 +1,798 @@
+"""Semantic sample search: an SQLite index of semantic probabilities and a small query language.
+
+``index_folder`` scores every image of a folder once (prediction and every space's P_s and A_s
+from one forward pass per batch) into SQLite. It is incremental (a file already indexed with the
+same mtime and size is not scored again) and resumable (one transaction per batch, WAL journal:
+an interruption loses at most the batch in flight).
+
+``SearchIndex.search("dog.nose > 0.9 and cat.legs < 0.1")`` finds images by their semantic
+probabilities. The query language::
+
+    query      := or_expr
+    or_expr    := and_expr ("or" and_expr)*
+    and_expr   := not_expr ("and" not_expr)*
+    not_expr   := "not" not_expr | "(" or_expr ")" | comparison
+    comparison := operand OP operand          OP: < <= > >= = == != <>
+    operand    := SPACE | "predicted" | NUMBER | STRING | CLASS
+
+``SPACE`` is an indexed space name ``class.concept`` (its P_s), ``predicted`` the predicted class,
+compared with ``=``, ``==``, ``!=`` or ``<>`` to a class name (bare or quoted). Keywords are
+case-insensitive; names are not. A query compiles to parameterised SQL: column names come from
+the index's own list of spaces, never from the query text, and every value is a parameter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .._utils.errors import SxaiError
+from ..data.images import iter_batches, list_images
+from ..models.inference import model_size
+from ..models.trait_model import TraitModel
+from ..spaces.space import SpaceSet
+
+SCHEMA_VERSION = 1
+MAX_DEPTH = 32  # nesting of parentheses and "not": keeps Python and SQLite recursion bounded
+MAX_COMPARISONS = 64
+
+
+class QueryError(SxaiError):
+    """A malformed search query; ``position`` is the offending token's 0-based offset."""
+
+    def __init__(self, message: str, query: str, position: int) -> None:
+        self.message = message
+        self.query = query
+        self.position = max(0, min(position, len(query)))
+        shown = re.sub(r"\s", " ", query)  # a tab or newline would shift the caret
+        super().__init__(f"{message} at position {self.position}\n  {shown}\n  {' ' * self.position}^")
+
+
+class SearchIndexError(SxaiError):
+    """The index file is unusable or was built with another model or other spaces."""
+
+
+# ------------------------------------------------------------------------------------ tokens
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<number>-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+  | (?P<string>"[^"]*"|'[^']*')
+  | (?P<op><=|>=|==|!=|<>|<|>|=)
+  | (?P<lparen>\()
+  | (?P<rparen>\))
+    """,
+    re.VERBOSE,
+)
+_KEYWORDS = {"and", "or", "not"}
+_SQL_OPS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "=": "=", "==": "=", "!=": "!=", "<>": "!="}
+_EQUALITY = {"=", "==", "!=", "<>"}
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # number, name, string, op, lparen, rparen, and, or, not, end
+    text: str
+    position: int
+
+
+def tokenize(query: str) -> list[Token]:
+    """Split a query into tokens; an unknown character raises :class:`QueryError`."""
+    tokens: list[Token] = []
+    position = 0
+    while position < len(query):
+        match = _TOKEN.match(query, position)
+        if match is None:
+            char = query[position]
+            hint = " (unterminated string)" if char in "\"'" else ""
+            raise QueryError(f"unexpected character {char!r}{hint}", query, position)
+        kind = match.lastgroup
+        text = match.group()
+        if kind == "name" and text.lower() in _KEYWORDS:
+            kind = text.lower()
+        if kind != "ws":
+            tokens.append(Token(kind, text, position))
+        position = match.end()
+    tokens.append(Token("end", "", len(query)))
+    return tokens
+
+
+# -------------------------------------------------------------------------------------- AST
+@dataclass(frozen=True)
+class Operand:
+    kind: str  # space, predicted, number, string, name
+    value: Any
+    position: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    left: Operand
+    op: str
+    right: Operand
+    position: int
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # "and", "or"
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Node
+
+
+Node = Comparison | BoolOp | Not
+
+
+class _Parser:
+    def __init__(self, query: str) -> None:
+        self.query = query
+        self.tokens = tokenize(query)
+        self.index = 0
+        self.comparisons = 0
+
+    @property
+    def token(self) -> Token:
+        return self.tokens[self.index]
+
+    def error(self, expected: str, token: Token | None = None) -> QueryError:
+        token = token or self.token
+        found = "end of query" if token.kind == "end" else repr(token.text)
+        return QueryError(f"expected {expected}, found {found}", self.query, token.position)
+
+    def take(self) -> Token:
+        token = self.token
+        self.index += 1
+        return token
+
+    def parse(self) -> Node:
+        if self.token.kind == "end":
+            raise QueryError("empty query", self.query, 0)
+        node = self.or_expr(0)
+        if self.token.kind != "end":
+            raise self.error("'and', 'or' or the end of the query")
+        return node
+
+    def or_expr(self, depth: int) -> Node:
+        items = [self.and_expr(depth)]
+        while self.token.kind == "or":
+            self.take()
+            items.append(self.and_expr(depth))
+        return items[0] if len(items) == 1 else BoolOp("or", tuple(items))
+
+    def and_expr(self, depth: int) -> Node:
+        items = [self.not_expr(depth)]
+        while self.token.kind == "and":
+            self.take()
+            items.append(self.not_expr(depth))
+        return items[0] if len(items) == 1 else BoolOp("and", tuple(items))
+
+    def not_expr(self, depth: int) -> Node:
+        if depth >= MAX_DEPTH:
+            raise QueryError(f"query nested more than {MAX_DEPTH} levels deep", self.query,
+                             self.token.position)
+        token = self.token
+        if token.kind == "not":
+            self.take()
+            return Not(self.not_expr(depth + 1))
+        if token.kind == "lparen":
+            self.take()
+            node = self.or_expr(depth + 1)
+            if self.token.kind != "rparen":
+                raise self.error(f"')' to close the '(' at position {token.position}")
+            self.take()
+            return node
+        return self.comparison()
+
+    def operand(self) -> Operand:
+        token = self.token
+        if token.kind == "number":
+            self.take()
+            return Operand("number", float(token.text), token.position)
+        if token.kind == "string":
+            self.take()
+            return Operand("string", token.text[1:-1], token.position)
+        if token.kind == "name":
+            self.take()
+            if token.text == "predicted":
+                return Operand("predicted", None, token.position)
+            kind = "space" if "." in token.text else "name"
+            return Operand(kind, token.text, token.position)
+        raise self.error("a space name (class.concept), 'predicted', a number or '('")
+
+    def comparison(self) -> Comparison:
+        left = self.operand()
+        if self.token.kind != "op":
+            raise self.error("a comparison operator (< <= > >= = != )")
+        op = self.take()
+        right = self.operand()
+        self.comparisons += 1
+        if self.comparisons > MAX_COMPARISONS:
+            raise QueryError(f"more than {MAX_COMPARISONS} comparisons in one query", self.query,
+                             left.position)
+        return Comparison(left, op.text, right, op.position)
+
+
+def parse_query(query: str) -> Node:
+    """The syntax tree of a query (names are not checked yet: see :func:`compile_query`)."""
+    if not isinstance(query, str):
+        raise TypeError(f"a query is a string, not {type(query).__name__}")
+    return _Parser(query).parse()
+
+
+# ---------------------------------------------------------------------------------- compile
+@dataclass(frozen=True)
+class CompiledQuery:
+    where: str  # an SQL boolean expression with ? placeholders
+    params: tuple[Any, ...]
+    spaces: tuple[str, ...]  # the space names the query refers to, in order of appearance
+    # (space, descending) of the first comparison on a space: matches come most extreme first
+    order: tuple[str, bool] | None = None
+
+
+def compile_query(query: str, spaces: dict[str, str], classes: Sequence[str]) -> CompiledQuery:
+    """Parse ``query`` and translate it into a parameterised SQL ``WHERE`` expression.
+
+    Args:
+        spaces: space name -> SQL column (the whitelist; nothing else reaches the SQL text).
+        classes: the class names ``predicted`` may be compared with.
+    """
+    tree = parse_query(query)
+    params: list[Any] = []
+    used: list[str] = []
+
+    def unknown_name(operand: Operand) -> QueryError:
+        known = ", ".join(sorted(spaces)) or "none"
+        if operand.kind == "space":
+            return QueryError(f"unknown space {operand.value!r} (indexed spaces: {known})", query,
+                              operand.position)
+        return QueryError(f"unknown name {operand.value!r}: use a space name class.concept "
+                          f"(indexed: {known}) or 'predicted'", query, operand.position)
+
+    def value_sql(operand: Operand) -> str:
+        if operand.kind == "space":
+            if operand.value not in spaces:
+                raise unknown_name(operand)
+            if operand.value not in used:
+                used.append(operand.value)
+            return spaces[operand.value]
+        if operand.kind == "number":
+            if math.isnan(operand.value):
+                raise QueryError("not a number", query, operand.position)
+            params.append(operand.value)
+            return "?"
+        if operand.kind == "name":
+            raise unknown_name(operand)
+        raise QueryError("a class name can only be compared with 'predicted'", query, operand.position)
+
+    def predicted_sql(node: Comparison, other: Operand) -> str:
+        if node.op not in _EQUALITY:
+            raise QueryError(f"'predicted' is compared with = or != only, not {node.op!r}", query,
+                             node.position)
+        if other.kind not in ("string", "name"):
+            raise QueryError("'predicted' is compared with a class name", query, other.position)
+        if other.value not in classes:
+            raise QueryError(f"unknown class {other.value!r} (classes: {', '.join(classes)})", query,
+                             other.position)
+        params.append(other.value)
+        return f"predicted {_SQL_OPS[node.op]} ?"
+
+    order: list[tuple[str, bool]] = []
+
+    def note_order(node: Comparison, negated: bool) -> None:
+        if order or "space" not in (node.left.kind, node.right.kind):
+            return
+        space_left = node.left.kind == "space"
+        key = node.left.value if space_left else node.right.value
+        upward = node.op in (">", ">=", "=", "==", "!=", "<>") if space_left else node.op in ("<", "<=")
+        order.append((key, upward != negated))
+
+    def emit(node: Node, negated: bool = False) -> str:
+        if isinstance(node, BoolOp):
+            return "(" + f" {node.op.upper()} ".join(emit(item, negated) for item in node.items) + ")"
+        if isinstance(node, Not):
+            return f"(NOT {emit(node.item, not negated)})"
+        left, right = node.left, node.right
+        if left.kind == "predicted" and right.kind == "predicted":
+            raise QueryError("compare 'predicted' with a class name", query, right.position)
+        if left.kind == "predicted":
+            return predicted_sql(node, right)
+        if right.kind == "predicted":
+            return predicted_sql(node, left)
+        if "space" not in (left.kind, right.kind) and left.kind == right.kind == "number":
+            raise QueryError("a comparison needs at least one space name", query, left.position)
+        sql = f"{value_sql(left)} {_SQL_OPS[node.op]} {value_sql(right)}"
+        note_order(node, negated)
+        return sql
+
+    where = emit(tree)
+    return CompiledQuery(where, tuple(params), tuple(used), order[0] if order else None)
+
+
+# ------------------------------------------------------------------------------------ index
+@dataclass(frozen=True)
+class IndexMeta:
+    """What an index's numbers depend on: rows are only comparable under the same meta."""
+
+    backbone: str
+    fingerprint: str
+    classes: tuple[str, ...]
+    spaces: tuple[str, ...]
+    spaces_digest: str
+
+    @classmethod
+    def of(cls, model: TraitModel, spaces: SpaceSet) -> IndexMeta:
+        return cls(model.name, model.fingerprint(), tuple(model.class_names), tuple(spaces.keys),
+                   spaces_digest(spaces))
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": SCHEMA_VERSION, **self.__dict__, "classes": list(self.classes),
+                           "spaces": list(self.spaces)})
+
+    @classmethod
+    def from_json(cls, text: str) -> IndexMeta:
+        data = json.loads(text)
+        return cls(data["backbone"], data["fingerprint"], tuple(data["classes"]), tuple(data["spaces"]),
+                   data["spaces_digest"])
+
+
+def spaces_digest(spaces: SpaceSet) -> str:
+    """A hash of everything that turns traits into P_s (weights and reference distributions)."""
+    digest = hashlib.sha256()
+    for space in spaces:
+        digest.update(space.key.encode())
+        digest.update(space.weight_vector().numpy().tobytes())
+        link = space.probe.metadata() if space.probe is not None else space.reference.__dict__
+        digest.update(json.dumps(link, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Match:
+    path: str
+    predicted: str
+    class_probabilities: dict[str, float]
+    probabilities: dict[str, float]  # space name -> P_s
+
+
+@dataclass
+class SearchResult:
+    query: str
+    matches: list[Match]
+    total: int  # matches in the index, before the limit
+    spaces: tuple[str, ...]  # the spaces the query refers to
+
+
+@dataclass
+class IndexReport:
+    found: int = 0  # images in the folder
+    unchanged: int = 0  # skipped: already indexed (or already known unreadable), same mtime and size
+    scored: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: int = 0  # rows of files that are gone from the folder
+    batches: int = 0
+
+
+def _db_path(path: str) -> str | bytes:
+    """How a path is stored: text, or its raw bytes when it is not valid UTF-8 (SQLite text must be).
+
+    A file name that is not UTF-8 reaches Python as a str with surrogate escapes
+    (``os.fsdecode``); ``os.fsencode`` gives back the exact bytes, and ``_from_db`` the same str.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _from_db(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _text(message: str) -> str:
+    """A message that SQLite can store and any terminal can print (undecodable bytes as \\x..)."""
+    return message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _explain_db_error(path: Path, exc: sqlite3.Error) -> str:
+    """Say what is wrong with an index file; never suggest deleting one that may be valid."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return (f"{path}: the index is locked by another process ({text}); wait until that "
+                "`sxai index` finishes and run this again")
+    if "readonly" in text or "read-only" in text:
+        return f"{path}: cannot write the index ({text}); make the file and its folder writable, or pass another --db"
+    if "unable to open" in text:
+        return f"{path}: cannot open the index ({text}); check that the file and its folder are readable"
+    return (f"{path}: not an sxai index, or a damaged one ({text}); pass another --db, or rebuild the index "
+            "with `sxai index DIR --db NEW_FILE`")
+
+
+class SearchIndex:
+    """An SQLite file of per-image predictions and semantic probabilities."""
+
+    def __init__(self, path: str | Path, meta: IndexMeta | None = None) -> None:
+        """Open ``path``. With ``meta`` the file is created if needed and must match it; without,
+        it must exist already and is opened read-only (searching)."""
+        self.path = Path(path)
+        if meta is None and not self.path.is_file():
+            raise SearchIndexError(f"{self.path}: no such index; build one with `sxai index DIR --db {path}`")
+        if meta is not None:
+            if self.path.is_dir():
+                raise SearchIndexError(f"{self.path}: is a folder; --db needs a file name, e.g. {self.path / 'index.db'}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = self._connect(read_only=meta is None)
+        except sqlite3.Error as exc:
+            raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
+        try:
+            stored = self._open(meta)
+        except BaseException:
+            self.db.close()
+            raise
+        self.meta = stored
+        self.space_columns = {key: f"p{i}" for i, key in enumerate(stored.spaces)}
+        self.class_columns = {name: f"c{i}" for i, name in enumerate(stored.classes)}
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        # timeout is SQLite's busy timeout: a second process waits for the lock instead of failing
+        if not read_only:
+            return sqlite3.connect(str(self.path), timeout=30)
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # A WAL index needs its -shm file, which a reader cannot create in a read-only folder.
+            # With no -wal file beside it, nothing is pending, so reading it as immutable is exact.
+            if Path(f"{self.path}-wal").exists():
+                raise
+            return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30)
+
+    def _use_wal(self, patience: float = 30.0) -> None:
+        """Switch the file to WAL. The switch needs the file to itself and, unlike other
+        statements, SQLite does not wait on the busy timeout for it: processes opening the same
+        index at once get "database is locked" at once. So wait here, as the busy timeout would."""
+        deadline = time.monotonic() + patience
+        delay = 0.01
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _open(self, meta: IndexMeta | None) -> IndexMeta:
+        try:
+            if meta is not None:
+                self._use_wal()
+                self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent after a crash, fast
+            # the 2 MB default page cache makes every search re-read the table: 5x slower at 100k rows
+            self.db.execute("PRAGMA cache_size=-131072")
+            self.db.execute("PRAGMA mmap_size=268435456")
+            stored = self._stored_meta()
+            if stored is None and meta is not None:
+                self._create(meta)
+                stored = self._stored_meta()  # another process may have created it first
+        except sqlite3.Error as exc:
+            raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
+        if stored is None:
+            raise SearchIndexError(f"{self.path}: empty index; build it with `sxai index DIR --db {self.path}`")
+        if meta is not None and stored != meta:
+            raise SearchIndexError(self._mismatch(stored, meta))
+        return stored
+
+    def finish(self) -> None:
+        """Leave a plain (rollback-journal) file, so read-only folders and readers can open it."""
+        try:
+            self.db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass  # another connection still uses the WAL: it will be checkpointed later
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> SearchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _stored_meta(self) -> IndexMeta | None:
+        has = self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has:
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key='index'").fetchone()
+        if row is None:
+            return None
+        try:
+            return IndexMeta.from_json(row[0])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SearchIndexError(f"{self.path}: corrupted index metadata ({exc})") from exc
+
+    def _mismatch(self, stored: IndexMeta, meta: IndexMeta) -> str:
+        what = []
+        if (stored.backbone, stored.fingerprint) != (meta.backbone, meta.fingerprint):
+            what.append(f"model {stored.backbone} ({stored.fingerprint}), now {meta.backbone} ({meta.fingerprint})")
+        if stored.classes != meta.classes:
+            what.append(f"classes {list(stored.classes)}, now {list(meta.classes)}")
+        if stored.spaces != meta.spaces or stored.spaces_digest != meta.spaces_digest:
+            what.append(f"spaces {list(stored.spaces)} ({stored.spaces_digest}), now {list(meta.spaces)} "
+                        f"({meta.spaces_digest})")
+        return (f"{self.path} was indexed with {'; '.join(what)}: its numbers would not be comparable. "
+                "Index into another --db for this model and these spaces; this file stays searchable as it is")
+
+    def _create(self, meta: IndexMeta) -> None:
+        """The schema, in one IMMEDIATE transaction: two processes creating the same new index
+        take turns (busy timeout), and the second finds everything there (IF NOT EXISTS, OR IGNORE)."""
+        cols = [f"c{i} REAL NOT NULL" for i in range(len(meta.classes))]
+        cols += [f"p{i} REAL NOT NULL" for i in range(len(meta.spaces))]
+        cols += [f"a{i} REAL NOT NULL" for i in range(len(meta.spaces))]
+        self.db.commit()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            # path is TEXT, or a BLOB of the raw bytes of a name that is not UTF-8 (_db_path)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, "
+                "mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, predicted TEXT NOT NULL, "
+                + ", ".join(cols) + ")")
+            self.db.execute("CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, "
+                            "mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, error TEXT NOT NULL)")
+            # one index per searchable column: a range condition on any space is an index seek
+            for i in range(len(meta.spaces)):
+                self.db.execute(f"CREATE INDEX IF NOT EXISTS images_p{i} ON images (p{i})")
+            self.db.execute("CREATE INDEX IF NOT EXISTS images_predicted ON images (predicted)")
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('index', ?)", (meta.to_json(),))
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
+
+    # ------------------------------------------------------------------------------ writing
+    def known(self) -> dict[str, tuple[int, int]]:
+        """path -> (mtime_ns, size) of every indexed or known-unreadable file."""
+        rows = self.db.execute("SELECT path, mtime_ns, size FROM images UNION ALL "
+                               "SELECT path, mtime_ns, size FROM failures")
+        return {_from_db(path): (mtime, size) for path, mtime, size in rows}
+
+    def add(
+        self,
+        rows: Sequence[tuple[str, int, int]],
+        class_probabilities: torch.Tensor,
+        probabilities: torch.Tensor,
+        activations: torch.Tensor,
+    ) -> None:
+        """Insert or replace rows ``(path, mtime_ns, size)`` with their scores (no commit)."""
+        classes = list(self.meta.classes)
+        n = len(classes) + 2 * len(self.meta.spaces)
+        sql = (f"INSERT OR REPLACE INTO images (path, mtime_ns, size, predicted, "
+               f"{', '.join([*self.class_columns.values(), *self.space_columns.values()])}, "
+               f"{', '.join(f'a{i}' for i in range(len(self.meta.spaces)))}) "
+               f"VALUES (?, ?, ?, ?, {', '.join('?' * n)})")
+        values = torch.cat([class_probabilities.double(), probabilities.double(), activations.double()], 1)
+        predicted = class_probabilities.argmax(dim=1).tolist()
+        self.db.executemany(sql, [
+            (_db_path(path), mtime, size, classes[p], *vals)
+            for (path, mtime, size), p, vals in zip(rows, predicted, values.tolist())
+        ])
+        self.db.executemany("DELETE FROM failures WHERE path = ?", [(_db_path(r[0]),) for r in rows])
+
+    def add_failures(self, failures: Sequence[tuple[str, int, int, str]]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                            [(_db_path(path), mtime, size, _text(why)) for path, mtime, size, why in failures])
+        self.db.executemany("DELETE FROM images WHERE path = ?", [(_db_path(f[0]),) for f in failures])
+
+    def remove(self, paths: Sequence[str]) -> None:
+        self.db.executemany("DELETE FROM images WHERE path = ?", [(_db_path(p),) for p in paths])
+        self.db.executemany("DELETE FROM failures WHERE path = ?", [(_db_path(p),) for p in paths])
+
+    def commit(self) -> None:
+        self.db.commit()
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM images").fetchone()[0])
+
+    # ---------------------------------------------------------------------------- searching
+    def compile(self, query: str) -> CompiledQuery:
+        return compile_query(query, self.space_columns, self.meta.classes)
+
+    def search(self, query: str, limit: int | None = 50) -> SearchResult:
+        """Images matching ``query`` and how many match in all (``total``).
+
+        Matches come most extreme first on the query's first space: descending for ``>``, ``>=``,
+        ``=``, ``!=``, ascending for ``<``, ``<=`` (reversed under ``not``), then by path; a query
+        without a space (``predicted = cat``) is ordered by path. Ordering by the space lets
+        SQLite walk that space's index, so a selective query does not scan the table.
+        """
+        compiled = self.compile(query)
+        cols = [*self.class_columns.values(), *self.space_columns.values()]
+        if compiled.order is not None:
+            key, descending = compiled.order
+            order_by = f"{self.space_columns[key]} {'DESC' if descending else 'ASC'}, path"
+        else:
+            order_by = "path"
+        sql = f"SELECT path, predicted, {', '.join(cols)} FROM images WHERE {compiled.where} ORDER BY {order_by}"
+        params = compiled.params
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (*params, int(limit))
+        try:
+            return self._search(query, compiled, sql, params, limit)
+        except sqlite3.Error as exc:
+            raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
+
+    def _search(self, query: str, compiled: CompiledQuery, sql: str, params: tuple,
+                limit: int | None) -> SearchResult:
+        matches = []
+        n_classes = len(self.meta.classes)
+        for path, predicted, *values in self.db.execute(sql, params):
+            matches.append(Match(
+                _from_db(path), predicted,
+                dict(zip(self.meta.classes, values[:n_classes])),
+                dict(zip(self.meta.spaces, values[n_classes:])),
+            ))
+        if limit is None or len(matches) < limit:
+            total = len(matches)  # everything was fetched: no need to count
+        else:
+            total = self.db.execute(f"SELECT count(*) FROM images WHERE {compiled.where}",
+                                    compiled.params).fetchone()[0]
+        return SearchResult(query, matches, int(total), compiled.spaces)
+
+
+def _stat(paths: Sequence[Path]) -> Iterator[tuple[Path, tuple[int, int] | None]]:
+    for path in paths:
+        try:
+            st = path.stat()
+            yield path, (st.st_mtime_ns, st.st_size)
+        except OSError:
+            yield path, None
+
+
+@torch.inference_mode()
+def index_folder(
+    model: TraitModel,
+    spaces: SpaceSet,
+    folder: str | Path,
+    db: str | Path,
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    on_batch: Callable[[int, list[Path]], None] | None = None,
+) -> IndexReport:
+    """Score the images under ``folder`` that are new or changed into the index ``db``.
+
+    One forward pass per batch gives the prediction and every space's P_s; each batch is committed
+    before the next starts, so after an interruption a rerun scores only what is left.
+    ``on_batch(batches_done, paths)`` is called after each commit. The caller checks that the
+    spaces fit the model (``spaces.check_compatible(model)``).
+    """
+    folder = Path(folder).resolve()
+    report = IndexReport()
+    paths = list_images(folder)
+    report.found = len(paths)
+    with SearchIndex(db, IndexMeta.of(model, spaces)) as index:
+        try:
+            _index_into(index, model, spaces, paths, folder, report, batch_size, progress, on_batch)
+        except sqlite3.Error as exc:
+            raise SearchIndexError(_explain_db_error(index.path, exc)) from exc
+        index.finish()
+    return report
+
+
+def _index_into(index: SearchIndex, model: TraitModel, spaces: SpaceSet, paths: list[Path], folder: Path,
+                report: IndexReport, batch_size: int, progress: bool,
+                on_batch: Callable[[int, list[Path]], None] | None) -> None:
+    known = index.known()
+    here = {str(p) for p in paths}
+    prefix = str(folder) + os.sep
+    gone = [p for p in known if p.startswith(prefix) and p not in here]
+    if gone:
+        index.remove(gone)
+        index.commit()
+    report.removed = len(gone)
+    todo: list[Path] = []
+    stats: dict[Path, tuple[int, int]] = {}
+    vanished: list[tuple[Path, str]] = []
+    for path, stat in _stat(paths):
+        if stat is None:
+            vanished.append((path, f"{path}: could not be read (removed while indexing?)"))
+        elif known.get(str(path)) == stat:
+            report.unchanged += 1
+        else:
+            todo.append(path)
+            stats[path] = stat
+    report.failed.extend((str(p), why) for p, why in vanished)
+    device = next(model.parameters()).device
+    failures: list[tuple[Path, str]] = []
+    recorded = 0
+
+    def flush_failures() -> None:
+        nonlocal recorded
+        new = failures[recorded:]
+        index.add_failures([(str(p), *stats[p], why) for p, why in new])
+        report.failed.extend((str(p), why) for p, why in new)
+        recorded = len(failures)
+
+    with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
+        for batch in iter_batches(todo, model_size(model), batch_size, failures):
+            out = model(batch.images.to(device))
+            activations = spaces.activations(out.traits.float()).cpu()
+            index.add(
+                [(str(p), *stats[p]) for p in batch.paths],
+                out.logits.float().softmax(dim=1).cpu(),
+                spaces.probabilities_from_activations(activations),
+                activations,
+            )
+            flush_failures()
+            index.commit()
+            report.scored += len(batch.paths)
+            report.batches += 1
+            bar.update(report.scored + len(failures) - bar.n)  # unreadable files count as done
+            if on_batch is not None:
+                on_batch(report.batches, batch.paths)
+        flush_failures()
+        index.commit()
+        bar.update(len(todo) - bar.n)
+
+
+# ---------------------------------------------------------------------------- contact sheet
+def contact_sheet(
+    matches: Sequence[Match],
+    out: str | Path,
+    spaces: Sequence[str] = (),
+    thumb: int = 128,
+    columns: int = 6,
+) -> Path:
+    """A PNG grid of the matches' thumbnails, each captioned with its name, prediction and the
+    given spaces' P_s; written atomically. An unreadable image shows as a grey tile."""
+    from PIL import Image, ImageDraw
+
+    from .._utils.errors import ImageLoadError
+    from .._utils.io import atomic_write
+    from ..data.images import load_image
+
+    if not matches:
+        raise SearchIndexError("no matches: nothing to put on a contact sheet")
+    columns = max(1, min(columns, len(matches)))
+    rows = math.ceil(len(matches) / columns)
+    lines = 2 + min(len(spaces), 3)
+    caption = 12 * lines + 4
+    sheet = Image.new("RGB", (columns * (thumb + 8) + 8, rows * (thumb + caption + 8) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, match in enumerate(matches):
+        x = 8 + (i % columns) * (thumb + 8)
+        y = 8 + (i // columns) * (thumb + caption + 8)
+        try:
+            image = load_image(match.path)
+            image.thumbnail((thumb, thumb))
+            sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
+        except ImageLoadError:
+            draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill="lightgrey")
+            draw.text((x + 4, y + thumb // 2 - 6), "unreadable", fill="black")
+        text = [Path(match.path).name[:22], f"pred: {match.predicted}"]
+        text += [f"{key}: {match.probabilities[key]:.3f}" for key in spaces[:3]]
+        for j, line in enumerate(text):
+            draw.text((x, y + thumb + 2 + 12 * j), line, fill="black")
+    return atomic_write(out, lambda tmp: sheet.save(tmp, format="PNG"))
