@@ -13,15 +13,22 @@ from pathlib import Path
 from ._utils.errors import (
     BackboneNotFoundError,
     ImageLoadError,
+    PluginError,
     PluginNotFoundError,
     SpaceError,
     SxaiError,
     WeightsError,
 )
 from .models.trait_model import TraitModel, TraitOutput
-from .plugin.hookspecs import hookimpl, hookspec
-from .plugin.manager import (
+from .plugin.hookspecs import (
     BackboneSpec,
+    ExplanationTemplate,
+    FeatureInverter,
+    Masker,
+    hookimpl,
+    hookspec,
+)
+from .plugin.manager import (
     backbone_table,
     get_backbone_spec,
     get_explanation_template,
@@ -41,7 +48,11 @@ __all__ = [
     "DEFAULT_BACKBONE",
     "BackboneNotFoundError",
     "BackboneSpec",
+    "ExplanationTemplate",
+    "FeatureInverter",
+    "Masker",
     "ImageLoadError",
+    "PluginError",
     "PluginNotFoundError",
     "SpaceError",
     "SxaiError",

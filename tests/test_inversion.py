@@ -10,7 +10,8 @@ from PIL import Image
 from torch import nn
 
 from sxai_plugins.models.trait_model import TraitModel
-from sxai_plugins.plugin.manager import FeatureInverter, feature_inverters, get_feature_inverter
+from sxai_plugins.plugin.hookspecs import FeatureInverter
+from sxai_plugins.plugin.manager import feature_inverters, get_feature_inverter
 from sxai_plugins.viz.inversion import save_png, total_variation
 
 SIZE = 32

@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 
 import sxai_plugins
 import sxai_plugins.spaces.maskers
-from sxai_plugins.plugin.manager import Masker
+from sxai_plugins.plugin.hookspecs import Masker
 from sxai_plugins.spaces.maskers import BlurMasker, InpaintMasker, MaskerError, SuperpixelMasker
 
 NAMES = ["superpixel", "inpaint", "blur"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import sxai_plugins as sx
-from sxai_plugins.plugin import manager as registry
 from sxai_plugins._utils.errors import PluginNotFoundError
+from sxai_plugins.plugin import manager as registry
 
 PLUGIN_SOURCE = '''
 from functools import partial

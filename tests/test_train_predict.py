@@ -74,7 +74,7 @@ def test_cli_errors_are_one_line(capsys) -> None:
 
 
 def test_device_choice_and_its_errors(capsys) -> None:
-    from sxai_plugins.cli.main import resolve_device
+    from sxai_plugins.cli._args import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,8 +16,8 @@ from torch import nn
 from sxai_plugins import SxaiError, TraitModel
 from sxai_plugins._utils.errors import ImageLoadError
 from sxai_plugins.cli.main import main
-from sxai_plugins.data.images import load_image, to_tensor
-from sxai_plugins.traits.common import class_images, common_traits, stability
+from sxai_plugins.data.images import class_images, load_image, to_tensor
+from sxai_plugins.traits.common import common_traits, stability
 from sxai_plugins.traits.genetic import GAConfig
 from sxai_plugins.traits.layers import layer_information_ratios, plot_layer_ratios, select_layers
 from sxai_plugins.traits.pca import RowCentredPCA, first_pc, spread

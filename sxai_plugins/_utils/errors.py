@@ -18,6 +18,10 @@ class PluginNotFoundError(SxaiError, LookupError):
     pass
 
 
+class PluginError(SxaiError):
+    """A plugin breaks the hook contract (e.g. implements a hook that does not exist)."""
+
+
 class WeightsError(SxaiError):
     """A weights file is missing, unreadable or does not fit the model."""
 

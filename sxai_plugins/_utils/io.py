@@ -70,6 +70,11 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def rounded(value: float | None, digits: int = 6) -> float | None:
+    """A number as JSON output shows it: ``digits`` decimals (non-finite ones become null later)."""
+    return None if value is None else round(float(value), digits)
+
+
 def dumps_json(data: Any) -> str:
     """Strict JSON for output: non-finite floats become null (``json_safe``), and
     ``allow_nan=False`` makes any that slip through fail loudly instead of printing ``NaN``."""

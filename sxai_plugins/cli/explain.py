@@ -6,13 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .._utils.io import check_output_file, check_output_folder, dumps_json
-from .main import (
+from .._utils.io import check_output_folder, dumps_json, rounded
+from ._args import (
     add_model_args,
     add_space_args,
-    command,
     model_from_args,
-    non_negative_int,
     positive_int,
 )
 
@@ -31,13 +29,8 @@ EXPLAIN_JSON = (
 )
 
 
-def _add_space_args(p: argparse.ArgumentParser) -> None:
-    add_space_args(p)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-
 
 # ------------------------------------------------------------------------------------ explain
-@command
 def _explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain", help="prediction, semantic probabilities, explanation sentence and radar map",
@@ -48,7 +41,7 @@ def _explain(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", help="image files or folders")
     add_model_args(p)
-    _add_space_args(p)
+    add_space_args(p, batch_size=True)
     p.add_argument("--template", "-t", default="english",
                    help="explanation template by name (default english; an unknown name lists the installed ones)")
     p.add_argument("--out", "-o", default="sxai-out", help="folder for the radar maps (default sxai-out/)")
@@ -58,33 +51,30 @@ def _explain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_explain)
 
 
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 6)
-
 
 def _record(assessment, sentence: str, radar: Path) -> dict:
     return {
         "path": assessment.path,
         "predicted": assessment.predicted,
-        "probabilities": {c: _r(p) for c, p in assessment.class_probabilities.items()},
+        "probabilities": {c: rounded(p) for c, p in assessment.class_probabilities.items()},
         "sentence": sentence,
         "radar": str(radar),
-        "p_max": _r(assessment.p_max),
+        "p_max": rounded(assessment.p_max),
         "concept_max": assessment.concept_max,
-        "delta_max_p": _r(assessment.delta_max_p),
+        "delta_max_p": rounded(assessment.delta_max_p),
         "concepts": [
-            {"concept": c.concept, "probability": _r(c.probability), "delta": _r(c.delta),
-             "rival": c.rival, "rival_probability": _r(c.rival_probability)}
+            {"concept": c.concept, "probability": rounded(c.probability), "delta": rounded(c.delta),
+             "rival": c.rival, "rival_probability": rounded(c.rival_probability)}
             for c in assessment.concepts
         ],
         "spaces": [
             {"space": s.key, "class": s.class_name, "concept": s.concept,
-             "activation": _r(s.activation), "probability": _r(s.probability)}
+             "activation": rounded(s.activation), "probability": rounded(s.probability)}
             for s in assessment.spaces
         ],
         "detection": None if assessment.detection is None else {
-            "flag": assessment.detection["flag"], "score": _r(assessment.detection["score"]),
-            "threshold": _r(assessment.detection["threshold"]), "fpr": _r(assessment.detection["fpr"])},
+            "flag": assessment.detection["flag"], "score": rounded(assessment.detection["score"]),
+            "threshold": rounded(assessment.detection["threshold"]), "fpr": rounded(assessment.detection["fpr"])},
     }
 
 
@@ -145,133 +135,5 @@ def _run_explain(args: argparse.Namespace) -> int:
     return 0 if records or not paths else 1
 
 
-# -------------------------------------------------------------------------------------- index
-@command
-def _index(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "index", help="score a folder of images into a search index (SQLite)",
-        description="Score every image under DIR (prediction and every space's P_s, one forward pass "
-                    "per batch) into the SQLite file --db. Incremental: files already indexed with "
-                    "the same mtime and size are skipped; after an interruption, run it again to "
-                    "finish. Unreadable files are reported and recorded, and retried once they change.",
-    )
-    p.add_argument("folder", help="folder of images (searched recursively)")
-    p.add_argument("--db", required=True, help="the index file (created if missing)")
-    add_model_args(p)
-    _add_space_args(p)
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_run_index)
-
-
-def _run_index(args: argparse.Namespace) -> int:
-    from ..explain.trust import load_space_set
-    from ..search.index import index_folder
-
-    check_output_file(args.db, "--db")
-    model = model_from_args(args)
-    spaces = load_space_set(args.spaces, model, force=args.force)
-    report = index_folder(model, spaces, args.folder, args.db, batch_size=args.batch_size,
-                          progress=not args.quiet)
-    for _path, why in report.failed:
-        print(f"skipped: {why}", file=sys.stderr)
-    print(f"{args.db}: {report.found} images found, {report.scored} scored, {report.unchanged} "
-          f"unchanged, {len(report.failed)} unreadable, {report.removed} removed")
-    return 0
-
-
-# ------------------------------------------------------------------------------------- search
-@command
-def _search(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "search", help="find indexed images by semantic probabilities",
-        description='Find images in an index built by `sxai index`, e.g. "dog.nose > 0.9 and '
-                    'cat.legs < 0.1" or "predicted = cat and not (cat.eyes < 0.5)". Names: indexed '
-                    "spaces class.concept (their P_s) and predicted (the predicted class, compared "
-                    "with = or != to a class name); operators < <= > >= = == != <>; and, or, not, "
-                    "parentheses. Matches come most extreme first on the query's first space (descending "
-                    "for > >= = !=, ascending for < <=), then by path; a query without a space is "
-                    "ordered by path. The exit status is 1 when "
-                    'nothing matches. With --json, print {"query", "total", "matches": [{"path", "predicted", "class_probabilities", '
-                    '"probabilities": {space: P_s}}]}.',
-    )
-    p.add_argument("query", help="the search query (quote it in the shell)")
-    p.add_argument("--db", required=True, help="an index written by `sxai index`")
-    p.add_argument("--limit", type=non_negative_int, default=50, help="matches shown (default 50; 0: all)")
-    p.add_argument("--sheet", help="write a contact sheet PNG of the matches shown")
-    p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
-    p.set_defaults(handler=_run_search)
-
-
-def _run_search(args: argparse.Namespace) -> int:
-    from ..search.index import SearchIndex, contact_sheet
-
-    if args.sheet:
-        check_output_file(args.sheet, "--sheet")
-    with SearchIndex(args.db) as index:
-        result = index.search(args.query, limit=args.limit or None)
-    if args.json:
-        print(dumps_json({
-            "query": result.query, "total": result.total,
-            "matches": [{"path": m.path, "predicted": m.predicted,
-                         "class_probabilities": {k: _r(v) for k, v in m.class_probabilities.items()},
-                         "probabilities": {k: _r(v) for k, v in m.probabilities.items()}}
-                        for m in result.matches],
-        }))
-    else:
-        for m in result.matches:
-            shown = "  ".join(f"{k} {m.probabilities[k]:.3f}" for k in result.spaces)
-            print(f"{m.path}  {m.predicted}  {shown}".rstrip())
-        print(f"{len(result.matches)} shown of {result.total} matches")
-    if args.sheet:
-        if result.matches:
-            contact_sheet(result.matches, args.sheet, result.spaces)
-            print(f"contact sheet: {args.sheet}", file=sys.stderr if args.json else sys.stdout)
-        else:
-            print("no matches: no contact sheet written", file=sys.stderr)
-    return 0 if result.matches else 1
-
-
-# ------------------------------------------------------------------------------------- report
-@command
-def _report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report", help="one self-contained HTML page: common traits, spaces, example explanations",
-        description="Write one HTML file (images embedded, no JavaScript, nothing fetched) with the "
-                    "model's backbone and fingerprint, the common traits (--traits), one section per "
-                    "semantic space (SSNs and weights, evaluation figures, inversion, distribution "
-                    "and Q-Q plot, reference images at both ends), the shared channels, and example "
-                    "explanations (prediction, radar map, sentence, P_s table). Missing optional "
-                    "pieces are noted in the page; unreadable examples are reported and skipped.",
-    )
-    add_model_args(p)
-    p.add_argument("--spaces", "-s", metavar="DIR",
-                   help="a folder written by `sxai space` (default: the spaces bundled with the backbone)")
-    p.add_argument("--traits", metavar="DIR", help="a folder written by `sxai traits` (optional)")
-    p.add_argument("--examples", "-e", nargs="*", metavar="IMG",
-                   help="images or folders to explain (default: the bundled examples; "
-                        "--examples with nothing after it: none)")
-    p.add_argument("--template", "-t", default="english", help="explanation template (default english)")
-    p.add_argument("--force", action="store_true",
-                   help="use spaces built on other weights of the same architecture")
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--out", "-o", required=True, metavar="FILE.html", help="the page to write")
-    p.set_defaults(handler=_run_report)
-
-
-def _run_report(args: argparse.Namespace) -> int:
-    from ..data.examples import example_images
-    from ..plugin.manager import get_explanation_template
-    from ..viz.report import build_report
-
-    get_explanation_template(args.template)  # fail on a bad name before any work
-    check_output_file(args.out)
-    model = model_from_args(args)
-    examples = example_images() if args.examples is None else args.examples
-    failures: list[tuple[Path, str]] = []
-    out = build_report(model, args.spaces, args.out, traits_dir=args.traits, examples=examples,
-                       template=args.template, force=args.force, batch_size=args.batch_size,
-                       progress=len(examples) > 16, failures=failures)
-    for _path, why in failures:
-        print(f"skipped: {why}", file=sys.stderr)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return 0
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    _explain(subparsers)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import os
 import tomllib
 from pathlib import Path
 
 from .._utils.errors import SxaiError
-from .main import add_model_args, command, model_from_args, positive_int
+from ..spaces.build import reference_scores
+from ._args import add_model_args, model_from_args, positive_int
 
 CONFIG_KEYS = {"annotations", "image_root", "visibility", "reference", "classes", "concepts", "out",
                "recipe", "recipe_options", "backbone", "head", "weights", "invert", "inversion_steps",
@@ -19,7 +18,6 @@ CONFIG_KEYS = {"annotations", "image_root", "visibility", "reference", "classes"
 RECIPES = ("probe", "tuned", "paper")
 
 
-@command
 def _space(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "space", help="build semantic spaces from concept annotations",
@@ -103,36 +101,6 @@ def _load_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def reference_scores(model, folder: str | Path, progress: bool = True):
-    """Logits and traits of every image under ``folder``, cached in ~/.cache/sxai by model weights,
-    head and the folder's file list (paths, sizes, mtimes), so rebuilding spaces costs no rescoring."""
-    from safetensors.torch import load_file
-
-    from .._utils.io import write_safetensors
-    from ..data.images import list_images
-    from ..models.inference import score_paths
-
-    paths = list_images(folder)
-    if not paths:
-        raise SxaiError(f"{folder}: no images to use as the reference set")
-    digest = hashlib.sha256(model.fingerprint().encode())
-    digest.update(model.head.weight.detach().numpy().tobytes())
-    for p in paths:
-        stat = p.stat()
-        digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    cache_dir = Path(os.environ.get("SXAI_CACHE", Path.home() / ".cache" / "sxai"))
-    cache = cache_dir / f"reference-{digest.hexdigest()[:20]}.safetensors"
-    if cache.is_file():
-        tensors = load_file(str(cache))
-        kept = json.loads(cache.with_suffix(".json").read_text())
-        return [Path(p) for p in kept], tensors["traits"], tensors["logits"]
-    scored = score_paths(model, paths, progress=progress, desc="reference images")
-    # the JSON (paths) goes first: a cache file without its path list is never read
-    from .._utils.io import write_json
-
-    write_json(cache.with_suffix(".json"), [str(p) for p in scored.paths])
-    write_safetensors(cache, {"traits": scored.traits, "logits": scored.logits})
-    return scored.paths, scored.traits, scored.logits
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -284,3 +252,7 @@ def _plots(model, spaces, config, reference, folder: Path, args) -> None:
 
 
 __all__ = ["format_table", "reference_scores"]
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    _space(subparsers)

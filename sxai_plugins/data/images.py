@@ -181,3 +181,24 @@ def image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
             paths.append(path)
             labels.append(index)
     return paths, labels, classes
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def class_images(data: str | Path, target_class: str) -> list[Path]:
+    """``DATA/<class>`` of an ImageFolder root, else the images directly inside ``DATA``."""
+    data = Path(data)
+    if not data.is_dir():
+        raise ImageLoadError(f"{data}: not a folder")
+    if (data / target_class).is_dir():
+        paths = list_images(data / target_class)
+    else:
+        subfolders = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
+        paths = list_images(data, recursive=False)
+        if not paths and subfolders:
+            raise ImageLoadError(
+                f"{data} has no folder {target_class!r} (found {', '.join(subfolders)}); "
+                "pass an ImageFolder root holding DATA/<class>/ or a folder of images of the class"
+            )
+    if not paths:
+        raise ImageLoadError(f"{data}: no images found for class {target_class!r}")
+    return paths

@@ -198,18 +198,22 @@ def default_spaces_dir(model_name: str) -> Path | None:
     return None
 
 
-def _resolve_hub(sources: list[str], model: TraitModel | None, force: bool) -> Any:
-    try:
-        from spaces_hub import resolve_spaces
-    except ImportError:
-        try:
-            from sxai_plugins.spaces_hub import resolve_spaces  # type: ignore[no-redef]
-        except ImportError as exc:
-            raise SpaceError(
-                f"{sources[0]}: hf:// space sources need the spaces_hub module, which is not "
-                "installed in this sxai; download the files and pass their local paths instead"
-            ) from exc
-    return resolve_spaces(sources, model=model, force=force)
+def _load_source(source: str, model: TraitModel, force: bool) -> list:
+    """One ``--spaces`` source: whatever a plugin resolves (``hf://`` by spaces_hub), else local."""
+    from ..plugin.manager import get_plugin_manager
+
+    resolved = get_plugin_manager().hook.sxai_resolve_spaces(source=source, model=model, force=force)
+    if resolved is not None:
+        return list(resolved)
+    if "://" in source:
+        raise SpaceError(
+            f"{source}: no installed plugin resolves {source.split('://')[0]}:// space sources "
+            "(hf:// needs spaces_hub, part of a full sxai install); download the files and pass "
+            "their local paths instead")
+    local = load_spaces([source])
+    for space in local:
+        space.check_compatible(model, force=force)
+    return local
 
 
 def load_space_set(
@@ -230,12 +234,6 @@ def load_space_set(
                 "build spaces for it (see `sxai --help`, or sxai_plugins.spaces in Python) and pass "
                 "--spaces FILE_OR_FOLDER (repeatable), or pass shared ones as --spaces hf://owner/name@rev")
         sources = [str(folder)]
-    if any(s.startswith("hf://") for s in sources):
-        # the hub module checks every space (local ones too) against the model itself
-        resolved = _resolve_hub(sources, model, force)
-        space_set = resolved if isinstance(resolved, SpaceSet) else SpaceSet(resolved)
-    else:
-        space_set = SpaceSet(load_spaces(sources))
-        space_set.check_compatible(model, force=force)
+    space_set = SpaceSet([space for source in sources for space in _load_source(source, model, force)])
     _check_unique(space_set)
     return space_set

@@ -16,8 +16,7 @@ import torch
 
 from .._utils.assets import ASSETS as BUNDLED
 from .._utils.errors import WeightsError
-from ..plugin.hookspecs import hookimpl
-from ..plugin.manager import BackboneSpec
+from ..plugin.hookspecs import BackboneSpec, hookimpl
 from .timm_adapter import build_timm_trait_model
 from .trait_model import TraitModel, load_state_checked
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..plugin.hookspecs import hookimpl
-from ..plugin.manager import BackboneSpec
+from ..plugin.hookspecs import BackboneSpec, hookimpl
 from .timm_adapter import build_timm_trait_model
 
 

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import importlib.metadata
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .._utils.errors import BackboneNotFoundError, PluginNotFoundError
+from .._utils.errors import BackboneNotFoundError, PluginError, PluginNotFoundError
 from . import hookspecs
+from .hookspecs import BackboneSpec, ExplanationTemplate, FeatureInverter, Masker
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import torch
 
-    from ..models.trait_model import TraitModel
+    pass
 
 ENTRY_POINT_GROUP = "sxai"
 CORE_DISTRIBUTION = "sxai"
@@ -37,44 +36,17 @@ FIRST_PARTY_BACKBONES = {
     "alexnet": ("sxai-plugins-alexnet", "./sxai_plugins_alexnet"),
 }
 
+# What the core's pyproject.toml declares in the entry-point group, for a source tree that was
+# never pip-installed.
 BUILTIN_PLUGINS = (
     "sxai_plugins.models.timm_generic",
     "sxai_plugins.models.lite0",
     "sxai_plugins.explain.templates",
     "sxai_plugins.viz.inversion",
     "sxai_plugins.spaces.maskers",
+    "sxai_plugins.cli.commands",
+    "spaces_hub.plugin",
 )
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to build one named backbone. ``build`` returns a :class:`TraitModel`."""
-
-    name: str
-    build: Callable[..., TraitModel]
-    description: str = ""
-    pretrained_source: str = ""
-
-
-@runtime_checkable
-class Masker(Protocol):
-    name: str
-
-    def mask(self, image: np.ndarray, region: np.ndarray) -> np.ndarray: ...
-
-
-@runtime_checkable
-class FeatureInverter(Protocol):
-    name: str
-
-    def invert(self, model: TraitModel, targets: torch.Tensor, **options: Any) -> torch.Tensor: ...
-
-
-@runtime_checkable
-class ExplanationTemplate(Protocol):
-    name: str
-
-    def render(self, assessment: Any) -> str: ...
 
 
 @dataclass
@@ -126,7 +98,28 @@ def _new_manager() -> tuple[pluggy.PluginManager, list[PluginFailure]]:
         module = importlib.import_module(module_name)
         if not pm.is_registered(module):
             pm.register(module, name=f"sxai-source-tree:{module_name.rsplit('.', 1)[-1]}")
+    while True:  # an installed plugin that breaks the contract is reported and skipped, as above
+        try:
+            _check_hooks(pm)
+            break
+        except PluginError as exc:
+            failures.append(PluginFailure(exc.plugin_name, str(exc)))
+            pm.unregister(name=exc.plugin_name)
+            warnings.warn(f"{exc}; the plugin is skipped", RuntimeWarning, stacklevel=3)
     return pm, failures
+
+
+def _check_hooks(pm: pluggy.PluginManager) -> None:
+    """Refuse a plugin that implements a hook no spec declares: a misspelled ``sxai_backbone``
+    would otherwise be accepted silently and never called."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("sxai_")))
+        error = PluginError(f"sxai plugin {name!r}: {exc}; the hooks sxai defines are {known}")
+        error.plugin_name = name
+        raise error from exc
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -148,16 +141,34 @@ def plugin_failures() -> list[PluginFailure]:
 
 
 def register_plugin(plugin: object, name: str | None = None) -> None:
-    """Register a plugin object at run time (e.g. a module of your own, without packaging it)."""
-    get_plugin_manager().register(plugin, name=name)
+    """Register a plugin object at run time (e.g. a module of your own, without packaging it).
+
+    A hook implementation whose name no spec declares is refused with :class:`PluginError`, and
+    the plugin is not kept.
+    """
+    pm = get_plugin_manager()
+    pm.register(plugin, name=name)
+    try:
+        _check_hooks(pm)
+    except PluginError:
+        pm.unregister(plugin)
+        raise
 
 
 def _provided(hook_name: str) -> Iterator[tuple[str, Any]]:
-    """(plugin name, item) for every item of a provider hook, later-registered plugins first."""
-    hook = getattr(get_plugin_manager().hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):
-        for item in impl.function() or ():
-            yield impl.plugin_name, item
+    """(plugin name, item) for every item of a provider hook, later-registered plugins first.
+
+    Each plugin's implementation is called through pluggy (a subset caller holding just that
+    plugin), so hook wrappers and call ordering apply as for any hook call, and every item keeps
+    the name of the plugin that provided it.
+    """
+    pm = get_plugin_manager()
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    for impl in reversed(impls):
+        others = [other.plugin for other in impls if other.plugin is not impl.plugin]
+        for items in pm.subset_hook_caller(hook_name, remove_plugins=others)():
+            for item in items or ():
+                yield impl.plugin_name, item
 
 
 def backbone_table() -> dict[str, tuple[str, BackboneSpec]]:

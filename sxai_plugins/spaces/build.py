@@ -22,7 +22,10 @@ space built without them (scores standardised by that space's evaluation positiv
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._utils.errors import SpaceError
+from .._utils.errors import SpaceError, SxaiError
 from ..data.concepts import AnnotationSet, ConceptAnnotation, concept_region
 from ..models.trait_model import TraitModel
 from ..plugin.manager import get_masker
@@ -328,3 +331,35 @@ __all__ = [
     "build_spaces", "evaluate_space", "paired_effect", "paper_delta", "shared_channels",
     "split_positives",
 ]
+
+
+def reference_scores(model, folder: str | Path, progress: bool = True):
+    """Logits and traits of every image under ``folder``, cached in ~/.cache/sxai by model weights,
+    head and the folder's file list (paths, sizes, mtimes), so rebuilding spaces costs no rescoring."""
+    from safetensors.torch import load_file
+
+    from .._utils.io import write_safetensors
+    from ..data.images import list_images
+    from ..models.inference import score_paths
+
+    paths = list_images(folder)
+    if not paths:
+        raise SxaiError(f"{folder}: no images to use as the reference set")
+    digest = hashlib.sha256(model.fingerprint().encode())
+    digest.update(model.head.weight.detach().numpy().tobytes())
+    for p in paths:
+        stat = p.stat()
+        digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    cache_dir = Path(os.environ.get("SXAI_CACHE", Path.home() / ".cache" / "sxai"))
+    cache = cache_dir / f"reference-{digest.hexdigest()[:20]}.safetensors"
+    if cache.is_file():
+        tensors = load_file(str(cache))
+        kept = json.loads(cache.with_suffix(".json").read_text())
+        return [Path(p) for p in kept], tensors["traits"], tensors["logits"]
+    scored = score_paths(model, paths, progress=progress, desc="reference images")
+    # the JSON (paths) goes first: a cache file without its path list is never read
+    from .._utils.io import write_json
+
+    write_json(cache.with_suffix(".json"), [str(p) for p in scored.paths])
+    write_safetensors(cache, {"traits": scored.traits, "logits": scored.logits})
+    return scored.paths, scored.traits, scored.logits

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .._utils.io import dumps_json
-from .main import command
+from sxai_plugins._utils.errors import SxaiError
+from sxai_plugins._utils.io import dumps_json
+
+from . import resolve
+from .client import DEFAULT_COMMIT_MESSAGE, pull, push
+from .layout import save_spaces
+from .resolve import parse_hub_source, resolve_spaces
 
 
-@command
-def _hub(sub: argparse._SubParsersAction) -> None:
+def add_hub_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "hub", help="push semantic spaces to, or pull them from, the Hugging Face Hub",
         description="Share semantic spaces through a Hub model repository: spaces.json (index with "
@@ -66,11 +70,8 @@ def _extras(values: list[str]) -> dict[str, Path]:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    import spaces_hub
-    from spaces_hub.client import DEFAULT_COMMIT_MESSAGE
-
-    spaces = spaces_hub.resolve_spaces(args.spaces, token=args.token)
-    info = spaces_hub.push(spaces, args.repo, revision=args.revision, token=args.token, private=args.private,
+    spaces = resolve_spaces(args.spaces, token=args.token)
+    info = push(spaces, args.repo, revision=args.revision, token=args.token, private=args.private,
                            commit_message=args.message or DEFAULT_COMMIT_MESSAGE,
                            extra_files=_extras(args.extra))
     if args.json:
@@ -82,26 +83,20 @@ def _run_push(args: argparse.Namespace) -> int:
 
 
 def _run_pull(args: argparse.Namespace) -> int:
-    import spaces_hub
-
     repo, revision = args.repo, args.revision
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        from .._utils.errors import SxaiError
-
         raise SxaiError(f"--out {args.out}: exists and is not a folder; pass a folder for the space files")
-    if repo.startswith(spaces_hub.resolve.HF_PREFIX):
-        repo, from_uri = spaces_hub.parse_hub_source(repo)
+    if repo.startswith(resolve.HF_PREFIX):
+        repo, from_uri = parse_hub_source(repo)
         revision = revision or from_uri
     model = None
     if args.backbone:
-        from .. import create_model
+        from sxai_plugins import create_model
 
         model = create_model(args.backbone, pretrained=True, weights=args.weights)
-    spaces = spaces_hub.pull(repo, revision=revision, token=args.token, cache_dir=args.cache_dir,
+    spaces = pull(repo, revision=revision, token=args.token, cache_dir=args.cache_dir,
                              model=model, force=args.force, progress=not args.json)
     if args.out:
-        from spaces_hub.layout import save_spaces
-
         save_spaces(spaces, args.out)
     records = [{"key": s.key, "class_name": s.class_name, "concept": s.concept, "n_ssn": s.n_ssn,
                 "backbone": s.backbone, "fingerprint": s.fingerprint} for s in spaces]
