@@ -109,3 +109,68 @@ def test_runtime_registration_of_a_plain_module(tmp_path) -> None:
         assert "tiny_from_plugin" in sx.list_backbones()
     finally:
         sx.get_plugin_manager().unregister(name="my_rules")
+
+
+MISSPELLED = '''
+from sxai_plugins import hookimpl
+
+@hookimpl
+def sxai_backbone():  # the hook is sxai_backbones
+    return []
+'''
+
+HELLO = Path(__file__).parent / "fixtures" / "hello_command" / "sxai_hello_command.py"
+
+
+def test_a_misspelled_hook_is_refused_with_its_name() -> None:
+    module = type(sys)("typo_rules")
+    exec(textwrap.dedent(MISSPELLED), module.__dict__)
+    with pytest.raises(sx.PluginError, match=r"typo_rules.*sxai_backbone\b.*did you mean sxai_backbones\?"):
+        sx.register_plugin(module, name="typo_rules")
+    assert sx.get_plugin_manager().get_plugin("typo_rules") is None  # refused, not half-registered
+
+
+def test_an_installed_plugin_with_a_misspelled_hook_is_reported_and_skipped(site: Path) -> None:
+    install_fake_distribution(site, "sxai-plugin-typo", "sxai_typo_plugin", MISSPELLED)
+    with pytest.warns(RuntimeWarning, match="sxai-plugin-typo.*sxai_backbone"):
+        registry.reload_plugins()
+    assert [f.name for f in registry.plugin_failures()] == ["sxai-plugin-typo"]
+    assert sx.get_plugin_manager().get_plugin("sxai-plugin-typo") is None
+    assert "lite0_catdog" in sx.list_backbones()
+
+
+def test_a_plugin_adds_a_command_to_the_cli(site: Path, capsys) -> None:
+    from sxai_plugins.cli.main import main
+
+    install_fake_distribution(site, "sxai-hello-command", "sxai_hello_command", HELLO.read_text())
+    registry.reload_plugins()
+    assert main(["hello", "world"]) == 0
+    assert capsys.readouterr().out.startswith("hello world; ")
+    assert main(["hello", "nobody"]) == 2  # a plugin's SxaiError is printed like the core's
+    assert "sxai: error: hello: nobody is there to greet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert "hello" in help_text and help_text.index("explain") < help_text.index("hello")  # core first
+
+
+def test_a_plugin_command_runs_from_the_installed_console_script(site: Path) -> None:
+    import os
+    import subprocess
+
+    install_fake_distribution(site, "sxai-hello-command", "sxai_hello_command", HELLO.read_text())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "sxai_plugins", "hello", "there"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("hello there; ")
+
+
+def test_a_command_name_taken_twice_is_a_clear_error(site: Path, capsys) -> None:
+    from sxai_plugins.cli.main import main
+
+    clash = HELLO.read_text().replace('add_parser("hello"', 'add_parser("explain"')
+    install_fake_distribution(site, "sxai-clash", "sxai_clash_command", clash)
+    registry.reload_plugins()
+    assert main(["backbones"]) == 2
+    assert "already exists" in capsys.readouterr().err

@@ -7,7 +7,9 @@ point and the error) and skipped; the others keep working.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -116,8 +118,11 @@ def _check_hooks(pm: pluggy.PluginManager) -> None:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("sxai_")))
-        error = PluginError(f"sxai plugin {name!r}: {exc}; the hooks sxai defines are {known}")
+        hooks = sorted(n for n in dir(hookspecs) if n.startswith("sxai_"))
+        unknown = re.search(r"unknown hook '(\w+)'", str(exc))
+        close = difflib.get_close_matches(unknown.group(1), hooks, n=1) if unknown else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        error = PluginError(f"sxai plugin {name!r}: {exc}{hint}; the hooks sxai defines are {', '.join(hooks)}")
         error.plugin_name = name
         raise error from exc
 
