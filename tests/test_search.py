@@ -17,16 +17,13 @@ from torch import nn
 
 from sxai_plugins import SxaiError, TraitModel
 from sxai_plugins.search.index import (
-    MAX_DEPTH,
     IndexMeta,
-    QueryError,
     SearchIndex,
     SearchIndexError,
-    compile_query,
     contact_sheet,
     index_folder,
-    parse_query,
 )
+from sxai_plugins.search.query import MAX_DEPTH, QueryError, compile_query, parse_query
 from sxai_plugins.spaces.space import SemanticSpace, SpaceSet
 
 TRAITS = 12
