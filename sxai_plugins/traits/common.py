@@ -148,11 +148,8 @@ def _process(
     """
     height, width = images[0].shape[:2]
     if use_ga:
-        try:
-            from .genetic import GAConfig, search_best_superpixels
-        except ImportError as exc:  # pragma: no cover - the module ships with the core
-            raise SxaiError("the genetic search (sxai_plugins.genetic) is not available; "
-                            "skip it with use_ga=False / --no-ga") from exc
+        from .genetic import GAConfig, search_best_superpixels
+
         results = search_best_superpixels(model, images, [int(target)] * len(images),
                                           config=ga_config or GAConfig(), seed=seed, progress=progress,
                                           first_index=first_index)
