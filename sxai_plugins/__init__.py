@@ -4,6 +4,12 @@
 >>> model = sx.create_model()                       # the embedded default, offline
 >>> out = model(images)                              # images: B×3×224×224 in [0, 1]
 >>> out.logits.shape, out.traits.shape               # (B, 2), (B, 1280)
+>>> spaces = sx.load_space_set([], model)            # the default model's bundled spaces
+>>> sx.get_explanation_template("english").render(sx.assess(model, spaces, images)[0])
+
+The pipeline, one subpackage per step: ``data`` (images, annotations) → ``models`` (traits) →
+``traits`` (common traits) → ``spaces`` (semantic spaces, P_s) → ``explain`` (words); around it
+``attr``, ``robust``, ``search``, ``viz``, ``cli`` and ``plugin``. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -44,6 +50,25 @@ from .plugin.manager import maskers as list_maskers
 
 DEFAULT_BACKBONE = "lite0_catdog"
 
+# The rest of the pipeline's entry points, imported on first use so that ``import sxai_plugins``
+# (and ``sxai --help``) does not pay for scikit-image, scikit-learn and friends.
+_LAZY = {
+    "assess": "sxai_plugins.explain.trust",
+    "load_space_set": "sxai_plugins.explain.trust",
+    "common_traits": "sxai_plugins.traits.common",
+    "SemanticSpace": "sxai_plugins.spaces.space",
+    "SpaceSet": "sxai_plugins.spaces.space",
+    "load_spaces": "sxai_plugins.spaces.space",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sxai_plugins' has no attribute {name!r}")
+
 __all__ = [
     "DEFAULT_BACKBONE",
     "BackboneNotFoundError",
@@ -58,7 +83,11 @@ __all__ = [
     "SxaiError",
     "TraitModel",
     "TraitOutput",
+    "SemanticSpace",
+    "SpaceSet",
     "WeightsError",
+    "assess",
+    "common_traits",
     "backbone_table",
     "create_model",
     "get_explanation_template",
@@ -71,6 +100,8 @@ __all__ = [
     "list_explanation_templates",
     "list_feature_inverters",
     "list_maskers",
+    "load_space_set",
+    "load_spaces",
     "register_plugin",
     "reload_plugins",
 ]

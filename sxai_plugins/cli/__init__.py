@@ -1,0 +1,1 @@
+"""The ``sxai`` command line: one module per command; each parses arguments, calls the library and prints."""

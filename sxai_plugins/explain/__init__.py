@@ -1,0 +1,1 @@
+"""Step 5, words: trust sentences from semantic probabilities, and the explanation templates that render them."""

@@ -1,0 +1,1 @@
+"""The plugin system: hook specs with their contract types (``hookspecs``) and discovery (``manager``)."""

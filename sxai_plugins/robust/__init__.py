@@ -1,0 +1,1 @@
+"""Robustness (as ``captum.robust``): adversarial attacks and their detection by semantic probabilities."""
