@@ -395,3 +395,17 @@ def test_v1_recipes_are_scored_out_of_fold_on_the_same_bank() -> None:
         assert len(qq["cat.eyes"]) == 3  # one v1 space, with its own reference fit, per fold
     with pytest.raises(SpaceError, match="needs the reference"):
         out_of_fold(bank, ["cat"], ["eyes"], "paper", RECIPE, folds=3)
+
+
+def test_bank_keeps_its_feature_maps_beside_the_traits(tmp_path: Path) -> None:
+    bank = synthetic_bank(6, seed=3)
+    maps = torch.randn(len(bank.rows), C, 2, 2)
+    bank.maps = maps.half()
+    bank.save(tmp_path / "bank")
+    loaded = ProbeFeatures.load(tmp_path / "bank", maps=True)
+    assert torch.equal(loaded.maps, bank.maps) and torch.equal(loaded.traits, bank.traits)
+    assert ProbeFeatures.load(tmp_path / "bank").maps is None
+    bank.maps = None
+    bank.save(tmp_path / "plain")
+    with pytest.raises(SpaceError, match="without feature maps"):
+        ProbeFeatures.load(tmp_path / "plain", maps=True)

@@ -232,6 +232,8 @@ class ProbeFeatures:
     concepts: tuple[str, ...]
     maskings: tuple[str, ...]
     meta: dict = field(default_factory=dict)
+    # len(rows) × C × h × w float16: the last conv map whose mean is ``traits`` (kept on request)
+    maps: torch.Tensor | None = None
 
     def column(self, name: str) -> np.ndarray:
         return np.array([getattr(r, name) for r in self.rows])
@@ -259,14 +261,23 @@ class ProbeFeatures:
         # traits first, rows (the manifest) last: a bank without its manifest is never read
         atomic_write(path.with_suffix(".safetensors"),
                      lambda tmp: save_file({"traits": self.traits.contiguous()}, str(tmp)))
+        if self.maps is not None:
+            atomic_write(_maps_path(path), lambda tmp: save_file({"maps": self.maps.contiguous()}, str(tmp)))
+        else:  # maps of an earlier bank at this path would not match these rows
+            _maps_path(path).unlink(missing_ok=True)
         write_json(path.with_suffix(".json"), payload)
         return path
 
     @classmethod
-    def load(cls, path: str | Path, annotated: Mapping[Path, ConceptAnnotation] | None = None) -> ProbeFeatures:
+    def load(cls, path: str | Path, annotated: Mapping[Path, ConceptAnnotation] | None = None,
+             maps: bool = False) -> ProbeFeatures:
+        """The bank saved at ``path``; with ``maps``, also its feature maps (a SpaceError when the bank
+        was saved without them)."""
         from safetensors.torch import load_file
 
         path = Path(path)
+        if maps and not _maps_path(path).is_file():
+            raise SpaceError(f"{path}: saved without feature maps")
         payload = json.loads(path.with_suffix(".json").read_text())
         traits = load_file(str(path.with_suffix(".safetensors")))["traits"]
         annotated = annotated or {}
@@ -275,8 +286,17 @@ class ProbeFeatures:
         rows = [ProbeRow(**r) for r in payload["rows"]]
         if len(rows) != len(traits):
             raise SpaceError(f"{path}: {len(rows)} rows but {len(traits)} trait vectors; delete this cache file")
-        return cls(images, rows, traits, tuple(payload["concepts"]), tuple(payload["maskings"]),
+        bank = cls(images, rows, traits, tuple(payload["concepts"]), tuple(payload["maskings"]),
                    payload.get("meta", {}))
+        if maps:
+            bank.maps = load_file(str(_maps_path(path)))["maps"]
+            if len(bank.maps) != len(rows):
+                raise SpaceError(f"{path}: {len(rows)} rows but {len(bank.maps)} feature maps; delete this cache file")
+        return bank
+
+
+def _maps_path(path: Path) -> Path:
+    return path.with_name(path.name + ".maps.safetensors")
 
 
 def _regions(annotation: ConceptAnnotation, image: np.ndarray, concepts: Sequence[str],
@@ -332,8 +352,10 @@ def extract_probe_features(
     seed: int = 0,
     progress: bool = True,
     workers: int | None = None,
+    keep_maps: bool = False,
 ) -> ProbeFeatures:
-    """Traits of every image and of its masked and control copies, in batched forward passes.
+    """Traits of every image and of its masked and control copies, in batched forward passes
+    (with ``keep_maps``, also the last conv maps whose means they are, in float16).
 
     The masking (SLIC, maskers) runs on ``workers`` threads while the model scores the previous
     batch; an image that cannot be read is reported and skipped like anywhere else in sxai.
@@ -347,13 +369,17 @@ def extract_probe_features(
     workers = workers or min(4, os.cpu_count() or 1)
     rows: list[ProbeRow] = []
     traits: list[torch.Tensor] = []
+    maps: list[torch.Tensor] = []
     pending_rows: list[ProbeRow] = []
     pending: list[np.ndarray] = []
     failures: list[str] = []
 
     def flush() -> None:
         x = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).to(device)
-        traits.append(model.traits(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+        feature_map = model.feature_map(x.contiguous(memory_format=torch.channels_last))
+        traits.append(feature_map.mean(dim=(2, 3)).float().cpu())
+        if keep_maps:
+            maps.append(feature_map.to(torch.float16).cpu().contiguous())
         rows.extend(pending_rows)
         pending.clear()
         pending_rows.clear()
@@ -385,7 +411,8 @@ def extract_probe_features(
     if not rows:
         raise SpaceError("no labelled image could be read: " + "; ".join(failures[:3]))
     return ProbeFeatures(list(images), rows, torch.cat(traits), tuple(concepts),
-                         tuple(m.name for m in maskings), {"failures": failures, "seed": seed})
+                         tuple(m.name for m in maskings), {"failures": failures, "seed": seed},
+                         torch.cat(maps) if keep_maps else None)
 
 
 def cached_probe_features(
@@ -396,10 +423,13 @@ def cached_probe_features(
     seed: int = 0,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    maps: bool = False,
 ) -> ProbeFeatures:
     """:func:`extract_probe_features`, cached under ``cache_dir`` (default ``$SXAI_CACHE`` or
     ~/.cache/sxai) by model weights, head, images (path, size, mtime, labels, geometry), concepts,
-    maskings and seed: rebuilding spaces from the same material costs no forward pass."""
+    maskings and seed: rebuilding spaces from the same material costs no forward pass. With
+    ``maps`` the bank also carries the feature maps (float16, ~1 GB for 8,000 rows of 1280×7×7),
+    kept in a file beside the traits; a cache saved without them is extracted again."""
     digest = hashlib.sha256(model.fingerprint().encode())
     digest.update(model.head.weight.detach().cpu().numpy().tobytes())
     digest.update(json.dumps([list(concepts), [m.name for m in maskings], seed, 2]).encode())
@@ -413,14 +443,15 @@ def cached_probe_features(
     folder = Path(cache_dir or os.environ.get("SXAI_CACHE", Path.home() / ".cache" / "sxai"))
     path = folder / f"probe-features-{digest.hexdigest()[:20]}"
     annotated = {im.path: im.annotation for im in images if im.annotation is not None}
-    if path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file():
+    cached = path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()
+    if cached and (not maps or _maps_path(path).is_file()):
         try:
-            return ProbeFeatures.load(path, annotated)
+            return ProbeFeatures.load(path, annotated, maps=maps)
         except (SpaceError, OSError, ValueError, KeyError) as exc:
             import logging
 
             logging.getLogger("sxai").warning("ignoring the unreadable feature cache %s (%s)", path, exc)
-    bank = extract_probe_features(model, images, concepts, maskings, seed=seed, progress=progress)
+    bank = extract_probe_features(model, images, concepts, maskings, seed=seed, progress=progress, keep_maps=maps)
     bank.save(path)
     return bank
 
