@@ -41,17 +41,17 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 import sxai_plugins as sx
-from sxai_plugins import probes
-from sxai_plugins.concepts import load_coco
-from sxai_plugins.probe_data import (
+from sxai_plugins.data.concepts import load_coco
+from sxai_plugins.spaces import probes
+from sxai_plugins.spaces.probe_data import (
     CONTROL,
     ORIGINAL,
     ProbeFeatures,
     cached_probe_features,
     load_labelled,
 )
-from sxai_plugins.probes import ProbeRecipe, TrainingSet, training_set
-from sxai_plugins.space_validity import TARGETS, assign_folds, misses, out_of_fold, space_metrics
+from sxai_plugins.spaces.probes import ProbeRecipe, TrainingSet, training_set
+from sxai_plugins.spaces.validity import TARGETS, assign_folds, misses, out_of_fold, space_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = ["eyes", "nose", "ears", "legs"]
