@@ -22,7 +22,7 @@ EXTRA=${EXTRA:-../shared/data/dogs-vs-cats/unlabeled}
 mkdir -p "$OUT"
 sxai() { "$PYTHON" -m sxai_plugins "$@"; }
 
-sxai calibrate-detector $EXTRA --heldout-rest "$N" --spaces "$SPACES" --fpr 0.05 --confidence 0.9 \
+sxai calibrate-detector $EXTRA --heldout-rest "$N" --calibration-n 0 --spaces "$SPACES" --fpr 0.05 --confidence 0.9 \
     --batch-size 20 --json > "$OUT/detector.json"
 # --batch-size 20 is part of the cache keys: keep it to reuse cached attacks
 common=(--n "$N" --seed 0 --steps 10 --eps 0.05,0.01,0.005 --adaptive --score-aware --spaces "$SPACES"
