@@ -20,11 +20,11 @@ from sxai_plugins.search.index import (
     IndexMeta,
     SearchIndex,
     SearchIndexError,
-    contact_sheet,
     index_folder,
 )
 from sxai_plugins.search.query import MAX_DEPTH, QueryError, compile_query, parse_query
 from sxai_plugins.spaces.space import SemanticSpace, SpaceSet
+from sxai_plugins.viz.plots import contact_sheet
 
 TRAITS = 12
 SPACES = {"cat.eyes": "p0", "cat.legs": "p1", "dog.nose": "p2", "dog.eyes": "p3"}

@@ -19,8 +19,9 @@ from sxai_plugins.cli.main import main
 from sxai_plugins.data.images import class_images, load_image, to_tensor
 from sxai_plugins.traits.common import common_traits, stability
 from sxai_plugins.traits.genetic import GAConfig
-from sxai_plugins.traits.layers import layer_information_ratios, plot_layer_ratios, select_layers
+from sxai_plugins.traits.layers import layer_information_ratios, select_layers
 from sxai_plugins.traits.pca import RowCentredPCA, first_pc, spread
+from sxai_plugins.viz.plots import plot_layer_ratios
 
 SIZE = 32
 BACKBONE = "tiny_traits_cnn"

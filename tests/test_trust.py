@@ -18,7 +18,7 @@ from sxai_plugins.explain.trust import (
     load_space_set,
 )
 from sxai_plugins.spaces.space import SemanticSpace, SpaceSet
-from sxai_plugins.viz.radar import radar_data, radar_map
+from sxai_plugins.viz.plots import radar_data, radar_map
 
 TRAITS = 12
 
@@ -179,7 +179,7 @@ def test_radar_map_fills_a_missing_space_with_zero():
 
 @pytest.mark.parametrize("n_concepts, kind", [(1, "rectilinear"), (2, "rectilinear"), (3, "polar"), (6, "polar")])
 def test_radar_legend_stays_inside_the_image_and_few_concepts_get_bars(n_concepts, kind):
-    from sxai_plugins.viz.radar import radar_figure
+    from sxai_plugins.viz.plots import radar_figure
 
     concepts = ["eyes", "nose", "ears", "legs", "tail", "fur"][:n_concepts]
     probabilities = {f"{c}.{k}": 0.1 + 0.1 * i for i, (c, k) in

@@ -172,8 +172,9 @@ def calibrate_on(model, spaces, sources: Sequence[str], args: argparse.Namespace
 def _run_adversarial(args: argparse.Namespace) -> int:
     from .._utils.io import check_output_file
     from ..explain.trust import load_space_set
-    from ..robust.adversarial import PAPER_RULE, DetectionRule, evaluate_detection, roc_figure
+    from ..robust.adversarial import PAPER_RULE, DetectionRule, evaluate_detection
     from ..robust.detection import detector_folder, load_detector
+    from ..viz.plots import roc_figure
 
     rules = [PAPER_RULE] + [DetectionRule.parse(text, name=f"custom{i + 1}" if len(args.rule) > 1 else "custom")
                             for i, text in enumerate(args.rule)]

@@ -13,7 +13,8 @@ import torch
 
 from .._utils.errors import SxaiError
 from .._utils.io import dumps_json, rounded
-from ..attr.compare import comparison_figure, comparison_panels
+from ..attr.compare import comparison_panels
+from ..viz.plots import comparison_figure
 from ._args import (
     add_model_args,
     add_space_args,

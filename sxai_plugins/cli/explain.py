@@ -96,7 +96,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     from ..models.inference import model_size
     from ..plugin.manager import get_explanation_template
     from ..robust.detection import FLAG_SENTENCE, detector_folder, load_detector
-    from ..viz.radar import radar_map
+    from ..viz.plots import radar_map
 
     template = get_explanation_template(args.template)  # fail on a bad name before any work
     check_output_folder(args.out)

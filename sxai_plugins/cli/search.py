@@ -65,7 +65,8 @@ def _search(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from ..search.index import SearchIndex, contact_sheet
+    from ..search.index import SearchIndex
+    from ..viz.plots import contact_sheet
 
     if args.sheet:
         check_output_file(args.sheet, "--sheet")

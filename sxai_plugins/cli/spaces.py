@@ -231,7 +231,7 @@ def _build_v1(model, annotations, config, classes, concepts, reference, mode):
 
 
 def _plots(model, spaces, config, reference, folder: Path, args) -> None:
-    from ..viz.space_plots import distribution_plot, extreme_sheets
+    from ..viz.plots import distribution_plot, extreme_sheets
 
     if reference is not None:
         paths, traits, logits = reference

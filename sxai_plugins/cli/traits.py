@@ -16,14 +16,9 @@ from .._utils.errors import SxaiError
 from .._utils.io import atomic_folder, atomic_write, dumps_json, write_json, write_safetensors
 from ..data.images import class_images
 from ..models.trait_model import TraitModel
-from ..traits.common import (
-    CommonTraits,
-    common_traits,
-    plot_information_ratios,
-    plot_stability,
-    stability,
-)
+from ..traits.common import CommonTraits, common_traits, stability
 from ..traits.pca import RowCentredPCA
+from ..viz.plots import plot_information_ratios, plot_layer_ratios, plot_stability
 from ._args import add_model_args, model_from_args, positive_int, positive_list
 
 
@@ -172,7 +167,7 @@ def _write_results(tmp: Path, out: Path, args: argparse.Namespace, model: TraitM
         summary["stability"] = {"spread_percent": {str(n): result.spreads[n] for n in result.sizes},
                                 "repeats": result.repeats}
     if args.per_layer:
-        from ..traits.layers import layer_information_ratios, plot_layer_ratios
+        from ..traits.layers import layer_information_ratios
 
         per_layer = layer_information_ratios(
             model, torch.from_numpy(found.images).permute(0, 3, 1, 2), mode=args.layer_mode,

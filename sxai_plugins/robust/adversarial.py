@@ -67,7 +67,6 @@ __all__ = [
     "evaluate_detection",
     "heldout_files",
     "pgd_attack",
-    "roc_figure",
     "summarise",
 ]
 
@@ -597,39 +596,3 @@ def evaluate_detection(
     return summarise(data, spaces, model.class_names, detector=detector, rules=rules, steps=steps,
                      step_size_factor=step_size_factor, adaptive_weight=adaptive_weight,
                      adaptive_confidence=adaptive_confidence)
-
-
-def roc_figure(report: AdversarialReport, path: str | Path, title: str = "") -> Path:
-    """ROC curves of the detection score (clean vs successful adversarial), one panel per attack
-    and one curve per ε, with the calibrated threshold's operating point (●, measured FPR and
-    detection) and the paper rule's (×). Written atomically as PNG."""
-    from matplotlib.figure import Figure
-
-    attacks = list(dict.fromkeys(r.attack for r in report.results))
-    fig = Figure(figsize=(4.6 * len(attacks), 4.4), layout="constrained")
-    axes = fig.subplots(1, len(attacks), squeeze=False)[0]
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    for ax, attack in zip(axes, attacks):
-        rows = [r for r in report.results if r.attack == attack]
-        for i, r in enumerate(rows):
-            colour = colours[i % len(colours)]
-            if r.roc:
-                ax.plot(r.roc["fpr"], r.roc["tpr"], color=colour, lw=1.6,
-                        label=f"ε={r.eps:g}: AUC {_number(r.auc)}, success {r.attack_success_rate:.0%}")
-            if report.detector and math.isfinite(r.detection_rate):
-                ax.plot([r.false_positive_rate], [r.detection_rate], "o", color=colour, ms=7)
-            for rule in r.rules[:1]:
-                if math.isfinite(rule.detection_rate):
-                    ax.plot([rule.false_positive_rate], [rule.detection_rate], "x", color=colour, ms=8, mew=2)
-        if report.detector:
-            ax.axvline(report.detector["fpr"], color="grey", ls=":", lw=1)
-        ax.plot([0, 1], [0, 1], color="lightgrey", lw=1, ls="--")
-        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false-positive rate (clean images)",
-               ylabel="detection rate (successful adversarial)",
-               title=f"{ {'adaptive': 'adaptive PGD', 'score-aware': 'score-aware PGD'}.get(attack, 'PGD')}, "
-                     f"{report.steps} steps")
-        ax.legend(loc="lower right", fontsize=8)
-    score = report.detector["score"] if report.detector else "paper"
-    fig.suptitle(title or f"{score} score ROC: ● calibrated threshold, × {report.rules[0].name} rule",
-                 fontsize=10)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sqlite3
 import time
@@ -494,44 +493,3 @@ def _index_into(index: SearchIndex, model: TraitModel, spaces: SpaceSet, paths: 
         flush_failures()
         index.commit()
         bar.update(len(todo) - bar.n)
-
-
-# ---------------------------------------------------------------------------- contact sheet
-def contact_sheet(
-    matches: Sequence[Match],
-    out: str | Path,
-    spaces: Sequence[str] = (),
-    thumb: int = 128,
-    columns: int = 6,
-) -> Path:
-    """A PNG grid of the matches' thumbnails, each captioned with its name, prediction and the
-    given spaces' P_s; written atomically. An unreadable image shows as a grey tile."""
-    from PIL import Image, ImageDraw
-
-    from .._utils.errors import ImageLoadError
-    from .._utils.io import atomic_write
-    from ..data.images import load_image
-
-    if not matches:
-        raise SearchIndexError("no matches: nothing to put on a contact sheet")
-    columns = max(1, min(columns, len(matches)))
-    rows = math.ceil(len(matches) / columns)
-    lines = 2 + min(len(spaces), 3)
-    caption = 12 * lines + 4
-    sheet = Image.new("RGB", (columns * (thumb + 8) + 8, rows * (thumb + caption + 8) + 8), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, match in enumerate(matches):
-        x = 8 + (i % columns) * (thumb + 8)
-        y = 8 + (i // columns) * (thumb + caption + 8)
-        try:
-            image = load_image(match.path)
-            image.thumbnail((thumb, thumb))
-            sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
-        except ImageLoadError:
-            draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill="lightgrey")
-            draw.text((x + 4, y + thumb // 2 - 6), "unreadable", fill="black")
-        text = [Path(match.path).name[:22], f"pred: {match.predicted}"]
-        text += [f"{key}: {match.probabilities[key]:.3f}" for key in spaces[:3]]
-        for j, line in enumerate(text):
-            draw.text((x, y + thumb + 2 + 12 * j), line, fill="black")
-    return atomic_write(out, lambda tmp: sheet.save(tmp, format="PNG"))

@@ -24,15 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .._utils.errors import ImageLoadError, SxaiError
-from .._utils.io import atomic_write
 from ..data.images import load_image, to_array
 from ..models.trait_model import TraitModel
 from .pca import RowCentredPCA, first_pc, spread
 
 log = logging.getLogger("sxai")
 
-__all__ = ["CommonTraits", "Stability", "common_traits", "plot_information_ratios",
-           "plot_stability", "stability"]
+__all__ = ["CommonTraits", "Stability", "common_traits", "stability"]
 
 
 @dataclass
@@ -277,64 +275,3 @@ def stability(
         spreads[size] = spread(pcs[size])
         samples[size] = chosen
     return Stability(sizes, repeats, spreads, pcs, samples, sorted(loader.failures.items()))
-
-
-# ------------------------------------------------------------------------------------------ figures
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig: Any, path: str | Path) -> Path:
-    plt = _pyplot()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    finally:
-        plt.close(fig)
-
-
-def plot_information_ratios(ratios: np.ndarray, path: str | Path, shown: int = 10, title: str = "") -> Path:
-    """Bar chart of the first ``shown`` information ratios with the cumulative ratio (paper Fig. 2c)."""
-    plt = _pyplot()
-    ratios = np.asarray(ratios, dtype=np.float64)[:shown] * 100
-    x = np.arange(1, len(ratios) + 1)
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    ax.bar(x, ratios, color="tab:blue")
-    for xi, value in zip(x, ratios):
-        ax.annotate(f"{value:.1f}%", (xi, value), ha="center", va="bottom", fontsize=8)
-    ax.plot(x, np.cumsum(ratios), "kx--", label="cumulative")
-    ax.axhline(85, color="grey", lw=0.8, ls=":", label="85%")
-    ax.set_xticks(x, [f"PC{i}" for i in x])
-    ax.set_ylim(0, 108)  # room for the labels above a dominant PC1
-    ax.set_ylabel("information ratio (%)")
-    ax.set_title(title or "Row-centred PCA of the GAP traits")
-    ax.legend()
-    return _save_figure(fig, path)
-
-
-def plot_stability(result: Stability, path: str | Path, title: str = "") -> Path:
-    """Spread e of PC1 against the sample size Ns (paper Fig. 2d)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
-    values = [result.spreads[n] for n in result.sizes]
-    ax.plot(result.sizes, values, "o-")
-    for n, e in zip(result.sizes, values):
-        ax.annotate(f"{e:.1f}%", (n, e), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    ax.set_xticks(result.sizes)
-    ax.set_xlabel("number of samples Ns")
-    ax.set_ylabel(f"spread e of PC1 (%), {result.repeats} repeats")
-    ax.set_title(title or "Stability of the common traits")
-    ax.grid(alpha=0.3)
-    return _save_figure(fig, path)
-
-
-
-
-
-
-
-

@@ -27,17 +27,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .._utils.errors import SxaiError
-from .._utils.io import atomic_write
 from ..data.images import iter_batches
 from ..models.trait_model import TraitModel
 
-__all__ = ["LayerRatio", "layer_information_ratios", "plot_layer_ratios", "select_layers"]
+__all__ = ["LayerRatio", "layer_information_ratios", "select_layers"]
 
 OUTPUT = "output"
 GAP = "gap"
@@ -224,26 +222,3 @@ def layer_information_ratios(
         c, h, w = acc.shape
         results.append(LayerRatio(name, kinds[name], c, h, w, mean, pooled, used))
     return results
-
-
-def plot_layer_ratios(ratios: Sequence[LayerRatio], path: str | Path, title: str = "") -> Path:
-    """Line plot of PC1's information ratio per layer (mean and pooled), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(len(ratios))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(ratios) + 2), 4.0), layout="constrained")
-    ax.plot(x, [100 * r.ratio_mean for r in ratios], "o-", label="mean over positions")
-    ax.plot(x, [100 * r.ratio_pooled for r in ratios], "x--", alpha=0.7, label="pooled (variance-weighted)")
-    ax.set_xticks(x, [r.name for r in ratios], rotation=70, ha="right", fontsize=7)
-    ax.set_ylabel("information ratio of PC1 (%)")
-    ax.set_xlabel("layer (last: global average pooling)")
-    ax.set_title(title or "Row-centred PCA per layer")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    finally:
-        plt.close(fig)
