@@ -8,7 +8,7 @@ from PIL import Image
 
 from sxai_plugins.spaces.space import Reference, SemanticSpace
 from sxai_plugins.viz.plots import distribution_plot, extreme_sheets
-from sxai_plugins.viz.space_plots import INVERSION_PEAK, inversion_target, invert_spaces
+from sxai_plugins.viz.space_inversion import INVERSION_PEAK, inversion_target, invert_spaces
 
 
 def space(trait_dim: int = 8) -> SemanticSpace:

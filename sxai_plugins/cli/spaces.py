@@ -246,7 +246,7 @@ def _plots(model, spaces, config, reference, folder: Path, args) -> None:
                 own_paths = [p for p, k in zip(paths, keep.tolist()) if k]
                 extreme_sheets(space, own_paths, space.probability(own).numpy(), folder)
     if config.get("invert", "none") != "none":
-        from ..viz.space_plots import invert_spaces
+        from ..viz.space_inversion import invert_spaces
 
         invert_spaces(model, spaces, folder, config["invert"], config.get("inversion_steps"))
 

@@ -1,5 +1,5 @@
 """The inversion of a semantic space: the traits that show it most, and the picture an inverter
-makes of them. (The distribution plot and the contact sheets are drawn in ``viz.plots``.)"""
+makes of them. """
 
 from __future__ import annotations
 
