@@ -1,18 +1,25 @@
-"""The README.md model card of a space repository, generated from the spaces themselves."""
+"""The README.md model card of a space repository, generated from the spaces themselves.
+
+The card is ``huggingface_hub.ModelCard.from_template`` over ``card_template.md`` (Jinja2) with
+``ModelCardData`` as its metadata; this module only works out the values the template shows.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
 from sxai_plugins.spaces.space import SemanticSpace
 
 from .layout import INDEX_NAME, space_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
+TEMPLATE = Path(__file__).with_name("card_template.md")
+TAGS = ("sxai", "s-xai", "semantic-spaces", "explainable-ai")
 
 
 def _fmt(value: Any) -> str:
@@ -42,67 +49,79 @@ def _shared(spaces: Sequence[SemanticSpace], get) -> str:
     return values.pop() if len(values) == 1 else "varies (see each file's metadata)"
 
 
-def render_card(spaces: Sequence[SemanticSpace], repo_id: str, extra_paths: Sequence[str] = ()) -> str:
-    """Markdown with Hub metadata: what the spaces are, how they were built, their figures, how to load."""
-    first = spaces[0]
-    meta = ModelCardData(
-        library_name="sxai",
-        tags=["sxai", "s-xai", "semantic-spaces", "explainable-ai", first.backbone],
-    )
-    classes = sorted({s.class_name for s in spaces})
-    concepts = sorted({s.concept for s in spaces})
-    lines = [
-        "---", meta.to_yaml(), "---", "",
-        f"# Semantic spaces for `{first.backbone}`", "",
-        f"{len(spaces)} semantic spaces (S-XAI, Xu, Chen & Zhang, *Adv. Sci.* 2022) over the "
-        f"{first.trait_dim} pooled trait channels (`{first.trait_layer}`) of the backbone `{first.backbone}` "
-        f"(weights fingerprint `{first.fingerprint}`). Each space lists a few semantically sensitive "
-        "neurons and turns a trait vector into the probability that the image shows the concept.", "",
-        f"- classes: {', '.join(classes)}",
-        f"- concepts: {', '.join(concepts)}",
-        f"- index: [`{INDEX_NAME}`]({INDEX_NAME}) (sha256 and size of every file); "
-        "files are safetensors only, no pickle", "",
-        "## How to load", "",
-        "```python",
-        "import sxai_plugins, spaces_hub",
-        f'model = sxai_plugins.create_model("{first.backbone}")',
-        f'spaces = spaces_hub.pull("{repo_id}", model=model)  # checks the backbone fingerprint',
-        "```", "",
-        "Then `SpaceSet(spaces).probabilities(model.traits(images))` gives one probability per space "
-        f"and image. On the command line: `sxai hub pull {repo_id}`, or pass `hf://{repo_id}` "
-        "(optionally `@revision`) wherever an sxai command takes spaces.", "",
-        "## How they were built", "",
-        f"- masker: {_shared(spaces, lambda s: s.masker or 'n/a')}",
-        f"- images per class and concept: {_shared(spaces, lambda s: s.n_images)}",
-        f"- SSNs per space: {_shared(spaces, lambda s: s.n_ssn)}",
+def base_model(backbone: str) -> str | None:
+    """The Hub id of the weights the backbone loads (e.g. ``timm/vgg19.tv_in1k``), where known.
+
+    That is timm's pretrained cfg for the name, unless an installed plugin serves the name with
+    weights of its own (its ``pretrained_source`` does not name that id). Only a guide for the
+    Hub's model tree: which weights the spaces fit is the fingerprint in the index.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    from sxai_plugins.plugin.manager import backbone_table
+
+    cfg = get_pretrained_cfg(backbone) if timm.is_model(backbone) else None
+    hub_id = cfg.hf_hub_id if cfg is not None else None
+    if not hub_id:
+        return None
+    served = backbone_table().get(backbone)
+    if served is not None and hub_id not in (served[1].pretrained_source or ""):
+        return None
+    return hub_id
+
+
+def card_data(spaces: Sequence[SemanticSpace]) -> ModelCardData:
+    backbone = spaces[0].backbone
+    return ModelCardData(library_name="sxai", tags=[*TAGS, backbone], base_model=base_model(backbone))
+
+
+def _built(spaces: Sequence[SemanticSpace]) -> list[tuple[str, str]]:
+    """How the spaces were built: the masker, image and SSN counts, then every recipe entry."""
+    rows = [
+        ("masker", _shared(spaces, lambda s: s.masker or "n/a")),
+        ("images per class and concept", _shared(spaces, lambda s: s.n_images)),
+        ("SSNs per space", _shared(spaces, lambda s: s.n_ssn)),
     ]
     recipe_keys = sorted({k for s in spaces for k in _flatten(s.recipe)})
-    for key in recipe_keys:
-        lines.append(f"- {key}: {_shared(spaces, lambda s, k=key: _flatten(s.recipe).get(k, 'n/a'))}")
-    lines += [
-        "", "The reference distribution of each space is a normal fitted to its weighted activation "
-        "over a reference image set (n images; QQ R² says how normal it is).", "",
-        "## Spaces", "",
-    ]
+    rows += [(key, _shared(spaces, lambda s, k=key: _flatten(s.recipe).get(k, "n/a"))) for key in recipe_keys]
+    return rows
+
+
+def _table(spaces: Sequence[SemanticSpace]) -> tuple[list[list[str]], bool]:
+    """The spaces table, header first (cells escaped), and whether any evaluation figure was recorded."""
     eval_keys = sorted({k for s in spaces for k in _flatten(s.evaluation)})
-    header = ["class", "concept", "SSNs", "reference n", "QQ R²", *eval_keys, "file"]
-    lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
-    lines.append("|" + "---|" * len(header))
+    rows = [["class", "concept", "SSNs", "reference n", "QQ R²", *eval_keys, "file"]]
     for s in sorted(spaces, key=lambda s: s.key):
         ev = _flatten(s.evaluation)
         ref = s.reference
-        row = [s.class_name, s.concept, str(s.n_ssn), str(ref.n) if ref else "—",
-               _fmt(ref.qq_r2) if ref else "—", *(_fmt(ev[k]) if k in ev else "—" for k in eval_keys),
-               f"[{space_path(s).split('/', 1)[1]}]({space_path(s)})"]
-        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
-    if not eval_keys:
-        lines += ["", "No evaluation figures were recorded with these spaces."]
+        rows.append([s.class_name, s.concept, str(s.n_ssn), str(ref.n) if ref else "—",
+                     _fmt(ref.qq_r2) if ref else "—", *(_fmt(ev[k]) if k in ev else "—" for k in eval_keys),
+                     f"[{space_path(s).split('/', 1)[1]}]({space_path(s)})"])
+    return [[_cell(c) for c in row] for row in rows], bool(eval_keys)
+
+
+def render_card(spaces: Sequence[SemanticSpace], repo_id: str, extra_paths: Sequence[str] = ()) -> str:
+    """Markdown with Hub metadata: what the spaces are, how they were built, their figures, how to load."""
+    first = spaces[0]
+    table, has_evaluation = _table(spaces)
     plots = [p for p in extra_paths if p.lower().endswith(IMAGE_SUFFIXES)]
-    if plots:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{p}]({p})" for p in plots]
-    others = [p for p in extra_paths if p not in plots]
-    if others:
-        lines += ["", "## Other files", ""]
-        lines += [f"- [`{p}`]({p})" for p in others]
-    return "\n".join(lines).rstrip() + "\n"
+    card = ModelCard.from_template(
+        card_data(spaces),
+        template_path=str(TEMPLATE),
+        repo_id=repo_id,
+        backbone=first.backbone,
+        n_spaces=len(spaces),
+        trait_dim=first.trait_dim,
+        trait_layer=first.trait_layer,
+        fingerprint=first.fingerprint,
+        classes=sorted({s.class_name for s in spaces}),
+        concepts=sorted({s.concept for s in spaces}),
+        index_name=INDEX_NAME,
+        built=_built(spaces),
+        table=table,
+        has_evaluation=has_evaluation,
+        plots=plots,
+        others=[p for p in extra_paths if p not in plots],
+    )
+    return str(card).rstrip() + "\n"

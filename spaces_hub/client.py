@@ -22,6 +22,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,7 +47,7 @@ from huggingface_hub.errors import (
 from tqdm.auto import tqdm
 
 from sxai_plugins._utils.errors import SpaceError
-from sxai_plugins.spaces.space import SemanticSpace
+from sxai_plugins.spaces.space import SemanticSpace, check_model_fits
 
 from .card import render_card
 from .errors import (
@@ -66,6 +67,7 @@ from .layout import (
     INDEX_NAME,
     MAX_INDEX_BYTES,
     SPACES_DIR,
+    FileEntry,
     SpacesIndex,
     build_index,
     check_space_set,
@@ -263,17 +265,6 @@ def _evict(pointer: Path) -> None:
         blob.unlink(missing_ok=True)
 
 
-def _check_model(index: SpacesIndex, model: Any, force: bool, where: str) -> None:
-    """Refuse a model before downloading spaces that cannot fit it (each space is checked again)."""
-    if model.trait_dim != index.trait_dim:
-        raise SpaceError(f"{where}: the spaces were built on {index.backbone} with {index.trait_dim} trait "
-                         f"channels, but the model {model.name} has {model.trait_dim}")
-    if not force and model.fingerprint() != index.fingerprint:
-        raise SpaceError(f"{where}: the spaces were built on backbone {index.backbone} (weights "
-                         f"{index.fingerprint}), but the model is {model.name} (weights {model.fingerprint()}); "
-                         "use the matching backbone, or force=True / --force if you know the traits agree")
-
-
 def _warn_unlisted(present: list[str] | None, index: SpacesIndex, where: str) -> None:
     if index.ignored:
         warnings.warn(f"{where}: ignoring entries of {INDEX_NAME} that are not space files (never downloaded): "
@@ -305,6 +296,94 @@ def _repo_files(api: HfApi, repo_id: str, revision: str | None) -> tuple[bool, l
     return True, [s.rfilename for s in info.siblings or []]
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """One repository at one resolved commit: downloads from it are capped, checked and evicted on refusal."""
+
+    repo_id: str
+    revision: str | None
+    commit: str
+    endpoint: str
+    token: str | None
+    cache_dir: str | Path | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.repo_id}@{self.revision or hf_constants.DEFAULT_REVISION}"
+
+    def download(self, filename: str, limit: int) -> Path:
+        """``filename`` at the commit, from the cache or the Hub, refused past ``limit`` bytes."""
+        where = self.where
+        with _hub_errors(self.repo_id, self.revision, self.endpoint, "pull"):
+            try:
+                path = Path(hf_hub_download(self.repo_id, filename, revision=self.commit, cache_dir=self.cache_dir,
+                                            token=self.token, endpoint=self.endpoint,
+                                            tqdm_class=_capped_bar(limit, filename, where)))
+            except RemoteEntryNotFoundError as exc:
+                if filename == INDEX_NAME:
+                    raise SpacesIndexError(
+                        f"{where}: the repository has no {INDEX_NAME}, so it holds no sxai spaces; check the "
+                        "repo name, or publish spaces with `sxai hub push`") from exc
+                raise IntegrityError(f"{where}: {filename} is listed in {INDEX_NAME} but missing from the "
+                                     "repository; ask the owner to re-push") from exc
+            except LocalEntryNotFoundError:
+                raise  # offline without a cached copy: _hub_errors says so
+            except EntryNotFoundError as exc:  # pragma: no cover - other subclasses
+                raise IntegrityError(f"{where}: {filename} not found ({_one_line(exc)})") from exc
+            except OSError as exc:
+                if isinstance(exc, HfHubHTTPError):
+                    raise
+                raise DownloadError(f"{where}: the download of {filename} did not complete "
+                                    f"({_one_line(exc, 160)}); nothing was kept in the cache, run the pull "
+                                    "again") from exc
+        # a copy cached earlier (or by another tool) never went through the capped bar
+        size = path.stat().st_size
+        if size > limit:
+            _evict(path)
+            raise OversizeError(f"{where}: the cached {filename} has {size} bytes, more than the {limit} "
+                                "allowed; it was removed from the cache, run the pull again")
+        return path
+
+    def index(self) -> SpacesIndex:
+        path = self.download(INDEX_NAME, MAX_INDEX_BYTES)
+        try:
+            return parse_index(path.read_bytes(), self.where)
+        except SpacesIndexError:
+            _evict(path)
+            raise
+
+    def space(self, entry: FileEntry, index: SpacesIndex) -> SemanticSpace:
+        """The space file ``entry``, checked (size, sha256, safetensors header, metadata) before use."""
+        local = self.download(entry.path, entry.size)
+        try:
+            return _checked_space(local, entry, index, self.where)
+        except IntegrityError:
+            _evict(local)
+            raise
+
+
+def _checked_space(local: Path, entry: FileEntry, index: SpacesIndex, where: str) -> SemanticSpace:
+    verify_entry(local, entry, where)
+    check_safetensors_header(local, f"{where}: {entry.path}")
+    try:
+        space = SemanticSpace.load(local)
+    except SpaceError as exc:
+        # the reason without the cache path it starts with (the entry path says which file)
+        reason = str(exc).removeprefix(f"{local}: ")
+        raise IntegrityError(f"{where}: {entry.path} is not a valid semantic space "
+                             f"({_one_line(reason, 200)})") from exc
+    # the file's own class and concept name the space everywhere after this (and files written
+    # with --out), so they must be the checked names of its index entry
+    mismatch = [f"{k} {str(getattr(space, k))[:120]!r} vs {v!r}" for k, v in
+                (("class_name", entry.class_name), ("concept", entry.concept),
+                 ("backbone", index.backbone), ("fingerprint", index.fingerprint),
+                 ("trait_dim", index.trait_dim)) if getattr(space, k) != v]
+    if mismatch:
+        raise IntegrityError(f"{where}: {entry.path} disagrees with {INDEX_NAME} "
+                             f"({'; '.join(mismatch)}); ask the owner to re-push")
+    return space
+
+
 def pull(
     repo_id: str,
     revision: str | None = None,
@@ -326,79 +405,22 @@ def pull(
     """
     endpoint = hub_endpoint(endpoint)
     api = HfApi(endpoint=endpoint, token=token)
-    where = f"{repo_id}@{revision or hf_constants.DEFAULT_REVISION}"
     with _hub_errors(repo_id, revision, endpoint, "pull"):
         reachable, present = _repo_files(api, repo_id, revision)
         commit = api.resolve_revision(repo_id, revision=revision, cache_dir=cache_dir,
                                       local_files_only=not reachable)
+    snapshot = _Snapshot(repo_id, revision, commit, endpoint, token, cache_dir)
 
-    def download(filename: str, what: str, limit: int) -> Path:
-        with _hub_errors(repo_id, revision, endpoint, "pull"):
-            try:
-                path = Path(hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache_dir,
-                                            token=token, endpoint=endpoint,
-                                            tqdm_class=_capped_bar(limit, filename, where)))
-            except RemoteEntryNotFoundError as exc:
-                if filename == INDEX_NAME:
-                    raise SpacesIndexError(
-                        f"{where}: the repository has no {INDEX_NAME}, so it holds no sxai spaces; check the "
-                        "repo name, or publish spaces with `sxai hub push`") from exc
-                raise IntegrityError(f"{where}: {filename} is listed in {INDEX_NAME} but missing from the "
-                                     "repository; ask the owner to re-push") from exc
-            except LocalEntryNotFoundError:
-                raise  # offline without a cached copy: _hub_errors says so
-            except EntryNotFoundError as exc:  # pragma: no cover - other subclasses
-                raise IntegrityError(f"{where}: {filename} not found ({_one_line(exc)})") from exc
-            except OSError as exc:
-                if isinstance(exc, HfHubHTTPError):
-                    raise
-                raise DownloadError(f"{where}: the download of {what} did not complete "
-                                    f"({_one_line(exc, 160)}); nothing was kept in the cache, run the pull "
-                                    "again") from exc
-        # a copy cached earlier (or by another tool) never went through the capped bar
-        size = path.stat().st_size
-        if size > limit:
-            _evict(path)
-            raise OversizeError(f"{where}: the cached {filename} has {size} bytes, more than the {limit} "
-                                "allowed; it was removed from the cache, run the pull again")
-        return path
-
-    index_path = download(INDEX_NAME, INDEX_NAME, MAX_INDEX_BYTES)
-    try:
-        index = parse_index(index_path.read_bytes(), where)
-    except SpacesIndexError:
-        _evict(index_path)
-        raise
-    if model is not None:
-        _check_model(index, model, force, where)
-    _warn_unlisted(present, index, where)
+    index = snapshot.index()
+    if model is not None:  # refuse a model that cannot fit before downloading any space
+        check_model_fits(model, index.backbone, index.fingerprint, index.trait_dim, force=force,
+                         subject=f"{snapshot.where}: the spaces were")
+    _warn_unlisted(present, index, snapshot.where)
 
     spaces: list[SemanticSpace] = []
-    bar = tqdm(index.files, desc=f"pull {repo_id}", unit="space", disable=not progress or len(index.files) < 8)
-    for entry in bar:
-        local = download(entry.path, entry.path, entry.size)
-        try:
-            verify_entry(local, entry, where)
-            check_safetensors_header(local, f"{where}: {entry.path}")
-            try:
-                space = SemanticSpace.load(local)
-            except SpaceError as exc:
-                # the reason without the cache path it starts with (the entry path says which file)
-                reason = str(exc).removeprefix(f"{local}: ")
-                raise IntegrityError(f"{where}: {entry.path} is not a valid semantic space "
-                                     f"({_one_line(reason, 200)})") from exc
-            # the file's own class and concept name the space everywhere after this (and files
-            # written with --out), so they must be the checked names of its index entry
-            mismatch = [f"{k} {str(getattr(space, k))[:120]!r} vs {v!r}" for k, v in
-                        (("class_name", entry.class_name), ("concept", entry.concept),
-                         ("backbone", index.backbone), ("fingerprint", index.fingerprint),
-                         ("trait_dim", index.trait_dim)) if getattr(space, k) != v]
-            if mismatch:
-                raise IntegrityError(f"{where}: {entry.path} disagrees with {INDEX_NAME} "
-                                     f"({'; '.join(mismatch)}); ask the owner to re-push")
-        except IntegrityError:
-            _evict(local)
-            raise
+    for entry in tqdm(index.files, desc=f"pull {repo_id}", unit="space",
+                      disable=not progress or len(index.files) < 8):
+        space = snapshot.space(entry, index)
         if model is not None:
             space.check_compatible(model, force=force)
         spaces.append(space)

@@ -1,8 +1,11 @@
 """sxai backbone plugin: AlexNet, registered in timm's model registry, with a GAP head.
 
-timm has no AlexNet, so importing this plugin registers one (``timm.create_model("alexnet")``) with
-torchvision's layout, so torchvision AlexNet state dicts load as they are. Traits are the GAP of the
-256-channel map after the last conv block.
+timm has no AlexNet, so importing this plugin registers one the way timm registers its own models
+(``generate_default_cfgs`` + ``register_model`` + ``build_model_with_cfg``): the model is
+torchvision's ``AlexNet`` with timm's model interface, so torchvision AlexNet state dicts load as
+they are, and ``timm.create_model("alexnet", pretrained=True)`` loads torchvision's ImageNet weights
+through timm's loader (``pretrained_cfg_overlay=dict(file="alexnet.pth")`` for a local copy). Traits
+are the GAP of the 256-channel map after the last conv block.
 
 ``pretrained=True`` downloads torchvision's ImageNet weights; offline that fails with a message saying
 to pass ``weights=`` a local torchvision AlexNet state dict (e.g. saved once online with
@@ -12,61 +15,40 @@ to pass ``weights=`` a local torchvision AlexNet state dict (e.g. saved once onl
 from __future__ import annotations
 
 import torch
-from timm.models import register_model
+import torchvision.models
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from sxai_plugins import BackboneSpec, TraitModel, WeightsError, hookimpl
+from sxai_plugins import BackboneSpec, TraitModel, hookimpl
 from sxai_plugins.models import build_timm_trait_model
 
-TORCHVISION_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
-PRETRAINED_CFG = {
-    "url": TORCHVISION_URL,
-    "architecture": "alexnet",
-    "input_size": (3, 224, 224),
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "interpolation": "bilinear",
-    "num_classes": 1000,
-    "classifier": "classifier",
-    "first_conv": "features.0",
-}
+TORCHVISION_WEIGHTS = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
 
 
-class AlexNet(nn.Module):
-    """torchvision's AlexNet, with timm's model interface (``forward_features`` and friends)."""
+class AlexNet(torchvision.models.AlexNet):
+    """torchvision's AlexNet, with timm's model interface (``forward_features`` and friends).
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-        )
+    ``num_classes=0`` drops torchvision's classifier (the MLP on the 6×6 pooled map): the head is
+    then a global average pool of the last conv map, as timm's models have without a classifier.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.5) -> None:
+        super().__init__(num_classes=num_classes or 1000, dropout=drop_rate)
+        if in_chans != 3:  # timm's loader adapts pretrained first-conv weights to in_chans
+            self.features[0] = nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2)
         self.num_features = 256
-        self.pretrained_cfg = dict(PRETRAINED_CFG)
-        self.default_cfg = self.pretrained_cfg
-        self.reset_classifier(num_classes, dropout)
+        self.drop_rate = drop_rate
+        self.num_classes = num_classes
+        if num_classes == 0:
+            self.reset_classifier(0)
 
-    def reset_classifier(self, num_classes: int, dropout: float = 0.5) -> None:
+    def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         if num_classes > 0:
-            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-            self.classifier = nn.Sequential(
-                nn.Dropout(p=dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-                nn.Dropout(p=dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-                nn.Linear(4096, num_classes),
-            )
-        else:  # a GAP head replaces torchvision's classifier
+            fresh = torchvision.models.AlexNet(num_classes=num_classes, dropout=self.drop_rate)
+            self.avgpool, self.classifier = fresh.avgpool, fresh.classifier
+        else:
             self.avgpool = nn.Identity()
             self.classifier = nn.Identity()
 
@@ -76,31 +58,47 @@ class AlexNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.num_classes == 0:
             return x.mean(dim=(2, 3))
-        return self.classifier(torch.flatten(self.avgpool(x), 1))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
+def _filter_fn(state_dict: dict[str, torch.Tensor], model: AlexNet) -> dict[str, torch.Tensor]:
+    """torchvision's checkpoint as it is, less the classifier MLP a ``num_classes=0`` model has dropped.
+
+    (timm's loader itself drops only the last layer, ``classifier.6``, when the class counts differ.)
+    """
+    own = model.state_dict()
+    return {k: v for k, v in state_dict.items() if k in own or not k.startswith("classifier.")}
+
+
+default_cfgs = generate_default_cfgs({
+    "alexnet.tv_in1k": {
+        "url": TORCHVISION_WEIGHTS.url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (6, 6),
+        "crop_pct": 0.875,  # torchvision: resize 256, centre crop 224
+        "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "features.0",
+        "classifier": "classifier.6",
+        "license": "bsd-3-clause",
+        "origin_url": "https://github.com/pytorch/vision",
+    },
+})
+
+
 @register_model
-def alexnet(pretrained: bool = False, num_classes: int = 1000, **kwargs) -> AlexNet:
-    """AlexNet (torchvision layout). timm passes its factory options, which AlexNet ignores."""
-    model = AlexNet(num_classes=num_classes)
-    if pretrained:
-        try:
-            state = torch.hub.load_state_dict_from_url(TORCHVISION_URL, map_location="cpu", progress=False)
-        except Exception as exc:
-            raise WeightsError(
-                f"could not download torchvision's AlexNet weights ({type(exc).__name__}: {exc}). "
-                "Offline, pass a local torchvision AlexNet state dict: "
-                "create_model('alexnet', weights='alexnet.pth') or --weights alexnet.pth"
-            ) from exc
-        own = model.state_dict()
-        model.load_state_dict({k: v for k, v in state.items() if k in own})
-    return model
+def alexnet(pretrained: bool = False, **kwargs) -> AlexNet:
+    """AlexNet (torchvision layout and ImageNet weights), built and loaded by timm."""
+    return build_model_with_cfg(AlexNet, "alexnet", pretrained, pretrained_filter_fn=_filter_fn, **kwargs)
 
 
 def build_alexnet(

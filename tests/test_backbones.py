@@ -6,36 +6,49 @@ import pytest
 import torch
 
 import sxai_plugins as sx
+from sxai_plugins import TraitOutput
 from sxai_plugins._utils.errors import BackboneError, BackboneNotFoundError, WeightsError
 from sxai_plugins.models import load_weights_file
+from sxai_plugins.plugin.manager import FIRST_PARTY_BACKBONES, plugin_failures
 
-# (name, input side): small inputs keep random-weight builds fast; AlexNet/VGG need >= 64 px.
-BACKBONES = [
-    ("vgg16", 64), ("vgg19", 64), ("vgg19_bn", 64), ("alexnet", 96),
-    ("tf_efficientnet_lite0", 64), ("lite0_catdog", 64), ("resnet18", 64),
-]
+# Every installed backbone, as timm's tests run over list_models(), plus one through the generic
+# timm adapter. Random weights and a 64 px input keep it fast (AlexNet and VGG need >= 64 px).
+INSTALLED = sorted(sx.list_backbones())
+LOAD_FAILURES = plugin_failures()  # the engine skips a plugin that fails to load, with a warning
+GENERIC = ["resnet18"]
+SIDE = 64
+TRAIT_WIDTHS = {"vgg16": 512, "vgg19": 512, "vgg19_bn": 512, "alexnet": 256, "tf_efficientnet_lite0": 1280,
+                "lite0_catdog": 1280, "resnet18": 512}
 
 
-@pytest.mark.parametrize(("name", "side"), BACKBONES)
-def test_backbone_traits_are_gap_of_last_conv_map(name: str, side: int) -> None:
-    # the first-party plugins are installed with the tests (make test): a missing one must fail
+def test_every_installed_plugin_loads_and_the_first_party_backbones_are_installed() -> None:
+    # a plugin skipped for failing to load, or a first-party plugin missing (make test installs
+    # them), must fail here, not quietly shorten the list the test below runs over
+    assert LOAD_FAILURES == []
+    assert set(FIRST_PARTY_BACKBONES) | {"lite0_catdog", "tf_efficientnet_lite0"} <= set(INSTALLED)
+
+
+@pytest.mark.parametrize("name", INSTALLED + GENERIC)
+def test_backbone_builds_and_its_traits_are_gap_of_last_conv_map(name: str) -> None:
     model = sx.create_model(name, pretrained=False, class_names=["a", "b", "c"])
-    x = torch.rand(2, 3, side, side)
+    x = torch.rand(2, 3, SIDE, SIDE)
+    maps: list[torch.Tensor] = []  # the body's conv map, caught in the one forward pass (Lite0's take 2 s here)
+    hook = model.body.register_forward_hook(lambda _module, _inputs, output: maps.append(output))
     with torch.no_grad():
         out = model(x)
-        feature_map = model.feature_map(x)
+    hook.remove()
+    (feature_map,) = maps
+    assert isinstance(out, TraitOutput)
     assert out.logits.shape == (2, 3)
     assert out.traits.shape == (2, model.trait_dim)
     assert feature_map.shape[:2] == (2, model.trait_dim)
+    assert model.trait_dim == TRAIT_WIDTHS.get(name, model.trait_dim)
     torch.testing.assert_close(out.traits, feature_map.mean(dim=(2, 3)))
     torch.testing.assert_close(out.logits, model.head(out.traits))
-    assert model.data_config["input_size"] == model.input_size
-
-
-def test_trait_widths_match_the_architectures() -> None:
-    expected = {"vgg19": 512, "alexnet": 256, "tf_efficientnet_lite0": 1280, "resnet18": 512}
-    for name, width in expected.items():
-        assert sx.create_model(name, pretrained=False, class_names=["a", "b"]).trait_dim == width
+    config = model.data_config
+    assert config["input_size"] == model.input_size and len(config["input_size"]) == 3
+    assert config["input_size"][0] == 3 and min(config["input_size"][1:]) >= SIDE
+    assert len(config["mean"]) == len(config["std"]) == 3 and min(config["std"]) > 0
 
 
 def test_vgg_has_no_mlp_pre_logits() -> None:
@@ -144,3 +157,34 @@ def test_no_network_fails_fast_with_the_good_message(tmp_path, monkeypatch) -> N
         sx.create_model("resnet18")
     assert time.monotonic() - start < 15
     assert constants.HF_HUB_OFFLINE is False  # the offline switch was for that one call
+
+
+def test_alexnet_takes_torchvision_weights_through_timms_loader(tmp_path) -> None:
+    import timm
+    import torchvision
+
+    tv = torchvision.models.AlexNet().eval()
+    state = {k: v for k, v in tv.state_dict().items() if k.startswith("features.")}
+    state["classifier.1.weight"] = torch.zeros(2, 2)  # torchvision's MLP: dropped with the classifier
+    path = tmp_path / "alexnet.pth"
+    torch.save(state, path)
+    x = torch.rand(1, 3, 64, 64)
+    timm_model = timm.create_model("alexnet", pretrained=True, num_classes=0,
+                                   pretrained_cfg_overlay=dict(file=str(path))).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(timm_model(x), tv.features(x).mean(dim=(2, 3)))
+    model = sx.create_model("alexnet", weights=path, class_names=["a", "b"])
+    assert all(torch.equal(model.body.model.state_dict()[k], v) for k, v in state.items() if k.startswith("features."))
+
+
+def test_alexnet_offline_names_the_url_and_what_to_pass(monkeypatch) -> None:
+    from urllib.error import URLError
+
+    import timm.models._builder
+
+    def offline(url, *args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsError, match=r"'alexnet' from https://download\.pytorch\.org/.*URLError.*--weights"):
+        sx.create_model("alexnet", pretrained=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -458,6 +459,16 @@ def test_card_lists_spaces_figures_plots_and_how_to_load(spaces, tmp_path):
     assert f'spaces_hub.pull("{REPO}", model=model)' in card
     assert "![plots/cat.eyes.png](plots/cat.eyes.png)" in card and "[`notes.txt`](notes.txt)" in card
     assert "- masker: box" in card and "- seed: 0" in card
+
+
+def test_card_names_the_base_model_where_known(spaces):
+    def front(backbone: str) -> dict:
+        card = render_card([dataclasses.replace(s, backbone=backbone) for s in spaces], REPO)
+        return yaml.safe_load(card.split("---")[1])
+
+    assert front("vgg19")["base_model"] == "timm/vgg19.tv_in1k"  # timm's hub weights for the name
+    assert "base_model" not in front("tiny0")  # not a timm model
+    assert "base_model" not in front("tf_efficientnet_lite0")  # sxai serves it with other weights
 
 
 def test_extra_files_are_uploaded_listed_and_not_read_back(hub, spaces, tmp_path):

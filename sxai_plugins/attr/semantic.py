@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._utils.torch import frozen
 from ..data.superpixels import backgrounds, slic_many
 from ..models.trait_model import TraitModel
 from ..spaces.space import SemanticSpace
@@ -270,22 +271,9 @@ class ClassAttribution(_Attribution):
                          **kwargs)
 
 
-class _frozen:
-    """Switch off the weights' gradients while attributing: only input gradients are needed,
-    and autograd then skips every weight-gradient kernel."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.saved: list[tuple[nn.Parameter, bool]] = []
-
-    def __enter__(self) -> None:
-        self.saved = [(p, p.requires_grad) for p in self.model.parameters()]
-        for p, _ in self.saved:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc: object) -> None:
-        for p, flag in self.saved:
-            p.requires_grad_(flag)
+# Weights' gradients off while attributing (only input gradients are needed, and autograd then
+# skips every weight-gradient kernel); the model's train/eval mode is left as the caller set it.
+_frozen = functools.partial(frozen, eval_mode=False)
 
 
 # ------------------------------------------------------------------------------------- metrics

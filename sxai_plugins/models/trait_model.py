@@ -107,6 +107,13 @@ class TraitModel(nn.Module):
 
 def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict`` with an error that names the first tensor that does not fit."""
+    check_state_fits(module, state, source)
+    module.load_state_dict(state)
+
+
+def check_state_fits(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse ``state`` unless it holds exactly ``module``'s tensors with their shapes, naming the first
+    that does not fit."""
     own = module.state_dict()
     for key, tensor in state.items():
         if key not in own:
@@ -122,4 +129,3 @@ def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source
     missing = [key for key in own if key not in state]
     if missing:
         raise WeightsError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
-    module.load_state_dict(state)

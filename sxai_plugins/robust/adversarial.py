@@ -47,6 +47,7 @@ from torch import nn
 
 from .._utils.errors import SxaiError
 from .._utils.io import atomic_write
+from .._utils.torch import frozen
 from ..data.images import iter_batches
 from ..models.inference import model_size
 from ..models.trait_model import TraitModel
@@ -189,10 +190,7 @@ def pgd_attack(
                                         detector, adaptive_weight, adaptive_confidence)
             return adaptive_loss(output[:, :k], output[:, k:], target, spaces, model.class_names,
                                  adaptive_weight, adaptive_confidence)
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in saved:  # input gradients only: autograd then skips the weight-gradient kernels
-        p.requires_grad_(False)
-    try:
+    with frozen(model, eval_mode=False):  # input gradients only: autograd skips the weight-gradient kernels
         # Captum's default loss is -log(output), meant for probabilities: on logits it is wrong,
         # so the cross-entropy of the logits is given explicitly
         attack = PGD(forward, loss_func=loss, lower_bound=0.0, upper_bound=1.0)
@@ -204,9 +202,6 @@ def pgd_attack(
             warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
             adv = attack.perturb(images.detach(), radius=eps, step_size=step_size, step_num=steps,
                                  target=labels, targeted=False, random_start=random_start, norm="Linf")
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
     # Captum projects, then clamps; re-projecting guards against float rounding at the border
     return torch.min(torch.max(adv, images - eps), images + eps).clamp(0.0, 1.0).detach()
 

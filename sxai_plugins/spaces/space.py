@@ -321,17 +321,28 @@ class SemanticSpace:
 
     def check_compatible(self, model: Any, force: bool = False) -> None:
         """Refuse a model whose traits this space was not built on."""
-        if model.trait_dim != self.trait_dim:
-            raise SpaceError(
-                f"space {self.key} was built on {self.backbone} with {self.trait_dim} trait channels, "
-                f"but the model {model.name} has {model.trait_dim}")
-        if force:
-            return
-        if model.fingerprint() != self.fingerprint:
-            raise SpaceError(
-                f"space {self.key} was built on backbone {self.backbone} (weights {self.fingerprint}), "
-                f"but the model is {model.name} (weights {model.fingerprint()}); use the matching "
-                "backbone, or force=True / --force if you know the traits agree")
+        check_model_fits(model, self.backbone, self.fingerprint, self.trait_dim, force=force,
+                         subject=f"space {self.key} was")
+
+
+def check_model_fits(model: Any, backbone: str, fingerprint: str, trait_dim: int, *, force: bool = False,
+                     subject: str = "the spaces were") -> None:
+    """Refuse a model whose traits spaces built on ``backbone`` (weights ``fingerprint``) do not fit.
+
+    A different trait width is always refused; different weights unless ``force``. ``subject``
+    starts the message ("space cat.eyes was", "repo@main: the spaces were").
+    """
+    if model.trait_dim != trait_dim:
+        raise SpaceError(
+            f"{subject} built on {backbone} with {trait_dim} trait channels, "
+            f"but the model {model.name} has {model.trait_dim}")
+    if force:
+        return
+    if model.fingerprint() != fingerprint:
+        raise SpaceError(
+            f"{subject} built on backbone {backbone} (weights {fingerprint}), "
+            f"but the model is {model.name} (weights {model.fingerprint()}); use the matching "
+            "backbone, or force=True / --force if you know the traits agree")
 
 
 class SpaceSet:

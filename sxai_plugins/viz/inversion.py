@@ -28,9 +28,8 @@ gradient is what it would be alone: batching changes speed, not results (up to f
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._utils.io import atomic_write
+from .._utils.torch import frozen as _frozen
 from ..models.trait_model import TraitModel
 from ..plugin.hookspecs import hookimpl
 
@@ -49,22 +49,6 @@ __all__ = ["FourierInverter", "TVInverter", "save_png", "total_variation", "sxai
 
 
 # ------------------------------------------------------------------------------------------ helpers
-@contextlib.contextmanager
-def _frozen(model: torch.nn.Module) -> Iterator[None]:
-    """Gradients flow to the image only; the model's own flags are restored afterwards."""
-    flags = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
 def _check_targets(model: TraitModel, targets: torch.Tensor | np.ndarray) -> torch.Tensor:
     targets = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
     if targets.ndim == 1:
