@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import sxai_plugins as sx
-from sxai_plugins.cli.spaces import reference_scores
 from sxai_plugins.data.concepts import load_coco
+from sxai_plugins.spaces.build import reference_scores
 from sxai_plugins.spaces.probe_data import cached_probe_features, load_labelled
 from sxai_plugins.spaces.validity import RECIPES, TARGETS, V1Material, evaluate_recipes, misses
 

@@ -9,7 +9,6 @@ space); ``pull`` downloads and verifies it; ``resolve_spaces`` takes local paths
 ``hf://owner/name[@revision]`` alike. The repository layout is documented in ``spaces_hub.layout``.
 """
 
-from .client import hub_endpoint, pull, push
 from .errors import (
     DownloadError,
     HubAuthError,
@@ -21,8 +20,6 @@ from .errors import (
     IntegrityError,
     SpacesIndexError,
 )
-from .layout import FORMAT_VERSION, INDEX_NAME
-from .resolve import parse_hub_source, resolve_spaces
 
 __all__ = [
     "FORMAT_VERSION",
@@ -42,3 +39,19 @@ __all__ = [
     "push",
     "resolve_spaces",
 ]
+
+# Loaded on first use: the sxai plugin in spaces_hub.plugin is imported whenever sxai lists its
+# plugins, and must not pull in torch and huggingface_hub for that.
+_HOMES = {
+    "hub_endpoint": "client", "pull": "client", "push": "client",
+    "FORMAT_VERSION": "layout", "INDEX_NAME": "layout",
+    "parse_hub_source": "resolve", "resolve_spaces": "resolve",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"spaces_hub.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'spaces_hub' has no attribute {name!r}")

@@ -8,11 +8,6 @@ from pathlib import Path
 from sxai_plugins._utils.errors import SxaiError
 from sxai_plugins._utils.io import dumps_json
 
-from . import resolve
-from .client import DEFAULT_COMMIT_MESSAGE, pull, push
-from .layout import save_spaces
-from .resolve import parse_hub_source, resolve_spaces
-
 
 def add_hub_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -70,6 +65,9 @@ def _extras(values: list[str]) -> dict[str, Path]:
 
 
 def _run_push(args: argparse.Namespace) -> int:
+    from .client import DEFAULT_COMMIT_MESSAGE, push
+    from .resolve import resolve_spaces
+
     spaces = resolve_spaces(args.spaces, token=args.token)
     info = push(spaces, args.repo, revision=args.revision, token=args.token, private=args.private,
                            commit_message=args.message or DEFAULT_COMMIT_MESSAGE,
@@ -83,6 +81,11 @@ def _run_push(args: argparse.Namespace) -> int:
 
 
 def _run_pull(args: argparse.Namespace) -> int:
+    from . import resolve
+    from .client import pull
+    from .layout import save_spaces
+    from .resolve import parse_hub_source
+
     repo, revision = args.repo, args.revision
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise SxaiError(f"--out {args.out}: exists and is not a folder; pass a folder for the space files")

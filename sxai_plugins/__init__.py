@@ -15,6 +15,7 @@ The pipeline, one subpackage per step: ``data`` (images, annotations) → ``mode
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._utils.errors import (
     BackboneNotFoundError,
@@ -25,7 +26,6 @@ from ._utils.errors import (
     SxaiError,
     WeightsError,
 )
-from .models.trait_model import TraitModel, TraitOutput
 from .plugin.hookspecs import (
     BackboneSpec,
     ExplanationTemplate,
@@ -48,11 +48,17 @@ from .plugin.manager import explanation_templates as list_explanation_templates
 from .plugin.manager import feature_inverters as list_feature_inverters
 from .plugin.manager import maskers as list_maskers
 
+if TYPE_CHECKING:
+    from .models.trait_model import TraitModel, TraitOutput  # noqa: F401
+
 DEFAULT_BACKBONE = "lite0_catdog"
 
-# The rest of the pipeline's entry points, imported on first use so that ``import sxai_plugins``
-# (and ``sxai --help``) does not pay for scikit-image, scikit-learn and friends.
+# The model and the rest of the pipeline's entry points, imported on first use so that
+# ``import sxai_plugins`` (and ``sxai --help``, ``sxai backbones``) does not pay for torch, timm,
+# scikit-image and friends.
 _LAZY = {
+    "TraitModel": "sxai_plugins.models.trait_model",
+    "TraitOutput": "sxai_plugins.models.trait_model",
     "assess": "sxai_plugins.explain.trust",
     "load_space_set": "sxai_plugins.explain.trust",
     "common_traits": "sxai_plugins.traits.common",

@@ -12,11 +12,14 @@ train it with ``sxai train-head``.
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
-from torch import nn
+from sxai_plugins import BackboneSpec, hookimpl
 
-from sxai_plugins import BackboneSpec, TraitModel, hookimpl
-from sxai_plugins.models import build_timm_trait_model
+if TYPE_CHECKING:  # torch and timm load when a model is built, not when plugins are listed
+    from torch import nn
+
+    from sxai_plugins import TraitModel
 
 VARIANTS = {
     "vgg19": "VGG-19 (the paper's backbone) with a GAP head",
@@ -26,6 +29,8 @@ VARIANTS = {
 
 
 def _drop_pre_logits(model: nn.Module) -> None:
+    from torch import nn
+
     model.pre_logits = nn.Identity()
 
 
@@ -35,6 +40,8 @@ def build_vgg(
     weights: str | None = None,
     class_names: list[str] | None = None,
 ) -> TraitModel:
+    from sxai_plugins.models import build_timm_trait_model
+
     from_hub = pretrained and weights is None
     return build_timm_trait_model(
         timm_name,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import argparse
 import math
 from collections.abc import Callable
-
-import torch
 
 from .. import DEFAULT_BACKBONE
 from .._utils.errors import SxaiError
@@ -76,6 +79,8 @@ DEVICE_TYPES = ("cpu", "cuda")
 
 def device_name(text: str) -> str:
     """argparse ``type`` for ``--device``: auto, cpu, cuda or cuda:N (what sxai's models run on)."""
+    import torch
+
     if text == "auto":
         return text
     try:
@@ -112,6 +117,8 @@ def add_space_args(parser: argparse.ArgumentParser, batch_size: bool = False) ->
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` is cuda when a GPU is visible, else cpu; an unusable device is a clear error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
 import argparse
 import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from .. import DEFAULT_BACKBONE
 from .._utils.assets import ASSETS
@@ -143,6 +146,8 @@ def calibrate_on(model, spaces, sources: Sequence[str], args: argparse.Namespace
                  failures: list | None = None):
     """A detector calibrated on the clean images in ``sources`` (one prediction pass)."""
     import os
+
+    import torch
 
     from ..data.images import expand_paths, iter_batches
     from ..models.inference import model_size

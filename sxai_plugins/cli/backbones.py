@@ -33,7 +33,7 @@ def _run_backbones(args: argparse.Namespace) -> int:
     for r in rows:
         default = "  (default)" if r["name"] == DEFAULT_BACKBONE else ""
         print(f"{r['name']:<{width}}  {r['plugin']:<{pwidth}}  {r['description']}{default}")
-    print("+ any timm CNN by name (generic adapter in sxai_plugins.backbones.timm_generic)")
+    print("+ any timm CNN by name (generic adapter in sxai_plugins.models.timm_generic)")
     for failure in plugin_failures():
         print(f"! plugin {failure.name} failed to load: {failure.error}", file=sys.stderr)
     return 0

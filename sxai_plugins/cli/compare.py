@@ -5,16 +5,17 @@ Registered on import by ``sxai_plugins.cli``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
 import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from .._utils.errors import SxaiError
 from .._utils.io import dumps_json, rounded
-from ..attr.compare import comparison_panels
-from ..viz.plots import comparison_figure
 from ._args import (
     add_model_args,
     add_space_args,
@@ -100,7 +101,11 @@ def _pick_space(args: argparse.Namespace, model):
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..attr.compare import comparison_panels
     from ..data.images import load_image, to_array
+    from ..viz.plots import comparison_figure
 
     if bool(args.image) == bool(args.annotations):
         raise SxaiError("give either one IMAGE or --annotations FILE (not both, not neither)")
@@ -138,8 +143,10 @@ def _run_compare(args: argparse.Namespace) -> int:
 def _compare_annotations(args, model, space, options: dict, size: tuple[int, int]) -> int:
     import warnings
 
+    from ..attr.compare import comparison_panels
     from ..attr.semantic import compare_attributions
     from ..data.concepts import AnnotationWarning, concept_region, load_coco
+    from ..viz.plots import comparison_figure
 
     root = args.image_root or str(Path(args.annotations).parent)
     with warnings.catch_warnings(record=True) as caught:

@@ -9,7 +9,6 @@ import tomllib
 from pathlib import Path
 
 from .._utils.errors import SxaiError
-from ..spaces.build import reference_scores
 from ._args import add_model_args, model_from_args, positive_int
 
 CONFIG_KEYS = {"annotations", "image_root", "visibility", "reference", "classes", "concepts", "out",
@@ -137,6 +136,7 @@ def _run_space(args: argparse.Namespace) -> int:
     from .. import DEFAULT_BACKBONE
     from .._utils.io import atomic_folder, dumps_json, write_json
     from ..data.concepts import load_coco
+    from ..spaces.build import reference_scores
 
     config = _load_config(args)
     args.backbone = config.get("backbone", DEFAULT_BACKBONE)
@@ -251,7 +251,7 @@ def _plots(model, spaces, config, reference, folder: Path, args) -> None:
         invert_spaces(model, spaces, folder, config["invert"], config.get("inversion_steps"))
 
 
-__all__ = ["format_table", "reference_scores"]
+__all__ = ["format_table"]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

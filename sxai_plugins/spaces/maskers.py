@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._utils.errors import SxaiError
-from ..data.concepts import superpixels
 from ..plugin.hookspecs import hookimpl
 
 
@@ -70,6 +69,8 @@ class SuperpixelMasker:
         if not region.any():
             return out
         if segments is None:
+            from ..data.concepts import superpixels  # scikit-image loads when a masker runs
+
             segments = superpixels(image, self.n_segments, self.compactness)
         segments = np.asarray(segments)
         if segments.shape != region.shape:

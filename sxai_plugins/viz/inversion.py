@@ -43,9 +43,8 @@ from tqdm.auto import tqdm
 from .._utils.io import atomic_write
 from .._utils.torch import frozen as _frozen
 from ..models.trait_model import TraitModel
-from ..plugin.hookspecs import hookimpl
 
-__all__ = ["FourierInverter", "TVInverter", "save_png", "total_variation", "sxai_feature_inverters"]
+__all__ = ["FourierInverter", "TVInverter", "save_png", "total_variation"]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -303,7 +302,3 @@ def save_png(images: torch.Tensor | np.ndarray, folder: str | Path, names: Seque
         written.append(atomic_write(target, lambda tmp, pil=pil: pil.save(tmp, format="PNG")))
     return written
 
-
-@hookimpl
-def sxai_feature_inverters() -> list:
-    return [TVInverter(), FourierInverter()]
