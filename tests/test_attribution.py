@@ -13,18 +13,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sxai_plugins.attr.semantic import (
-    METHODS,
-    ClassAttribution,
-    SemanticAttribution,
-    SpaceActivation,
-    attribute,
+from sxai_plugins.attr.metrics import (
     attribution_map,
-    compare_attributions,
     infidelity_score,
     mass_in_region,
     pointing_hit,
     sensitivity_score,
+)
+from sxai_plugins.attr.semantic import (
+    METHODS,
+    OCCLUSIONS,
+    ClassAttribution,
+    PixelAttribution,
+    SemanticAttribution,
+    SpaceActivation,
+    compare_attributions,
 )
 from sxai_plugins.cli.main import main
 from sxai_plugins.data.concepts import ConceptAnnotation, ConceptGeometry
@@ -90,11 +93,15 @@ def model() -> TraitModel:
     return patch_model()
 
 
+def black_and_few_steps(method: str) -> dict:
+    """The keywords each method takes of: a black baseline for the occlusions, 8 steps for IG."""
+    return {"baselines": "black"} if method in OCCLUSIONS else {"n_steps": 8} if method == "ig" else {}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_semantic_attribution_peaks_in_the_space_patch(model, method):
     x = patch_image()[None]
-    attr = SemanticAttribution(model, patch_space(model)).attribute(x, method=method, fill="black",
-                                                                    n_steps=8)
+    attr = SemanticAttribution(model, patch_space(model), method).attribute(x, **black_and_few_steps(method))
     assert attr.shape == x.shape
     heat = attribution_map(attr)[0]
     assert pointing_hit(heat, region(PATCH_A))
@@ -110,8 +117,8 @@ def test_occlusion_over_a_given_feature_mask_is_exact(model):
     groups = torch.zeros(1, 1, SIZE, SIZE, dtype=torch.long)
     groups[0, 0][PATCH_A] = 1
     groups[0, 0][PATCH_B] = 2
-    attr = SemanticAttribution(model, patch_space(model)).attribute(
-        x, method="occlusion", feature_mask=groups, fill="black")
+    attr = SemanticAttribution(model, patch_space(model), "occlusion").attribute(
+        x, baselines="black", feature_mask=groups)
     heat = attribution_map(attr)[0]
     assert mass_in_region(heat, region(PATCH_A)) == pytest.approx(1.0)
     # blacking out patch A drops A_s from 0.8 to 0; Captum gives every element of a group the
@@ -122,9 +129,9 @@ def test_occlusion_over_a_given_feature_mask_is_exact(model):
 @pytest.mark.parametrize("method", ["occlusion", "ig", "gradcam", "saliency"])
 def test_class_attribution_follows_the_logit_not_the_space(model, method):
     x = patch_image()[None]
-    engine = ClassAttribution(model)
+    engine = ClassAttribution(model, method)
     assert engine.predicted(x).tolist() == [1]  # dog: patch B is bright
-    heat = attribution_map(engine.attribute(x, method, fill="black", n_steps=8))[0]
+    heat = attribution_map(engine.attribute(x, **black_and_few_steps(method)))[0]
     assert pointing_hit(heat, region(PATCH_B))
     assert mass_in_region(heat, region(PATCH_A)) < 0.05
 
@@ -134,7 +141,7 @@ def test_attribution_is_shaped_like_a_batch_and_matches_captum_directly(model):
 
     x = torch.stack([patch_image(0), patch_image(1)])
     space = patch_space(model)
-    ours = SemanticAttribution(model, space).attribute(x, method="ig", n_steps=8)
+    ours = SemanticAttribution(model, space, "ig").attribute(x, n_steps=8)
     theirs = IntegratedGradients(SpaceActivation(model, space)).attribute(x, n_steps=8)
     assert ours.shape == x.shape
     torch.testing.assert_close(ours, theirs)
@@ -145,23 +152,56 @@ def test_attribution_is_shaped_like_a_batch_and_matches_captum_directly(model):
     torch.testing.assert_close(ours.sum(dim=(1, 2, 3)), gap, rtol=1e-3, atol=1e-4)
 
 
+def test_captum_conventions_baselines_classes_and_convergence_delta(model):
+    from captum.attr import Attribution, IntegratedGradients, Saliency
+
+    x = torch.stack([patch_image(0), patch_image(1)])
+    space = patch_space(model)
+    ig = SemanticAttribution(model, space, "ig")
+    assert isinstance(ig, Attribution) and ig.has_convergence_delta() and ig.multiplies_by_inputs
+    assert not SemanticAttribution(model, space, "occlusion").has_convergence_delta()
+    # Captum's baselines: a number, a tensor, or a named fill (black is Captum's zeros)
+    black = ig.attribute(x, n_steps=8)
+    torch.testing.assert_close(ig.attribute(x, baselines=0.0, n_steps=8), black)
+    torch.testing.assert_close(ig.attribute(x, baselines=torch.zeros_like(x), n_steps=8), black)
+    torch.testing.assert_close(ig.attribute(x, baselines="black", n_steps=8), black)
+    attr, delta = ig.attribute(x, n_steps=8, return_convergence_delta=True)
+    torch.testing.assert_close(attr, black)
+    assert delta.shape == (2,) and float(delta.abs().max()) < 1e-3  # completeness holds
+    torch.testing.assert_close(
+        ig.compute_convergence_delta(attr, torch.zeros_like(x), x), delta, rtol=1e-4, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="no convergence delta"):
+        SemanticAttribution(model, space, "saliency").compute_convergence_delta(attr, 0.0, x)
+    with pytest.raises(ValueError, match="takes no baselines"):
+        SemanticAttribution(model, space, "saliency").attribute(x, baselines=0.0)
+    # any Captum class, its keywords unchanged
+    by_class = SemanticAttribution(model, space, IntegratedGradients).attribute(
+        x, baselines="black", n_steps=8, internal_batch_size=8)
+    torch.testing.assert_close(by_class, black)
+    torch.testing.assert_close(SemanticAttribution(model, space, Saliency).attribute(x, abs=True),
+                               SemanticAttribution(model, space, "saliency").attribute(x))
+    with pytest.raises(TypeError, match="Captum attribution class"):
+        SemanticAttribution(model, space, object)
+
+
 def test_model_weights_keep_their_requires_grad(model):
     flags = [p.requires_grad for p in model.parameters()]
-    SemanticAttribution(model, patch_space(model)).attribute(patch_image()[None], method="saliency")
+    SemanticAttribution(model, patch_space(model), "saliency").attribute(patch_image()[None])
     assert [p.requires_grad for p in model.parameters()] == flags == [True] * len(flags)
 
 
 def test_bad_arguments_are_refused(model):
     x = patch_image()[None]
-    engine = SemanticAttribution(model, patch_space(model))
+    space = patch_space(model)
     with pytest.raises(ValueError, match="unknown attribution method"):
-        engine.attribute(x, method="lime")
+        SemanticAttribution(model, space, "lime").attribute(x)
     with pytest.raises(ValueError, match="feature_mask only applies"):
-        engine.attribute(x, method="ig", feature_mask=torch.zeros(1, 1, SIZE, SIZE, dtype=torch.long))
+        SemanticAttribution(model, space, "ig").attribute(
+            x, feature_mask=torch.zeros(1, 1, SIZE, SIZE, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown fill"):
-        engine.attribute(x, method="occlusion", fill="pink")
+        SemanticAttribution(model, space, "occlusion").attribute(x, baselines="pink")
     with pytest.raises(ValueError, match="needs a layer"):
-        attribute(model.logits, x, "gradcam", target=0)
+        PixelAttribution(model.logits, "gradcam").attribute(x, target=0)
 
 
 def test_renders_with_captums_visualize_image_attr(model):
@@ -169,7 +209,7 @@ def test_renders_with_captums_visualize_image_attr(model):
     from matplotlib.figure import Figure
 
     x = patch_image()[None]
-    attr = SemanticAttribution(model, patch_space(model)).attribute(x, method="occlusion", fill="black")
+    attr = SemanticAttribution(model, patch_space(model), "occlusion").attribute(x, baselines="black")
     fig = Figure()
     ax = fig.add_subplot()
     out_fig, out_ax = viz.visualize_image_attr(
@@ -203,13 +243,13 @@ def test_region_metrics_by_hand():
 def test_infidelity_and_sensitivity_are_finite_and_seeded(model):
     x = patch_image()[None]
     forward = SpaceActivation(model, patch_space(model))
-    attr = attribute(forward, x, "saliency")
+    attr = PixelAttribution(forward, "saliency").attribute(x)
     a = infidelity_score(forward, x, attr, n_perturb_samples=3, seed=1)
     b = infidelity_score(forward, x, attr, n_perturb_samples=3, seed=1)
     assert a.shape == (1,) and torch.isfinite(a).all() and torch.equal(a, b)
 
     def explain(inputs):
-        return attribute(forward, inputs, "saliency")
+        return PixelAttribution(forward, "saliency").attribute(inputs)
 
     s1 = sensitivity_score(explain, x, n_perturb_samples=3, seed=2)
     s2 = sensitivity_score(explain, x, n_perturb_samples=3, seed=2)
@@ -312,5 +352,5 @@ def test_default_model_semantic_gradcam_on_a_real_cat(default_model, shared_data
         pytest.skip("the default model's spaces are not bundled in this checkout")
     space = next(s for s in load_space_set(None, default_model) if s.key == "cat.eyes")
     x = to_tensor(load_image(shared_data / "train" / "cat" / "cat.1.jpg"), (224, 224))[None]
-    attr = SemanticAttribution(default_model, space).attribute(x, method="gradcam")
+    attr = SemanticAttribution(default_model, space, "gradcam").attribute(x)
     assert attr.shape == x.shape and torch.isfinite(attr).all() and float(attr.max()) > 0

@@ -199,6 +199,35 @@ def test_a_masker_that_changes_nothing_is_a_clear_error(tmp_path, tiny_model) ->
                      SpaceRecipe.tuned(region="disc", masker="inpaint"), progress=False)
 
 
+def test_welch_t_from_scipy_selects_the_same_channels_as_the_hand_written_one(rng) -> None:
+    """scipy's ttest_ind replaced a hand-written Welch t: same statistics, same SSNs on random
+    traits (the old formula is kept here as the reference); channels constant in both groups
+    score 0 rather than NaN."""
+    from sxai_plugins.spaces.build import tuned_scores, welch_t
+
+    def hand_written(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        a, b = a.double().numpy(), b.double().numpy()
+        spread = np.sqrt(a.var(axis=0, ddof=1) / len(a) + b.var(axis=0, ddof=1) / len(b))
+        return (a.mean(axis=0) - b.mean(axis=0)) / (spread + 1e-12)
+
+    for trial in range(5):
+        n, c = 30 + trial, 64
+        unmasked = torch.tensor(rng.gamma(2.0, 1.0, (n, c)))
+        masked = unmasked - torch.tensor(rng.normal(0.3, 0.5, (n, c)))
+        negatives = torch.tensor(rng.gamma(2.0, 0.9, (12, c)))
+        np.testing.assert_allclose(welch_t(unmasked, negatives), hand_written(unmasked, negatives), rtol=1e-9)
+        score = tuned_scores(unmasked, masked, negatives, min_negatives=5)
+        natural = hand_written(unmasked, negatives)
+        _mean, effect = paired_effect(unmasked, masked)
+        unit = lambda x: x / np.abs(x).max()  # noqa: E731
+        old = np.where(np.sign(effect) == np.sign(natural),
+                       np.sign(effect) * np.minimum(np.abs(unit(effect)), np.abs(unit(natural))), 0.0)
+        assert select_ssn(score, 5)[0].tolist() == select_ssn(old, 5)[0].tolist()
+    dead = torch.zeros(10, 3)
+    dead[:, 0] = torch.arange(10.0)
+    assert welch_t(dead, torch.zeros(6, 3)).tolist()[1:] == [0.0, 0.0]
+
+
 def test_tuned_scores_drop_channels_that_natural_negatives_contradict(rng) -> None:
     """Channel 1 reacts to masking but is as high in images without the concept (a region effect,
     not the concept); channel 4 reacts to masking and is low in natural negatives: only 4 is kept."""

@@ -1,69 +1,108 @@
 """Captum attributions of a semantic space's activation, and of the class logit, compared.
 
+:class:`PixelAttribution` is a Captum :class:`~captum.attr.Attribution`: a forward function
+``images -> outputs`` with an attribution method, one of :data:`METHODS` by name or any Captum
+attribution class, called as Captum's own: ``attribute(inputs, baselines=None, target=None, ...)``.
 :class:`SemanticAttribution` attributes a space's weighted activation ``A_s`` (not a class logit)
-to the input pixels, with Captum's own attribution classes on the forward function
-``images -> A_s`` (:class:`SpaceActivation`). :class:`ClassAttribution` runs the same methods on
-``model.logits`` for a class (the predicted one by default), so both can be compared like with like.
+to the input pixels (the forward function ``images -> A_s``, :class:`SpaceActivation`);
+:class:`ClassAttribution` attributes ``model.logits`` for a class (the predicted one by default),
+so both can be compared like with like.
 
-Methods (``method=``), all returning a tensor shaped like the inputs:
+Named methods, all returning a tensor shaped like the inputs:
 
 - ``"occlusion"``: superpixel occlusion, Captum's ``FeatureAblation`` over SLIC superpixels
-  (``feature_mask``, or ``n_segments`` SLIC superpixels per image); removed superpixels take the
-  ``fill`` background (``"blur"`` by default: it wipes out a part but keeps the layout).
+  (``feature_mask``, or ``n_segments`` SLIC superpixels per image).
 - ``"window"``: Captum's ``Occlusion`` with a sliding square window (``window`` pixels, default a
-  quarter of the shorter side, stride half of it) filled the same way.
-- ``"ig"``: ``IntegratedGradients`` from a black image (``n_steps`` 32 by default).
+  quarter of the shorter side, stride half of it).
+- ``"ig"``: ``IntegratedGradients`` (``n_steps`` 32 by default; Captum's black baseline).
 - ``"saliency"``: ``Saliency`` (absolute gradients).
 - ``"input_x_gradient"``: ``InputXGradient``.
 - ``"gradcam"``: ``LayerGradCam`` on the body's output (the last conv block's map), ReLU applied,
   upsampled with ``LayerAttribution.interpolate`` (bilinear) and spread evenly over the 3 channels
   (so the channel sum is the Grad-CAM map).
 
-The result feeds ``captum.attr.visualization.visualize_image_attr`` after
-``attr[i].permute(1, 2, 0).numpy()``.
+``baselines`` are Captum's (a number, or a tensor broadcastable to the inputs) for the methods
+that take them (both occlusions and ``"ig"``); a name of
+:data:`~sxai_plugins.data.superpixels.FILLS` is a convenience: ``"black"``, ``"mean"`` (each
+image's mean colour) or ``"blur"`` (the image blurred), made from the inputs. The occlusions'
+default is ``"blur"``: it wipes out a part but keeps the layout. Other keywords go on to the
+Captum method's ``attribute`` (``return_convergence_delta=True`` with ``"ig"``, the one named
+method whose :meth:`~PixelAttribution.has_convergence_delta` is True).
 
-Comparison metrics on a 2-D map (the channel sum, :func:`attribution_map`) and a concept region:
-:func:`mass_in_region` (share of the positive attribution mass inside the region) and
-:func:`pointing_hit` (the peak lies in the region); :func:`infidelity_score` and
-:func:`sensitivity_score` wrap Captum's ``infidelity`` (normalised) and ``sensitivity_max``.
+The result feeds ``captum.attr.visualization.visualize_image_attr`` after
+``attr[i].permute(1, 2, 0).numpy()``; :mod:`sxai_plugins.attr.metrics` scores it.
+:func:`compare_attributions` scores class and semantic attributions against annotated concept
+regions.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from captum.attr import (
+    Attribution,
+    FeatureAblation,
+    GradientAttribution,
+    InputXGradient,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    NeuronAttribution,
+    Occlusion,
+    Saliency,
+)
 from torch import nn
 
 from .._utils.torch import frozen
 from ..data.superpixels import backgrounds, slic_many
 from ..models.trait_model import TraitModel
 from ..spaces.space import SemanticSpace
+from . import METHODS
+from .metrics import (
+    INFIDELITY_NOISE_STD,
+    SENSITIVITY_RADIUS,
+    attribution_map,
+    infidelity_score,
+    mass_in_region,
+    pointing_hit,
+    sensitivity_score,
+)
 
 __all__ = [
     "METHODS",
     "ClassAttribution",
     "ComparisonReport",
     "MethodScore",
+    "PixelAttribution",
     "SemanticAttribution",
     "SpaceActivation",
-    "attribute",
-    "attribution_map",
     "compare_attributions",
-    "infidelity_score",
-    "mass_in_region",
-    "pointing_hit",
-    "sensitivity_score",
+    "comparison_options",
+    "predicted_class",
     "superpixel_mask",
 ]
 
-METHODS: tuple[str, ...] = ("occlusion", "window", "ig", "saliency", "input_x_gradient", "gradcam")
-_FILLS = ("black", "mean", "blur")
+N_SEGMENTS = 40  # SLIC superpixels per image for "occlusion"
+IG_STEPS = 32  # integration steps of "ig"
+PERTURBATIONS_PER_EVAL = 8  # occlusions evaluated per forward pass (memory vs. speed)
+OCCLUSIONS = ("occlusion", "window")  # the named methods that occlude (baselines "blur" by default)
+
+_CAPTUM: dict[str, type[Attribution]] = {
+    "occlusion": FeatureAblation, "window": Occlusion, "ig": IntegratedGradients, "saliency": Saliency,
+    "input_x_gradient": InputXGradient, "gradcam": LayerGradCam,
+}
+# sxai's own keywords of the named methods, and the methods that take them
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "feature_mask": ("occlusion",), "n_segments": ("occlusion",), "window": ("window",), "n_steps": ("ig",),
+}
+_WITH_BASELINES = (*OCCLUSIONS, "ig")
 
 
 class SpaceActivation(nn.Module):
@@ -85,294 +124,204 @@ class SpaceActivation(nn.Module):
         return self.model.traits(images) @ self.weights
 
 
-def superpixel_mask(inputs: torch.Tensor, n_segments: int = 40) -> torch.Tensor:
+def superpixel_mask(inputs: torch.Tensor, n_segments: int = N_SEGMENTS) -> torch.Tensor:
     """``B×1×H×W`` long SLIC labels of each image (a Captum ``feature_mask``, broadcast on RGB)."""
     arrays = inputs.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     masks = np.stack(slic_many(arrays, n_segments))
     return torch.from_numpy(masks).long()[:, None].to(inputs.device)
 
 
-def _fill_baselines(inputs: torch.Tensor, fill: str | float | torch.Tensor) -> torch.Tensor | float:
-    if isinstance(fill, str):
-        if fill not in _FILLS:
-            raise ValueError(f"unknown fill {fill!r}; choose one of {', '.join(_FILLS)} or a number")
+def _baselines(inputs: torch.Tensor, baselines: Any) -> Any:
+    """Captum's ``baselines``, with a named fill (:data:`~sxai_plugins.data.superpixels.FILLS`)
+    made from the inputs."""
+    if isinstance(baselines, str):
         # clamped: robustness metrics feed noisy inputs slightly outside [0, 1]
-        return backgrounds(inputs.detach().clamp(0, 1), fill)  # type: ignore[arg-type]
-    return fill
+        return backgrounds(inputs.detach().clamp(0, 1), baselines)  # type: ignore[arg-type]
+    return baselines
 
 
-def _gradcam(forward_func: Callable, inputs: torch.Tensor, target: Any, layer: nn.Module | None,
-             relu: bool = True) -> torch.Tensor:
-    from captum.attr import LayerAttribution, LayerGradCam
-
-    if layer is None:
-        raise ValueError("method 'gradcam' needs a layer (the model's last conv block)")
-    cam = LayerGradCam(forward_func, layer).attribute(inputs, target=target, relu_attributions=relu)
-    cam = LayerAttribution.interpolate(cam, tuple(inputs.shape[2:]), interpolate_mode="bilinear")
-    return (cam / inputs.shape[1]).expand_as(inputs).contiguous()
+def _owner(forward_func: Callable) -> nn.Module | None:
+    """The module whose weights a forward function runs (the function itself, or a bound method's)."""
+    owner = getattr(forward_func, "__self__", forward_func)
+    return owner if isinstance(owner, nn.Module) else None
 
 
-def _detached(func: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Attributions are results, not part of a graph (Grad-CAM's upsampling would keep one)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
-        return func(*args, **kwargs).detach()
-
-    return wrapper
+def _device(module: nn.Module | None) -> torch.device | None:
+    first = next(module.parameters(), None) if module is not None else None
+    return first.device if first is not None else None
 
 
-@_detached
-def attribute(
-    forward_func: Callable[[torch.Tensor], torch.Tensor],
-    inputs: torch.Tensor,
-    method: str = "occlusion",
-    *,
-    target: Any = None,
-    layer: nn.Module | None = None,
-    feature_mask: torch.Tensor | None = None,
-    n_segments: int = 40,
-    fill: str | float | torch.Tensor = "blur",
-    window: int | None = None,
-    n_steps: int = 32,
-    perturbations_per_eval: int = 8,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """Attribute ``forward_func(inputs)`` (per image a scalar, or the ``target`` column) to ``inputs``.
+def predicted_class(model: TraitModel, inputs: torch.Tensor) -> torch.Tensor:
+    """Each image's predicted class index."""
+    with torch.no_grad():
+        return model.logits(inputs.to(_device(model))).argmax(1)
 
-    Args:
-        forward_func: images ``B×3×H×W`` in [0, 1] -> ``B`` or ``B×K`` outputs.
-        method: one of :data:`METHODS` (see the module docstring).
-        target: Captum's target (class index per image) when the output is ``B×K``.
-        layer: the layer Grad-CAM hooks (needed for ``"gradcam"`` only).
-        feature_mask: ``B×1×H×W`` or ``B×3×H×W`` groups for ``"occlusion"`` (default: SLIC).
-        n_segments: SLIC superpixels per image when ``feature_mask`` is not given.
-        fill: what occluded pixels become: ``"black"``, ``"mean"``, ``"blur"``, a number or a tensor.
-        window: the sliding window's side in pixels for ``"window"``.
-        n_steps: integration steps for ``"ig"``.
-        perturbations_per_eval: occlusions evaluated per forward pass (memory vs. speed).
-        **kwargs: passed on to the Captum method's ``attribute``.
 
-    Returns:
-        A tensor shaped like ``inputs`` (detached).
+def _captum_method(method: str | type[Attribution], forward_func: Callable,
+                   layer: nn.Module | None) -> Attribution:
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+        cls = _CAPTUM[method]
+    elif isinstance(method, type) and issubclass(method, Attribution):
+        cls = method
+    else:
+        raise TypeError(f"method must be one of {', '.join(METHODS)} or a Captum attribution class, "
+                        f"got {method!r}")
+    if issubclass(cls, (LayerAttribution, NeuronAttribution)):
+        if layer is None:
+            raise ValueError(f"method {method if isinstance(method, str) else cls.__name__!r} needs a "
+                             "layer (the model's last conv block)")
+        return cls(forward_func, layer)
+    return cls(forward_func)
+
+
+def _detached(result: Any) -> Any:
+    """Attributions (and a convergence delta) are results, not part of a graph (Grad-CAM's
+    upsampling would keep one)."""
+    if isinstance(result, tuple):
+        return tuple(_detached(r) for r in result)
+    return result.detach() if isinstance(result, torch.Tensor) else result
+
+
+class PixelAttribution(Attribution):
+    """A forward function ``images B×3×H×W in [0, 1] -> B or B×K outputs`` attributed to the pixels.
+
+    ``method`` is one of :data:`METHODS` (see the module docstring) or a Captum attribution class
+    (``LayerAttribution`` and ``NeuronAttribution`` classes get ``layer``), which then takes its
+    own keywords unchanged. The weights of the module behind ``forward_func`` are frozen while
+    attributing (only input gradients are needed), and inputs move to its device.
+
+    >>> attr = PixelAttribution(forward, "occlusion").attribute(images, baselines="mean")
+    >>> attr.shape == images.shape
+    True
     """
-    from captum.attr import (
-        FeatureAblation,
-        InputXGradient,
-        IntegratedGradients,
-        Occlusion,
-        Saliency,
-    )
 
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
-    if feature_mask is not None and method != "occlusion":
-        raise ValueError(f"feature_mask only applies to method 'occlusion', not {method!r}")
-    if inputs.ndim != 4:
-        raise ValueError(f"inputs must be B×3×H×W, got shape {tuple(inputs.shape)}")
-    inputs = inputs.detach()
-    if method == "occlusion":
-        mask = superpixel_mask(inputs, n_segments) if feature_mask is None else feature_mask.long()
-        return FeatureAblation(forward_func).attribute(
-            inputs, baselines=_fill_baselines(inputs, fill), target=target, feature_mask=mask,
-            perturbations_per_eval=perturbations_per_eval, **kwargs)
-    if method == "window":
-        side = window or max(1, int(np.ceil(min(inputs.shape[2:]) / 4)))
-        stride = max(1, side // 2)
-        return Occlusion(forward_func).attribute(
-            inputs, sliding_window_shapes=(inputs.shape[1], side, side),
-            strides=(inputs.shape[1], stride, stride), baselines=_fill_baselines(inputs, fill),
-            target=target, perturbations_per_eval=perturbations_per_eval, **kwargs)
-    # gradient methods: ask for input gradients up front (Captum warns when it has to)
-    inputs = inputs.requires_grad_()
-    if method == "ig":
-        kwargs.setdefault("internal_batch_size", max(1, n_steps))
-        return IntegratedGradients(forward_func).attribute(
-            inputs, target=target, n_steps=n_steps, **kwargs)
-    if method == "saliency":
-        return Saliency(forward_func).attribute(inputs, target=target, **kwargs)
-    if method == "input_x_gradient":
-        return InputXGradient(forward_func).attribute(inputs, target=target, **kwargs)
-    return _gradcam(forward_func, inputs, target, layer, **kwargs)
+    def __init__(self, forward_func: Callable[[torch.Tensor], torch.Tensor],
+                 method: str | type[Attribution] = "occlusion", layer: nn.Module | None = None) -> None:
+        super().__init__(forward_func)
+        self.method = method
+        self.layer = layer
+        self.captum = _captum_method(method, forward_func, layer)
 
-
-class _Attribution:
-    """Shared by the semantic and the class attribution: a forward function and the Grad-CAM layer."""
-
-    forward_func: Callable[[torch.Tensor], torch.Tensor]
-
-    def __init__(self, model: TraitModel, layer: nn.Module | None = None) -> None:
-        self.model = model
-        # the body's output is the last conv map, what the GAP traits are pooled from
-        self.layer = layer if layer is not None else model.body
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self.captum.multiplies_by_inputs
 
     def has_convergence_delta(self) -> bool:
-        return False
+        return self.captum.has_convergence_delta()
 
-    def _run(self, inputs: torch.Tensor, method: str, target: Any, **kwargs: Any) -> torch.Tensor:
-        inputs = inputs.to(next(self.model.parameters()).device)
-        with _frozen(self.model):
-            return attribute(self.forward_func, inputs, method, target=target, layer=self.layer,
-                             **kwargs)
+    def compute_convergence_delta(self, attributions: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The wrapped Captum method's convergence delta (where :meth:`has_convergence_delta`)."""
+        if not self.has_convergence_delta():
+            raise NotImplementedError(f"{type(self.captum).__name__} gives no convergence delta")
+        return self.captum.compute_convergence_delta(attributions, *args, **kwargs)
+
+    def attribute(self, inputs: torch.Tensor, baselines: Any = None, target: Any = None,
+                  **kwargs: Any) -> Any:
+        """Attributions shaped like ``inputs`` (detached), as Captum's ``attribute``.
+
+        Args:
+            inputs: ``B×3×H×W`` images in [0, 1].
+            baselines: Captum's baselines, or a named fill (see the module docstring); only for the
+                methods that take them (default: ``"blur"`` for the occlusions, Captum's for others).
+            target: Captum's target (class index per image) when the output is ``B×K``.
+            **kwargs: for ``"occlusion"`` ``feature_mask`` (``B×1×H×W`` or ``B×3×H×W`` groups,
+                default SLIC) or ``n_segments``; ``window`` for ``"window"``; ``n_steps`` for
+                ``"ig"``; anything else goes to the Captum method's ``attribute``.
+        """
+        if inputs.ndim != 4:
+            raise ValueError(f"inputs must be B×3×H×W, got shape {tuple(inputs.shape)}")
+        if isinstance(self.method, str):
+            self._check(baselines, kwargs)
+        owner = _owner(self.forward_func)
+        inputs = inputs.detach().to(_device(owner) or inputs.device)
+        if isinstance(self.captum, GradientAttribution):
+            inputs = inputs.requires_grad_()  # ask for input gradients up front (Captum warns when it has to)
+        with _frozen(owner) if owner is not None else nullcontext():
+            if self.method == "gradcam":
+                return _detached(self._gradcam(inputs, target, **kwargs))
+            return _detached(self.captum.attribute(inputs, **self._arguments(inputs, baselines, target, kwargs)))
+
+    def _check(self, baselines: Any, kwargs: Mapping[str, Any]) -> None:
+        for name, methods in _OPTIONS.items():
+            if name in kwargs and self.method not in methods:
+                raise ValueError(f"{name} only applies to method {' or '.join(map(repr, methods))}, "
+                                 f"not {self.method!r}")
+        if baselines is not None and self.method not in _WITH_BASELINES:
+            raise ValueError(f"method {self.method!r} takes no baselines")
+
+    def _arguments(self, inputs: torch.Tensor, baselines: Any, target: Any,
+                   kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The Captum method's keywords, with sxai's defaults and conveniences resolved."""
+        kw = dict(kwargs, target=target)
+        if self.method in OCCLUSIONS:
+            kw["baselines"] = _baselines(inputs, "blur" if baselines is None else baselines)
+            kw.setdefault("perturbations_per_eval", PERTURBATIONS_PER_EVAL)
+        elif baselines is not None:
+            kw["baselines"] = _baselines(inputs, baselines)
+        if self.method == "occlusion":
+            mask, n_segments = kw.pop("feature_mask", None), kw.pop("n_segments", N_SEGMENTS)
+            kw["feature_mask"] = superpixel_mask(inputs, n_segments) if mask is None else mask.long()
+        elif self.method == "window":
+            side = kw.pop("window", None) or max(1, int(np.ceil(min(inputs.shape[2:]) / 4)))
+            stride = max(1, side // 2)
+            kw.setdefault("sliding_window_shapes", (inputs.shape[1], side, side))
+            kw.setdefault("strides", (inputs.shape[1], stride, stride))
+        elif self.method == "ig":
+            kw.setdefault("n_steps", IG_STEPS)
+            kw.setdefault("internal_batch_size", max(1, kw["n_steps"]))
+        return kw
+
+    def _gradcam(self, inputs: torch.Tensor, target: Any, relu_attributions: bool = True,
+                 **kwargs: Any) -> torch.Tensor:
+        cam = self.captum.attribute(inputs, target=target, relu_attributions=relu_attributions, **kwargs)
+        cam = LayerAttribution.interpolate(cam, tuple(inputs.shape[2:]), interpolate_mode="bilinear")
+        return (cam / inputs.shape[1]).expand_as(inputs).contiguous()
 
 
-class SemanticAttribution(_Attribution):
-    """Captum-style attribution of a semantic space's ``A_s`` to the input pixels.
+class SemanticAttribution(PixelAttribution):
+    """Captum attribution of a semantic space's ``A_s`` to the input pixels.
 
-    >>> attr = SemanticAttribution(model, space).attribute(images, method="occlusion")
+    >>> attr = SemanticAttribution(model, space, "occlusion").attribute(images)
     >>> attr.shape == images.shape
     True
 
     Positive values mark pixels whose presence raises ``A_s`` (evidence for the concept).
+    ``layer`` (for Grad-CAM) defaults to the model's body, the last conv map the traits are
+    pooled from.
     """
 
-    def __init__(self, model: TraitModel, space: SemanticSpace, layer: nn.Module | None = None) -> None:
-        super().__init__(model, layer)
+    def __init__(self, model: TraitModel, space: SemanticSpace, method: str | type[Attribution] = "occlusion",
+                 layer: nn.Module | None = None) -> None:
+        forward = SpaceActivation(model, space).to(_device(model))
+        super().__init__(forward, method, layer if layer is not None else model.body)
+        self.model = model
         self.space = space
-        self.forward_func = SpaceActivation(model, space).to(next(model.parameters()).device)
-
-    def attribute(
-        self,
-        inputs: torch.Tensor,
-        method: str = "occlusion",
-        feature_mask: torch.Tensor | None = None,
-        n_segments: int = 40,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Attributions of ``A_s`` shaped like ``inputs`` (``B×3×H×W`` in [0, 1]); see :func:`attribute`."""
-        return self._run(inputs, method, None, feature_mask=feature_mask, n_segments=n_segments,
-                         **kwargs)
 
 
-class ClassAttribution(_Attribution):
+class ClassAttribution(PixelAttribution):
     """The same methods on ``model.logits``: the usual class attribution, for comparison."""
 
-    def __init__(self, model: TraitModel, layer: nn.Module | None = None) -> None:
-        super().__init__(model, layer)
-        self.forward_func = model.logits
+    def __init__(self, model: TraitModel, method: str | type[Attribution] = "ig",
+                 layer: nn.Module | None = None) -> None:
+        super().__init__(model.logits, method, layer if layer is not None else model.body)
+        self.model = model
 
     def predicted(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model.logits(inputs.to(next(self.model.parameters()).device)).argmax(1)
+        return predicted_class(self.model, inputs)
 
-    def attribute(
-        self,
-        inputs: torch.Tensor,
-        method: str = "ig",
-        target: int | Sequence[int] | torch.Tensor | None = None,
-        feature_mask: torch.Tensor | None = None,
-        n_segments: int = 40,
-        **kwargs: Any,
-    ) -> torch.Tensor:
+    def attribute(self, inputs: torch.Tensor, baselines: Any = None,
+                  target: int | Sequence[int] | torch.Tensor | None = None, **kwargs: Any) -> Any:
         """Attributions of the ``target`` logit (default: each image's predicted class)."""
         if target is None:
             target = self.predicted(inputs)
-        return self._run(inputs, method, target, feature_mask=feature_mask, n_segments=n_segments,
-                         **kwargs)
+        return super().attribute(inputs, baselines, target, **kwargs)
 
 
 # Weights' gradients off while attributing (only input gradients are needed, and autograd then
 # skips every weight-gradient kernel); the model's train/eval mode is left as the caller set it.
 _frozen = functools.partial(frozen, eval_mode=False)
-
-
-# ------------------------------------------------------------------------------------- metrics
-def attribution_map(attributions: torch.Tensor) -> np.ndarray:
-    """``B×H×W`` (or ``H×W`` for one ``3×H×W``) channel sums, as float64 numpy."""
-    a = attributions.detach().float().cpu()
-    return a.sum(dim=-3).double().numpy()
-
-
-def mass_in_region(heat: np.ndarray, region: np.ndarray) -> float:
-    """Share of the positive attribution mass that lies inside ``region`` (``H×W`` bool).
-
-    NaN when the map has no positive mass (nothing to share out).
-    """
-    heat = np.asarray(heat, dtype=np.float64)
-    region = np.asarray(region, dtype=bool)
-    if heat.shape != region.shape:
-        raise ValueError(f"map {heat.shape} and region {region.shape} differ in shape")
-    positive = np.clip(heat, 0.0, None)
-    total = positive.sum()
-    return float(positive[region].sum() / total) if total > 0 else float("nan")
-
-
-def pointing_hit(heat: np.ndarray, region: np.ndarray) -> bool:
-    """The pointing game: does the map's peak lie in ``region``?
-
-    Maps from superpixel occlusion are flat over a superpixel, so the peak may be many pixels;
-    it counts as inside when most of the pixels reaching the maximum are inside. A map with no
-    positive value points nowhere (a miss).
-    """
-    heat = np.asarray(heat, dtype=np.float64)
-    region = np.asarray(region, dtype=bool)
-    if heat.shape != region.shape:
-        raise ValueError(f"map {heat.shape} and region {region.shape} differ in shape")
-    peak = heat.max()
-    if not peak > 0:
-        return False
-    at_peak = heat >= peak
-    return bool(region[at_peak].mean() > 0.5)
-
-
-def _noise_perturbation(std: float, generator: torch.Generator) -> Callable:
-    def perturb(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = torch.randn(inputs.shape, generator=generator, dtype=inputs.dtype) * std
-        noise = noise.to(inputs.device)
-        return noise, inputs - noise
-
-    return perturb
-
-
-def infidelity_score(
-    forward_func: Callable[[torch.Tensor], torch.Tensor],
-    inputs: torch.Tensor,
-    attributions: torch.Tensor,
-    target: Any = None,
-    n_perturb_samples: int = 4,
-    noise_std: float = 0.003,
-    seed: int = 0,
-) -> torch.Tensor:
-    """Captum's ``infidelity`` under Gaussian pixel noise (σ = ``noise_std``), normalised (so the
-    attribution's scale does not matter); one value per image, lower is better. Seeded."""
-    from captum.metrics import infidelity
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return infidelity(forward_func, _noise_perturbation(noise_std, generator), inputs.detach(),
-                          attributions.detach(), target=target, n_perturb_samples=n_perturb_samples,
-                          normalize=True)
-
-
-def sensitivity_score(
-    explain: Callable[..., torch.Tensor],
-    inputs: torch.Tensor,
-    n_perturb_samples: int = 4,
-    perturb_radius: float = 0.02,
-    seed: int = 0,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """Captum's ``sensitivity_max``: the largest relative change of the explanation under uniform
-    L∞ noise of ``perturb_radius``; one value per image, lower is better. Seeded.
-
-    ``explain(inputs, **kwargs)`` must accept the inputs repeated ``n_perturb_samples`` times
-    (Captum repeats ``target`` in ``kwargs`` to match).
-    """
-    from captum.metrics import sensitivity_max
-
-    # Captum's default perturbation draws from the global RNG: fork it to stay deterministic
-    # without disturbing the caller's random state.
-    def single(x: torch.Tensor | tuple[torch.Tensor, ...], **kw: Any) -> Any:
-        # Captum passes the clean inputs as a 1-tuple and expects a tuple back, the perturbed
-        # ones as a bare tensor
-        if isinstance(x, tuple):
-            return (explain(x[0], **kw),)
-        return explain(x, **kw)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return sensitivity_max(single, inputs.detach(), perturb_radius=perturb_radius,
-                               n_perturb_samples=n_perturb_samples, **kwargs)
 
 
 # ---------------------------------------------------------------------------------- comparison
@@ -437,6 +386,98 @@ def _parse_methods(methods: Sequence[str]) -> list[str]:
     return methods
 
 
+def comparison_options(method: str, options: Mapping[str, Any], mask: torch.Tensor | None = None) -> dict[str, Any]:
+    """The keywords a named ``method`` takes from a comparison's shared ``options``: ``fill`` is
+    the occlusions' baseline (IG keeps Captum's black one); ``n_segments``, ``window`` and
+    ``n_steps`` go to the method they belong to. ``mask``, the image's superpixels, becomes the
+    occlusion's ``feature_mask`` (one SLIC per image: class and semantic see the same parts)."""
+    unknown = set(options) - {"n_steps", "n_segments", "window", "fill"}
+    if unknown:
+        raise ValueError(f"unknown comparison option(s) {sorted(unknown)}; use n_steps, n_segments, fill, window")
+    kw = {k: v for k, v in options.items() if method in _OPTIONS.get(k, ())}
+    if method in OCCLUSIONS and "fill" in options:
+        kw["baselines"] = options["fill"]
+    if method == "occlusion" and mask is not None:
+        kw["feature_mask"] = mask
+    return kw
+
+
+@dataclass
+class _Tally:
+    """One (target, method)'s scores, image by image."""
+
+    target: str
+    method: str
+    engine: PixelAttribution
+    mass: list[float] = field(default_factory=list)
+    hits: list[float] = field(default_factory=list)
+    infidelity: list[float] = field(default_factory=list)
+    sensitivity: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, x: torch.Tensor, region: np.ndarray, target: torch.Tensor, kw: dict[str, Any],
+            n_perturb_samples: int | None, seed: int) -> None:
+        """Score one image; with ``n_perturb_samples``, its infidelity and sensitivity_max too."""
+        t = target if isinstance(self.engine, ClassAttribution) else None
+        start = time.perf_counter()
+        attr = self.engine.attribute(x, target=t, **kw)
+        self.seconds += time.perf_counter() - start
+        heat = attribution_map(attr)[0]
+        self.mass.append(mass_in_region(heat, region))
+        self.hits.append(float(pointing_hit(heat, region)))
+        if n_perturb_samples is not None:
+            self.infidelity.append(float(infidelity_score(
+                self.engine.forward_func, x, attr, target=t, n_perturb_samples=n_perturb_samples, seed=seed)[0]))
+            self.sensitivity.append(float(_sensitivity(self.engine, x, t, kw, n_perturb_samples, seed)[0]))
+
+    def row(self, n: int) -> MethodScore:
+        return MethodScore(
+            target=self.target, method=self.method, n_images=n,
+            mass_in_region=float(np.nanmean(self.mass)) if n else float("nan"),
+            pointing=float(np.mean(self.hits)) if n else float("nan"),
+            infidelity=float(np.mean(self.infidelity)) if self.infidelity else None,
+            sensitivity=float(np.mean(self.sensitivity)) if self.sensitivity else None,
+            n_robustness=len(self.infidelity),
+            seconds_per_image=self.seconds / n if n else 0.0,
+        )
+
+
+def _sensitivity(engine: PixelAttribution, x: torch.Tensor, target: Any, kw: dict[str, Any],
+                 n_perturb_samples: int, seed: int) -> torch.Tensor:
+    """sensitivity_max of one method; the superpixels stay those of the clean image, so the score
+    measures the model's explanation, not SLIC's own instability."""
+    mask = kw.get("feature_mask")
+    rest = {k: v for k, v in kw.items() if k != "feature_mask"}
+
+    def explain(inputs: torch.Tensor, target: Any = None) -> torch.Tensor:
+        extra = dict(rest)
+        if mask is not None:
+            extra["feature_mask"] = mask.repeat_interleave(inputs.shape[0] // mask.shape[0], dim=0)
+        return engine.attribute(inputs, target=target, **extra)
+
+    targets = {} if target is None else {"target": target}
+    return sensitivity_score(explain, x, n_perturb_samples=n_perturb_samples, seed=seed, **targets)
+
+
+def _annotated_example(ann: Any, concept: str, size: tuple[int, int], region_mode: str,
+                       skipped: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The image squashed to ``size`` and the concept's region in it; None (and why, in
+    ``skipped``) when the image is unreadable or does not show the concept."""
+    from .._utils.errors import ImageLoadError
+    from ..data.concepts import concept_region
+
+    try:
+        image = ann.load(size)
+    except ImageLoadError as exc:
+        skipped.append(str(exc))
+        return None
+    region = concept_region(image, ann.geometry(concept, image.shape[:2]), mode=region_mode)
+    if not region.any():
+        skipped.append(f"{ann.image_path}: {concept!r} not visible")
+        return None
+    return image, region
+
+
 def compare_attributions(
     model: TraitModel,
     space: SemanticSpace,
@@ -453,100 +494,47 @@ def compare_attributions(
 ) -> ComparisonReport:
     """Score class and semantic attributions against annotated concept regions.
 
-    For each annotated image (:class:`~sxai_plugins.concepts.ConceptAnnotation` showing
+    For each annotated image (:class:`~sxai_plugins.data.concepts.ConceptAnnotation` showing
     ``concept``, default the space's) the image is squashed to the model's input size, the region
-    comes from :func:`~sxai_plugins.concepts.concept_region` (``region_mode``; ``"disc"``: discs of
-    6% of the shorter side around the annotated points, a tolerance like the pointing game's own),
-    and every class method (on the predicted class's logit) and semantic method (on ``A_s``) is
-    scored with :func:`mass_in_region` and :func:`pointing_hit`. Captum's ``infidelity`` and
-    ``sensitivity_max`` run on the first ``robustness_n`` images only (each costs
-    ``n_perturb_samples`` more attributions). Unreadable images are skipped and listed.
-    ``options`` (``n_steps``, ``n_segments``, ``fill``, ``window``) go to every :func:`attribute`.
+    comes from :func:`~sxai_plugins.data.concepts.concept_region` (``region_mode``; ``"disc"``:
+    discs of 6% of the shorter side around the annotated points, a tolerance like the pointing
+    game's own), and every class method (on the predicted class's logit) and semantic method (on
+    ``A_s``) is scored with :func:`~.metrics.mass_in_region` and :func:`~.metrics.pointing_hit`.
+    Captum's ``infidelity`` and ``sensitivity_max`` run on the first ``robustness_n`` images only
+    (each costs ``n_perturb_samples`` more attributions). Unreadable images are skipped and
+    listed. ``options`` (``n_steps``, ``n_segments``, ``fill``, ``window``) go to the methods that
+    take them (:func:`comparison_options`).
     """
     from tqdm.auto import tqdm
 
-    from .._utils.errors import ImageLoadError
-    from ..data.concepts import concept_region
+    from ..data.images import to_tensor
 
     concept = concept or space.concept
     methods, semantic_methods = _parse_methods(methods), _parse_methods(semantic_methods)
     options = dict(options or {})
+    comparison_options("occlusion", options)  # refuse unknown options before any work
     size = (model.input_size[1], model.input_size[2])
-    device = next(model.parameters()).device
-    semantic, klass = SemanticAttribution(model, space), ClassAttribution(model)
-    plans = [("class", m, klass) for m in methods] + [(space.key, m, semantic) for m in semantic_methods]
-    mass: dict[tuple[str, str], list[float]] = {(t, m): [] for t, m, _ in plans}
-    hits = {key: [] for key in mass}
-    infid = {key: [] for key in mass}
-    sens = {key: [] for key in mass}
-    seconds = dict.fromkeys(mass, 0.0)
+    tallies = ([_Tally("class", m, ClassAttribution(model, m)) for m in methods]
+               + [_Tally(space.key, m, SemanticAttribution(model, space, m)) for m in semantic_methods])
     fractions: list[float] = []
     skipped: list[str] = []
     for index, ann in enumerate(tqdm(annotations, desc="comparing", unit="img", disable=not progress)):
-        try:
-            image = ann.load(size)
-        except ImageLoadError as exc:
-            skipped.append(str(exc))
+        example = _annotated_example(ann, concept, size, region_mode, skipped)
+        if example is None:
             continue
-        region = concept_region(image, ann.geometry(concept, image.shape[:2]), mode=region_mode)
-        if not region.any():
-            skipped.append(f"{ann.image_path}: {concept!r} not visible")
-            continue
+        image, region = example
         fractions.append(float(region.mean()))
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous().to(device)
-        target = klass.predicted(x)
-        mask = superpixel_mask(x, options.get("n_segments", 40))
-        robust = len(fractions) <= robustness_n
-        for name, method, engine in plans:
-            # one SLIC per image, shared by every occlusion (class and semantic see the same parts)
-            kw = dict(options, feature_mask=mask) if method == "occlusion" else dict(options)
-            t = None if engine is semantic else target
-            start = time.perf_counter()
-            with _frozen(model):
-                attr = attribute(engine.forward_func, x, method, target=t, layer=engine.layer, **kw)
-            seconds[(name, method)] += time.perf_counter() - start
-            heat = attribution_map(attr)[0]
-            mass[(name, method)].append(mass_in_region(heat, region))
-            hits[(name, method)].append(float(pointing_hit(heat, region)))
-            if robust:
-                with _frozen(model):
-                    infid[(name, method)].append(float(infidelity_score(
-                        engine.forward_func, x, attr, target=t, n_perturb_samples=n_perturb_samples,
-                        seed=index)[0]))
-                    sens[(name, method)].append(float(_sensitivity(
-                        engine, x, method, t, mask, kw, n_perturb_samples, index)[0]))
+        x = to_tensor(image)[None].contiguous().to(_device(model))
+        target = predicted_class(model, x)
+        mask = superpixel_mask(x, options.get("n_segments", N_SEGMENTS))
+        robust = n_perturb_samples if len(fractions) <= robustness_n else None
+        for tally in tallies:
+            tally.add(x, region, target, comparison_options(tally.method, options, mask), robust, index)
     n = len(fractions)
-    rows = [
-        MethodScore(
-            target=name, method=method, n_images=n,
-            mass_in_region=float(np.nanmean(mass[(name, method)])) if n else float("nan"),
-            pointing=float(np.mean(hits[(name, method)])) if n else float("nan"),
-            infidelity=float(np.mean(infid[(name, method)])) if infid[(name, method)] else None,
-            sensitivity=float(np.mean(sens[(name, method)])) if sens[(name, method)] else None,
-            n_robustness=len(infid[(name, method)]),
-            seconds_per_image=seconds[(name, method)] / n if n else 0.0,
-        )
-        for name, method, _ in plans
-    ]
     settings = {"methods": methods, "semantic_methods": semantic_methods,
                 "robustness_n": robustness_n, "n_perturb_samples": n_perturb_samples,
-                "infidelity_noise_std": 0.003, "sensitivity_radius": 0.02, **options}
+                "infidelity_noise_std": INFIDELITY_NOISE_STD, "sensitivity_radius": SENSITIVITY_RADIUS,
+                **options}
     return ComparisonReport(space.key, concept, region_mode, n,
-                            float(np.mean(fractions)) if n else float("nan"), rows, skipped, settings)
-
-
-def _sensitivity(engine: _Attribution, x: torch.Tensor, method: str, target: Any,
-                 mask: torch.Tensor, kw: dict[str, Any], n_perturb_samples: int, seed: int) -> torch.Tensor:
-    """sensitivity_max of one method; the superpixels stay those of the clean image, so the score
-    measures the model's explanation, not SLIC's own instability."""
-    kw = {k: v for k, v in kw.items() if k != "feature_mask"}
-
-    def explain(inputs: torch.Tensor, target: Any = None) -> torch.Tensor:
-        extra = dict(kw)
-        if method == "occlusion":
-            extra["feature_mask"] = mask.repeat_interleave(inputs.shape[0] // mask.shape[0], dim=0)
-        return attribute(engine.forward_func, inputs, method, target=target, layer=engine.layer, **extra)
-
-    if target is None:
-        return sensitivity_score(explain, x, n_perturb_samples=n_perturb_samples, seed=seed)
-    return sensitivity_score(explain, x, n_perturb_samples=n_perturb_samples, seed=seed, target=target)
+                            float(np.mean(fractions)) if n else float("nan"), [t.row(n) for t in tallies],
+                            skipped, settings)

@@ -26,7 +26,7 @@ from ._args import (
 
 
 def _methods(text: str) -> list[str]:
-    from ..attr.semantic import METHODS
+    from ..attr import METHODS
 
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -38,7 +38,7 @@ def _methods(text: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------ compare
 def _compare(sub: argparse._SubParsersAction) -> None:
-    from ..attr.semantic import METHODS
+    from ..attr import METHODS
 
     p = sub.add_parser(
         "compare", help="class attributions (Captum) beside the semantic attribution of a space",

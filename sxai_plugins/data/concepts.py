@@ -370,7 +370,31 @@ def load_coco(
     ``check_images`` every image file must exist and have the size the file states.
     """
     path = Path(path)
-    image_root = Path(image_root)
+    data = _read_coco_json(path)
+    report = _Reporter(str(path))
+    vocabulary = _CocoConcepts.read(data, concept_map, report)
+    images = _coco_images(data["images"], Path(image_root), check_images, report)
+    annotated, incomplete, class_votes = _attach_annotations(data, images, vocabulary, report)
+    result, unannotated = [], []
+    for image_id, record in images.items():
+        if image_id not in annotated:
+            if image_id not in incomplete:  # no animal in it: neither positive nor negative
+                unannotated.append(record.image_path)
+            continue
+        classes = sorted(set(class_votes.get(image_id, [])))
+        if len(classes) != 1:
+            why = (f"animals of several classes {classes}" if classes
+                   else "concept annotations but no animal (class) annotation")
+            report(f"{why}; cannot tell the image's class", image_id=image_id)
+            continue
+        record.class_name = classes[0]
+        record.complete = image_id not in incomplete
+        record.concepts = {c: g for c, g in record.concepts.items() if g.visible}
+        result.append(record)
+    return AnnotationSet(str(path), result, tuple(vocabulary.concepts), report.problems, unannotated)
+
+
+def _read_coco_json(path: Path) -> Mapping[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -379,30 +403,48 @@ def load_coco(
         raise ConceptAnnotationError(f"{path}: not a JSON file ({exc})") from exc
     if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
         raise ConceptAnnotationError(f"{path}: not a COCO file (no 'images' list)")
-    report = _Reporter(str(path))
+    return data
 
-    categories = {c["id"]: c for c in data.get("categories", [])}
-    keypoint_names = sorted({n for c in categories.values() for n in c.get("keypoints") or []})
-    if concept_map is None:
-        concept_map = data.get("concepts") or {n: [n] for n in keypoint_names}
-    concept_map = {str(k): list(v) for k, v in concept_map.items()}
-    for concept, names in concept_map.items():
-        unknown = [n for n in names if n not in keypoint_names]
-        # A pure polygon/box file has no keypoints at all: then the map just names the concepts.
-        if unknown and keypoint_names:
-            report(f"concept {concept!r} names unknown keypoint(s) {unknown}; "
-                   f"keypoints in the file: {keypoint_names}")
-    concept_categories = {
-        cid for cid, c in categories.items()
-        if c.get("name") in concept_map or c.get("supercategory") == "concept"
-    }
-    concepts = list(concept_map)
-    for cid in sorted(concept_categories):
-        if categories[cid]["name"] not in concepts:
-            concepts.append(categories[cid]["name"])
 
+@dataclass
+class _CocoConcepts:
+    """A COCO file's categories and what they say of concepts."""
+
+    categories: dict[Any, Mapping[str, Any]]  # id -> category
+    concept_map: dict[str, list[str]]  # concept -> keypoint names
+    concept_categories: set[Any]  # ids of the categories that are concepts, not classes
+    concepts: list[str]  # every concept, in the map's order then the categories'
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any], concept_map: Mapping[str, Sequence[str]] | None,
+             report: _Reporter) -> _CocoConcepts:
+        categories = {c["id"]: c for c in data.get("categories", [])}
+        keypoint_names = sorted({n for c in categories.values() for n in c.get("keypoints") or []})
+        if concept_map is None:
+            concept_map = data.get("concepts") or {n: [n] for n in keypoint_names}
+        concept_map = {str(k): list(v) for k, v in concept_map.items()}
+        for concept, names in concept_map.items():
+            unknown = [n for n in names if n not in keypoint_names]
+            # A pure polygon/box file has no keypoints at all: then the map just names the concepts.
+            if unknown and keypoint_names:
+                report(f"concept {concept!r} names unknown keypoint(s) {unknown}; "
+                       f"keypoints in the file: {keypoint_names}")
+        concept_categories = {
+            cid for cid, c in categories.items()
+            if c.get("name") in concept_map or c.get("supercategory") == "concept"
+        }
+        concepts = list(concept_map)
+        for cid in sorted(concept_categories):
+            if categories[cid]["name"] not in concepts:
+                concepts.append(categories[cid]["name"])
+        return cls(categories, concept_map, concept_categories, concepts)
+
+
+def _coco_images(entries: Sequence[Mapping[str, Any]], image_root: Path, check_images: bool,
+                 report: _Reporter) -> dict[Any, ConceptAnnotation]:
+    """An empty record per usable image entry (the others reported), by image id."""
     images: dict[Any, ConceptAnnotation] = {}
-    for entry in data["images"]:
+    for entry in entries:
         image_id = entry.get("id")
         image_path = image_root / str(entry.get("file_name", ""))
         try:
@@ -419,7 +461,15 @@ def load_coco(
             report(str(exc), image_id=image_id)
             continue
         images[image_id] = ConceptAnnotation(image_path, image_id, "", size[1], size[0])
+    return images
 
+
+def _attach_annotations(
+    data: Mapping[str, Any], images: dict[Any, ConceptAnnotation], vocabulary: _CocoConcepts,
+    report: _Reporter,
+) -> tuple[set[Any], set[Any], dict[Any, list[str]]]:
+    """Add every annotation's concept geometry to its image's record; returns the ids of the
+    annotated images, of those with an unreadable annotation, and each image's class votes."""
     annotated: set[Any] = set()
     incomplete: set[Any] = set()
     class_votes: dict[Any, list[str]] = defaultdict(list)
@@ -429,43 +479,26 @@ def load_coco(
         if image_id in skipped_images:
             continue  # the image itself was already reported
         record = images.get(image_id)
-        category = categories.get(ann.get("category_id"))
+        category = vocabulary.categories.get(ann.get("category_id"))
         try:
             if record is None:
                 raise ValueError(f"refers to image id {image_id}, which is not in 'images'")
             if category is None:
                 raise ValueError(f"unknown category id {ann.get('category_id')}")
-            found = _read_annotation(ann, category, concept_map, concept_categories, record.size)
+            class_name, geometries = _read_annotation(ann, category, vocabulary.concept_map,
+                                                      vocabulary.concept_categories, record.size)
         except (ValueError, KeyError, TypeError) as exc:
             report(str(exc), image_id=image_id, annotation_id=ann_id)
             if record is not None:
                 incomplete.add(image_id)
             continue
-        class_name, geometries = found
         annotated.add(image_id)
         if class_name is not None:
             class_votes[image_id].append(class_name)
         for concept, geometry in geometries.items():
             old = record.concepts.get(concept)
             record.concepts[concept] = old.merged(geometry) if old else geometry
-
-    result, unannotated = [], []
-    for image_id, record in images.items():
-        classes = sorted(set(class_votes.get(image_id, [])))
-        if image_id not in annotated:
-            if image_id not in incomplete:  # no animal in it: neither positive nor negative
-                unannotated.append(record.image_path)
-            continue
-        if len(classes) != 1:
-            why = (f"animals of several classes {classes}" if classes
-                   else "concept annotations but no animal (class) annotation")
-            report(f"{why}; cannot tell the image's class", image_id=image_id)
-            continue
-        record.class_name = classes[0]
-        record.complete = image_id not in incomplete
-        record.concepts = {c: g for c, g in record.concepts.items() if g.visible}
-        result.append(record)
-    return AnnotationSet(str(path), result, tuple(concepts), report.problems, unannotated)
+    return annotated, incomplete, class_votes
 
 
 def _read_annotation(

@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,9 +52,16 @@ from ..data.images import iter_batches
 from ..models.inference import model_size
 from ..models.trait_model import TraitModel
 from ..spaces.space import SpaceSet
-
-if TYPE_CHECKING:
-    from .detection import Detector
+from .detection import (
+    ADAPTIVE_CONFIDENCE,
+    PAPER_MULTI,
+    PAPER_SINGLE,
+    Detector,
+    adaptive_loss,
+    score_aware_loss,
+    score_parts,
+    spaces_digest,
+)
 
 __all__ = [
     "PAPER_RULE",
@@ -79,8 +86,8 @@ class DetectionRule:
     spaces of the class the model predicts for the image being judged (``"predicted"``)."""
 
     name: str = "paper"
-    single: float = 0.99
-    multi: float = 0.9
+    single: float = PAPER_SINGLE
+    multi: float = PAPER_MULTI
     count: int = 2
     scope: str = "all"
 
@@ -138,6 +145,9 @@ class DetectionRule:
 
 
 PAPER_RULE = DetectionRule()
+EPSILONS = (0.05, 0.01, 0.005)  # the default L∞ radii, in pixel units of [0, 1]
+PGD_STEPS = 10
+STEP_SIZE_FACTOR = 2.5  # step size = factor · ε / steps (Madry et al.: the iterate can reach the border)
 
 
 def pgd_attack(
@@ -145,13 +155,13 @@ def pgd_attack(
     images: torch.Tensor,
     labels: torch.Tensor,
     eps: float,
-    steps: int = 10,
+    steps: int = PGD_STEPS,
     step_size: float | None = None,
     random_start: bool = False,
     *,
     spaces: SpaceSet | None = None,
     adaptive_weight: float = 1.0,
-    adaptive_confidence: float = 0.9,
+    adaptive_confidence: float = ADAPTIVE_CONFIDENCE,
     detector: Detector | None = None,
 ) -> torch.Tensor:
     """Untargeted L∞ PGD (``captum.robust.PGD``) against ``labels``; images in [0, 1].
@@ -170,12 +180,10 @@ def pgd_attack(
         raise ValueError(f"eps must be positive, got {eps}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = STEP_SIZE_FACTOR * eps / steps if step_size is None else step_size
     if spaces is None:
         forward, loss = model.logits, nn.CrossEntropyLoss(reduction="none")
     else:
-        from .detection import adaptive_loss, score_aware_loss
-
         if not 0 < adaptive_confidence < 1:
             raise ValueError(f"adaptive_confidence must be in (0, 1), got {adaptive_confidence}")
         k = model.num_classes
@@ -253,7 +261,7 @@ class AdversarialReport:
     skipped: list[str] = field(default_factory=list)
     detector: dict[str, Any] | None = None  # the calibrated detector used (Detector.to_dict())
     adaptive_weight: float = 1.0
-    adaptive_confidence: float = 0.9
+    adaptive_confidence: float = ADAPTIVE_CONFIDENCE
 
     def to_dict(self, roc: bool = True) -> dict[str, Any]:
         data = asdict(self)
@@ -358,11 +366,14 @@ def _digest(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _spaces_digest(spaces: SpaceSet) -> str:
-    """What an adaptive attack depends on: every space's weights and its link to P_s."""
-    links = [(s.key, s.bias, asdict(s.reference) if s.reference else None,
-              s.probe.metadata() if s.probe is not None else None) for s in spaces]
-    return _digest(np.ascontiguousarray(spaces.weights), links)
+def _cache_name(paths: list[str], weights: str, attack: str, eps: float, steps: int, step_size_factor: float,
+                adaptive: tuple[float, float, str], detector: Detector | None) -> str:
+    """The cache file of one batch's attacked outputs, named by everything they depend on: the
+    adaptive attacks also on their settings and the spaces (``adaptive``), the score-aware one on
+    the detector's fit."""
+    key = _digest(paths, weights, attack, eps, steps, step_size_factor, *(adaptive if attack != "pgd" else ()),
+                  *((detector.beta, detector.intercept) if attack == "score-aware" and detector else ()))
+    return f"{attack}-eps{eps:g}-steps{steps}-{key}.npz"
 
 
 def collect_attacks(
@@ -370,13 +381,13 @@ def collect_attacks(
     spaces: SpaceSet,
     paths: Sequence[str | Path],
     *,
-    eps: Iterable[float] = (0.05, 0.01, 0.005),
+    eps: Iterable[float] = EPSILONS,
     attacks: Sequence[str] = ("pgd",),
-    steps: int = 10,
-    step_size_factor: float = 2.5,
+    steps: int = PGD_STEPS,
+    step_size_factor: float = STEP_SIZE_FACTOR,
     labels: Sequence[int] | None = None,
     adaptive_weight: float = 1.0,
-    adaptive_confidence: float = 0.9,
+    adaptive_confidence: float = ADAPTIVE_CONFIDENCE,
     batch_size: int = 16,
     progress: bool = True,
     cache: str | Path | None = None,
@@ -409,7 +420,8 @@ def collect_attacks(
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         weights = _digest(model.fingerprint(), *(t.detach().cpu().numpy() for t in model.head.state_dict().values()))
-        space_key = _spaces_digest(spaces) if set(attacks) - {"pgd"} else ""
+        # what the adaptive attacks depend on besides: every space's weights and link to P_s
+        space_key = spaces_digest(spaces) if set(attacks) - {"pgd"} else ""
     failures: list[tuple[Path, str]] = []
     kept: list[str] = []
     truths, clean_logits, clean_traits = [], [], []
@@ -434,13 +446,9 @@ def collect_attacks(
                 for e in eps:
                     if not len(keep):
                         continue
-                    file = None
-                    if cache is not None:
-                        key = _digest([str(p) for p in batch.paths], weights, attack, e, steps, step_size_factor,
-                                      *((adaptive_weight, adaptive_confidence, space_key) if attack != "pgd"
-                                        else ()),
-                                      *((detector.beta, detector.intercept) if attack == "score-aware" else ()))
-                        file = cache / f"{attack}-eps{e:g}-steps{steps}-{key}.npz"
+                    file = None if cache is None else cache / _cache_name(
+                        [str(p) for p in batch.paths], weights, attack, e, steps, step_size_factor,
+                        (adaptive_weight, adaptive_confidence, space_key), detector)
                     if file is not None and file.is_file():
                         with np.load(file) as stored:
                             logits, traits = stored["logits"], stored["traits"]
@@ -489,6 +497,32 @@ def _auc(clean: np.ndarray, attacked: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(len(attacked))], np.r_[clean, attacked]))
 
 
+def _check_rule_names(rules: Sequence[DetectionRule]) -> None:
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise SxaiError(f"detection rules need distinct names, got {names}")
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else float("nan")
+
+
+def _rule_result(name: str, hits: np.ndarray, n_success: int, clean_flags: np.ndarray) -> RuleResult:
+    """A rule's rates: ``hits`` flags the successful adversarial images, ``clean_flags`` clean ones."""
+    detected, false_pos = int(hits.sum()), int(clean_flags.sum())
+    return RuleResult(name, detected, _ratio(detected, n_success), false_pos, _ratio(false_pos, len(clean_flags)))
+
+
+def _roc_points(clean: np.ndarray, attacked: np.ndarray) -> dict[str, list[float]]:
+    """The ROC curve of clean vs attacked scores (5 decimals), empty when either side is."""
+    from sklearn.metrics import roc_curve
+
+    if not len(clean) or not len(attacked):
+        return {}
+    fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(clean)), np.ones(len(attacked))], np.r_[clean, attacked])
+    return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
+
+
 def summarise(
     data: AttackData,
     spaces: SpaceSet,
@@ -496,22 +530,16 @@ def summarise(
     *,
     detector: Detector | None = None,
     rules: Sequence[DetectionRule] = (PAPER_RULE,),
-    steps: int = 10,
-    step_size_factor: float = 2.5,
+    steps: int = PGD_STEPS,
+    step_size_factor: float = STEP_SIZE_FACTOR,
     adaptive_weight: float = 1.0,
-    adaptive_confidence: float = 0.9,
+    adaptive_confidence: float = ADAPTIVE_CONFIDENCE,
 ) -> AdversarialReport:
     """Per (attack, ε): attack success; ROC AUC of the detection score (every clean image vs the
     successful adversarial ones), also for its confidence and semantic parts alone; detection and
     false-positive rates at the detector's calibrated threshold; and each rule's rates. Without a
     detector the AUC is the paper's rule as a score's, and the detector columns stay empty."""
-    from sklearn.metrics import roc_curve
-
-    from .detection import Detector, score_parts
-
-    names_seen = [r.name for r in rules]
-    if len(set(names_seen)) != len(names_seen):
-        raise SxaiError(f"detection rules need distinct names, got {names_seen}")
+    _check_rule_names(rules)
     space_classes = [s.class_name for s in spaces]
     scorer = detector or Detector(score="paper")
 
@@ -525,37 +553,26 @@ def summarise(
     p_clean, parts_clean, s_clean, flags_clean = judge(data.clean_logits, data.clean_traits)
     correct = data.correct
     n_clean, n_correct = len(data.labels), int(correct.sum())
-
-    def rate(a: int, b: int) -> float:
-        return a / b if b else float("nan")
-
     results = []
     for (attack, e), (index, logits, traits) in data.adversarial.items():
         fooled = logits.argmax(1) != data.labels[index] if len(index) else np.zeros(0, dtype=bool)
         p_adv, parts_adv, s_adv, flags_adv = judge(logits, traits)
         n_success = int(fooled.sum())
         s_hit = s_adv[fooled]
-        roc: dict[str, list[float]] = {}
-        if n_clean and n_success:
-            fpr, tpr, _ = roc_curve(np.r_[np.zeros(n_clean), np.ones(n_success)], np.r_[s_clean, s_hit])
-            roc = {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
         detected = int((s_hit > detector.threshold).sum()) if detector else 0
         false_pos = int((s_clean > detector.threshold).sum()) if detector else 0
         results.append(EpsilonResult(
-            eps=e, n_attacked=n_correct, n_success=n_success, attack_success_rate=rate(n_success, n_correct),
-            rules=[RuleResult(r.name, int((flags_adv[r.name] & fooled).sum()),
-                              rate(int((flags_adv[r.name] & fooled).sum()), n_success),
-                              int(flags_clean[r.name].sum()), rate(int(flags_clean[r.name].sum()), n_clean))
-                   for r in rules],
+            eps=e, n_attacked=n_correct, n_success=n_success, attack_success_rate=_ratio(n_success, n_correct),
+            rules=[_rule_result(r.name, flags_adv[r.name] & fooled, n_success, flags_clean[r.name]) for r in rules],
             mean_max_p_clean=float(p_clean[torch.from_numpy(correct)].max(1).values.mean()) if n_correct
             else float("nan"),
             mean_max_p_adversarial=float(p_adv.max(1).values.mean()) if len(p_adv) else float("nan"),
             attack=attack, n_clean=n_clean, score=scorer.score, auc=_auc(s_clean, s_hit),
             auc_margin=_auc(parts_clean["margin"], parts_adv["margin"][fooled]),
             auc_semantic=_auc(parts_clean["semantic"], parts_adv["semantic"][fooled]),
-            detected=detected, detection_rate=rate(detected, n_success) if detector else float("nan"),
-            false_positives=false_pos, false_positive_rate=rate(false_pos, n_clean) if detector else float("nan"),
-            roc=roc))
+            detected=detected, detection_rate=_ratio(detected, n_success) if detector else float("nan"),
+            false_positives=false_pos, false_positive_rate=_ratio(false_pos, n_clean) if detector else float("nan"),
+            roc=_roc_points(s_clean, s_hit)))
     return AdversarialReport(n_clean, n_correct, data.labels_from, steps, step_size_factor, list(rules), results,
                              data.skipped, detector.to_dict() if detector else None, adaptive_weight,
                              adaptive_confidence)
@@ -566,24 +583,22 @@ def evaluate_detection(
     spaces: SpaceSet,
     paths: Sequence[str | Path],
     *,
-    eps: Iterable[float] = (0.05, 0.01, 0.005),
+    eps: Iterable[float] = EPSILONS,
     rules: Sequence[DetectionRule] = (PAPER_RULE,),
-    steps: int = 10,
-    step_size_factor: float = 2.5,
+    steps: int = PGD_STEPS,
+    step_size_factor: float = STEP_SIZE_FACTOR,
     labels: Sequence[int] | None = None,
     batch_size: int = 16,
     progress: bool = True,
     detector: Detector | None = None,
     attacks: Sequence[str] = ("pgd",),
     adaptive_weight: float = 1.0,
-    adaptive_confidence: float = 0.9,
+    adaptive_confidence: float = ADAPTIVE_CONFIDENCE,
     cache: str | Path | None = None,
 ) -> AdversarialReport:
     """:func:`collect_attacks` then :func:`summarise` (see both). False-positive rates are
     measured on these images' clean versions, so ``detector`` must have been calibrated on others."""
-    names_seen = [r.name for r in rules]
-    if len(set(names_seen)) != len(names_seen):
-        raise SxaiError(f"detection rules need distinct names, got {names_seen}")
+    _check_rule_names(rules)  # before the costly attacks
     data = collect_attacks(model, spaces, paths, eps=eps, attacks=attacks, steps=steps,
                            step_size_factor=step_size_factor, labels=labels, adaptive_weight=adaptive_weight,
                            adaptive_confidence=adaptive_confidence, batch_size=batch_size, progress=progress,

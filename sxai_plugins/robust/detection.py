@@ -60,6 +60,10 @@ FORMAT = "sxai.detector"
 VERSION = 1
 SCORES = ("gap", "paper")
 P_CLIP = 1e-6  # semantic probabilities are clipped to [P_CLIP, 1 − P_CLIP] before the logit
+PAPER_SINGLE, PAPER_MULTI = 0.99, 0.9  # the paper's rule: one P_s above 0.99, or two above 0.9
+FPR = 0.05  # the default false-positive budget on clean images
+CONFIDENCE = 0.9  # the default probability that the budget holds over the calibration draw
+ADAPTIVE_CONFIDENCE = 0.9  # the attackers stop raising the wrong class's confidence beyond this
 FLAG_SENTENCE = "The semantics do not support this prediction"
 
 
@@ -103,7 +107,7 @@ def score_parts(
     semantic = mean_p[rows, pred] - (mean_p[rows, runner] if z.shape[1] > 1 else 0.0)
     top = -np.sort(-p, axis=1)
     second = top[:, 1] if p.shape[1] > 1 else np.full(len(p), P_CLIP)
-    paper = np.maximum(_logit(top[:, 0]) - _logit(0.99), _logit(second) - _logit(0.9))
+    paper = np.maximum(_logit(top[:, 0]) - _logit(PAPER_SINGLE), _logit(second) - _logit(PAPER_MULTI))
     return {"margin": margin, "semantic": semantic, "paper": paper}
 
 
@@ -146,8 +150,8 @@ class Detector:
 
     score: str = "gap"
     threshold: float = 0.0
-    fpr: float = 0.05  # the false-positive budget the threshold was calibrated to
-    confidence: float | None = 0.9  # probability that the budget holds (None: holds on average)
+    fpr: float = FPR  # the false-positive budget the threshold was calibrated to
+    confidence: float | None = CONFIDENCE  # probability that the budget holds (None: holds on average)
     beta: float = 0.0  # gap score: margin explained by β·semantic + intercept
     intercept: float = 0.0
     n_calibration: int = 0
@@ -267,10 +271,10 @@ def calibrate(
     probabilities,
     spaces: SpaceSet,
     class_names: Sequence[str],
-    fpr: float = 0.05,
+    fpr: float = FPR,
     score: str = "gap",
     *,
-    confidence: float | None = 0.9,
+    confidence: float | None = CONFIDENCE,
     fingerprint: str = "",
     source: str = "",
     files: Sequence[str] = (),
@@ -350,9 +354,7 @@ def space_logits(spaces: SpaceSet | Sequence[SemanticSpace], traits: torch.Tenso
         ref = space.reference
         if ref is None:
             raise SpaceError(f"space {space.key} has no reference distribution, so it has no P_s")
-        lo, hi = (float(torch.special.ndtr(torch.tensor((v - ref.mu) / ref.sigma))) for v in (ref.a_min, ref.a_max))
-        p = (torch.special.ndtr((a - ref.mu) / ref.sigma) - lo) / max(hi - lo, 1e-12)
-        p = p.clamp(P_CLIP, 1 - P_CLIP)
+        p = ref.link(a).clamp(P_CLIP, 1 - P_CLIP)
         columns.append(torch.log(p) - torch.log1p(-p))
     return torch.stack(columns, dim=1)
 
@@ -364,7 +366,7 @@ def adaptive_loss(
     spaces: SpaceSet,
     class_names: Sequence[str],
     weight: float = 1.0,
-    confidence: float = 0.9,
+    confidence: float = ADAPTIVE_CONFIDENCE,
 ) -> torch.Tensor:
     """Per-image loss of the adaptive attacker (to be maximised): the cross-entropy of the label,
     capped at ``−log(1 − confidence)`` (once the image is misclassified with that confidence, the
@@ -372,17 +374,31 @@ def adaptive_loss(
     be), plus ``weight`` × the semantic margin of the class it is pushed to (the runner-up to the
     label) over the label: it raises that class's semantic probabilities and lowers the label's.
     Both terms aim at the ``gap`` score; the second also mimics semantic support."""
+    t = _attacker_terms(logits, traits, labels, spaces, class_names, confidence)
+    mean_ell = space_logits(spaces, traits) @ t.class_weights.T  # B × K
+    semantic = mean_ell[t.rows, t.rival] - mean_ell[t.rows, labels]
+    return t.capped + weight * semantic
+
+
+@dataclass
+class _AttackerTerms:
+    ce: torch.Tensor  # the label's cross-entropy per image
+    capped: torch.Tensor  # ... capped at −log(1 − confidence)
+    rival: torch.Tensor  # the class each image is pushed to: the runner-up to its label
+    rows: torch.Tensor
+    class_weights: torch.Tensor  # K × S: the mean over each class's spaces
+
+
+def _attacker_terms(logits: torch.Tensor, traits: torch.Tensor, labels: torch.Tensor, spaces: SpaceSet,
+                    class_names: Sequence[str], confidence: float) -> _AttackerTerms:
+    """What the adaptive and the score-aware attacker share."""
     ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    capped = torch.clamp(ce, max=-math.log(1 - confidence))
     masked = logits.detach().clone()
     masked[torch.arange(len(labels)), labels] = -torch.inf
-    rival = masked.argmax(1)
     masks = torch.as_tensor(_class_masks(spaces, class_names), device=traits.device)  # K × S
-    weights = masks.float() / masks.sum(1, keepdim=True).clamp(min=1)
-    mean_ell = space_logits(spaces, traits) @ weights.T  # B × K
-    rows = torch.arange(len(labels), device=traits.device)
-    semantic = mean_ell[rows, rival] - mean_ell[rows, labels]
-    return capped + weight * semantic
+    return _AttackerTerms(ce, torch.clamp(ce, max=-math.log(1 - confidence)), masked.argmax(1),
+                          torch.arange(len(labels), device=traits.device),
+                          masks.float() / masks.sum(1, keepdim=True).clamp(min=1))
 
 
 def score_aware_loss(
@@ -393,7 +409,7 @@ def score_aware_loss(
     class_names: Sequence[str],
     detector: Detector,
     weight: float = 1.0,
-    confidence: float = 0.9,
+    confidence: float = ADAPTIVE_CONFIDENCE,
 ) -> torch.Tensor:
     """Per-image loss of the score-aware attacker (to be maximised), who knows the stored
     ``gap`` detector (β and c): the label's cross-entropy capped at ``−log(1 − confidence)``, minus
@@ -403,22 +419,15 @@ def score_aware_loss(
     support."""
     if detector.score != "gap":
         raise ValueError(f"the score-aware attack aims at the gap score, not {detector.score!r}")
-    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    capped = torch.clamp(ce, max=-math.log(1 - confidence))
-    masked = logits.detach().clone()
-    masked[torch.arange(len(labels)), labels] = -torch.inf
-    rival = masked.argmax(1)
-    rows = torch.arange(len(labels), device=traits.device)
-    margin = logits[rows, rival] - logits[rows, labels]
-    masks = torch.as_tensor(_class_masks(spaces, class_names), device=traits.device)  # K × S
-    weights = masks.float() / masks.sum(1, keepdim=True).clamp(min=1)
-    mean_p = torch.sigmoid(space_logits(spaces, traits)) @ weights.T  # B × K
-    delta_p = mean_p[rows, rival] - mean_p[rows, labels]
+    t = _attacker_terms(logits, traits, labels, spaces, class_names, confidence)
+    margin = logits[t.rows, t.rival] - logits[t.rows, labels]
+    mean_p = torch.sigmoid(space_logits(spaces, traits)) @ t.class_weights.T  # B × K
+    delta_p = mean_p[t.rows, t.rival] - mean_p[t.rows, labels]
     score = margin - (detector.beta * delta_p + detector.intercept)
     # the score term only where the wrong class already has the capped confidence: before, it would
     # pull the image back to its label; after, the cross-entropy pushes back whenever it goes below
-    fooled = (ce.detach() >= -math.log(1 - confidence)).float()
-    return capped - weight * fooled * score
+    fooled = (t.ce.detach() >= -math.log(1 - confidence)).float()
+    return t.capped - weight * fooled * score
 
 
 def detector_folder(sources: Sequence[str | Path] | None, model_name: str) -> Path | None:

@@ -39,9 +39,13 @@ from ..data.concepts import AnnotationSet, ConceptAnnotation, concept_region
 from ..models.trait_model import TraitModel
 from ..plugin.manager import get_masker
 from ..traits.pca import first_pc
-from .space import SemanticSpace, SpaceSet, select_ssn
+from .probe_data import stable_seed
+from .space import MIN_REFERENCE_IMAGES, SemanticSpace, SpaceSet, select_ssn
 
 log = logging.getLogger("sxai")
+
+MIN_POSITIVES = 6  # annotated images showing the concept a space needs at least
+MIN_BUILD, MIN_EVALUATION = 3, 2  # of them, at least this many to build from and to evaluate on
 
 
 @dataclass
@@ -78,14 +82,14 @@ class Split:
 
 def split_positives(annotations: AnnotationSet, class_name: str, concept: str, recipe: SpaceRecipe) -> Split:
     positives = annotations.images_with(concept, class_name)
-    if len(positives) < 6:
+    if len(positives) < MIN_POSITIVES:
         raise SpaceError(f"only {len(positives)} annotated {class_name} images show {concept!r}; "
-                         "a semantic space needs at least 6 (ideally ~100)")
+                         f"a semantic space needs at least {MIN_POSITIVES} (ideally ~100)")
     # One permutation per (class, concept) from the seed and the names, so splits do not depend on
     # which other spaces are built in the same run.
-    key = sum(map(ord, f"{class_name}.{concept}"))
-    order = np.random.default_rng([recipe.seed, key]).permutation(len(positives))
-    n_build = min(len(positives) - 2, max(3, int(round(len(positives) * recipe.build_fraction))))
+    order = np.random.default_rng(stable_seed(recipe.seed, class_name, concept)).permutation(len(positives))
+    n_build = min(len(positives) - MIN_EVALUATION,
+                  max(MIN_BUILD, int(round(len(positives) * recipe.build_fraction))))
     pick = lambda idx: [positives[i] for i in sorted(idx)]  # noqa: E731
     return Split(pick(order[:n_build]), pick(order[n_build:]), annotations.images_without(concept, class_name))
 
@@ -161,10 +165,14 @@ def paired_effect(unmasked: torch.Tensor, masked: torch.Tensor) -> tuple[np.ndar
 
 
 def welch_t(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Per-channel Welch t statistic of ``a`` against ``b``."""
-    a, b = a.double().numpy(), b.double().numpy()
-    spread = np.sqrt(a.var(axis=0, ddof=1) / len(a) + b.var(axis=0, ddof=1) / len(b))
-    return (a.mean(axis=0) - b.mean(axis=0)) / (spread + 1e-12)
+    """Per-channel Welch t statistic of ``a`` against ``b`` (scipy's ``ttest_ind``). A channel
+    constant in both has none: 0; constant in both at different levels: ±the largest float."""
+    from scipy.stats import ttest_ind
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = ttest_ind(a.double().numpy(), b.double().numpy(), equal_var=False, axis=0).statistic
+    big = np.finfo(np.float64).max
+    return np.nan_to_num(t, nan=0.0, posinf=big, neginf=-big)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -298,7 +306,7 @@ def reference_traits_for(model: TraitModel, traits: torch.Tensor, logits: torch.
     """Traits of the reference images the model predicts as ``class_name``."""
     index = model.class_names.index(class_name)
     chosen = traits[logits.argmax(1) == index]
-    if len(chosen) < 3:
+    if len(chosen) < MIN_REFERENCE_IMAGES:
         raise SpaceError(f"only {len(chosen)} reference images are predicted as {class_name!r}; "
                          "give a larger or more varied reference folder")
     return chosen

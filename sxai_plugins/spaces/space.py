@@ -42,6 +42,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 MAX_NAME_LENGTH = 100
 # No CNN has a million trait channels; a file claiming more would only make loading allocate it.
 MAX_TRAIT_DIM = 2**20
+MIN_REFERENCE_IMAGES = 3  # a reference normal is fitted to at least this many activations
 
 
 def check_name(value: object, what: str, where: str = "space") -> str:
@@ -62,6 +63,16 @@ def _finite(value: object, what: str, where: str) -> float:
     return number
 
 
+def normal_link(a: Any, mu: Any, sigma: Any, a_min: Any, a_max: Any) -> Any:
+    """The v1 link from A_s to P_s before clipping: the reference normal's CDF at ``a``, rescaled
+    so that ``a_min`` gives 0 and ``a_max`` 1. The one place the normal CDF is computed: NumPy
+    arrays (broadcast over spaces) give NumPy, a torch tensor ``a`` gives a tensor differentiable
+    in ``a`` (for attacks)."""
+    cdf = torch.special.ndtr if isinstance(a, torch.Tensor) else ndtr
+    lo, hi = ndtr((np.asarray(a_min) - mu) / sigma), ndtr((np.asarray(a_max) - mu) / sigma)
+    return (cdf((a - mu) / sigma) - lo) / np.maximum(hi - lo, 1e-12)
+
+
 @dataclass
 class Reference:
     """The normal fitted to A_s over a reference set."""
@@ -77,8 +88,9 @@ class Reference:
     def fit(cls, activations: np.ndarray | torch.Tensor) -> Reference:
         a = np.asarray(activations.detach().cpu() if isinstance(activations, torch.Tensor) else activations,
                        dtype=np.float64).ravel()
-        if a.size < 3:
-            raise SpaceError(f"a reference distribution needs at least 3 images, got {a.size}")
+        if a.size < MIN_REFERENCE_IMAGES:
+            raise SpaceError(f"a reference distribution needs at least {MIN_REFERENCE_IMAGES} images, "
+                             f"got {a.size}")
         mu, sigma = float(a.mean()), float(a.std(ddof=1))
         if not sigma > 0:
             raise SpaceError("all reference activations are equal: the space does not vary over the reference set")
@@ -107,11 +119,16 @@ class Reference:
             raise SpaceError(f"{where}: reference sigma must be positive, got {sigma}")
         if not a_min < a_max:
             raise SpaceError(f"{where}: reference a_min ({a_min}) must be below a_max ({a_max})")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 3:
-            raise SpaceError(f"{where}: reference n must be an integer of at least 3, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < MIN_REFERENCE_IMAGES:
+            raise SpaceError(f"{where}: reference n must be an integer of at least {MIN_REFERENCE_IMAGES}, "
+                             f"got {n!r}")
         qq = raw.get("qq_r2", float("nan"))
         qq = float("nan") if qq is None else _finite(qq, "reference qq_r2", where)
         return cls(mu, sigma, a_min, a_max, n, qq)
+
+    def link(self, a: Any) -> Any:
+        """:func:`normal_link` of this reference (unclipped P_s of the activations ``a``)."""
+        return normal_link(a, self.mu, self.sigma, self.a_min, self.a_max)
 
 
 @dataclass
@@ -361,17 +378,14 @@ class SpaceSet:
             raise SpaceError(f"spaces without a reference distribution cannot give probabilities: {missing}")
         # NumPy on purpose: these arrays are small, and torch's thread pool costs more to wake (tens
         # of ms on a busy CPU) than the arithmetic itself.
-        self.weights = np.stack([s.weight_vector().numpy() for s in self.spaces], axis=1)  # C × S
+        self._weights = np.stack([s.weight_vector().numpy() for s in self.spaces], axis=1)  # C × S
         self.bias = np.array([s.bias for s in self.spaces], dtype=np.float32)
         self.is_probe = np.array([s.probe is not None for s in self.spaces])
         # v1 link: the reference normal rescaled to [Φ(a_min), Φ(a_max)]; v2 link: a sigmoid.
         # Unused entries hold harmless values so that both links run vectorised over all spaces.
         ref = [s.reference if s.probe is None else Reference(0.0, 1.0, -1.0, 1.0, 3, 1.0) for s in self.spaces]
-        self._mu = np.array([r.mu for r in ref])
-        self._sigma = np.array([r.sigma for r in ref])
-        self._cdf_min = ndtr((np.array([r.a_min for r in ref]) - self._mu) / self._sigma)
-        cdf_max = ndtr((np.array([r.a_max for r in ref]) - self._mu) / self._sigma)
-        self._span = np.maximum(cdf_max - self._cdf_min, 1e-12)
+        self._mu, self._sigma = np.array([r.mu for r in ref]), np.array([r.sigma for r in ref])
+        self._a_min, self._a_max = np.array([r.a_min for r in ref]), np.array([r.a_max for r in ref])
         self._slope = np.array([s.probe.slope if s.probe else 1.0 for s in self.spaces])
         self._intercept = np.array([s.probe.intercept if s.probe else 0.0 for s in self.spaces])
 
@@ -388,11 +402,11 @@ class SpaceSet:
     def activations(self, traits: torch.Tensor) -> torch.Tensor:
         """B × S activations A_s (no gradient: see ``SemanticSpace.activation`` for one)."""
         t = traits.detach().float().cpu().numpy()
-        return torch.from_numpy(t @ self.weights + self.bias)
+        return torch.from_numpy(t @ self._weights + self.bias)
 
     def probabilities_from_activations(self, a: torch.Tensor, clip: bool = True) -> torch.Tensor:
         a = a.detach().cpu().double().numpy()
-        normal = (ndtr((a - self._mu) / self._sigma) - self._cdf_min) / self._span
+        normal = normal_link(a, self._mu, self._sigma, self._a_min, self._a_max)
         if clip:
             normal = np.clip(normal, 0.0, 1.0)
         p = np.where(self.is_probe, expit(self._slope * a + self._intercept), normal)

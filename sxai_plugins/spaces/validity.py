@@ -80,8 +80,10 @@ class V1Material:
 
 def _v1_space(mode: str, bank: ProbeFeatures, class_name: str, concept: str, train_images: np.ndarray,
               recipe: ProbeRecipe, reference: V1Material, model_name: str = "eval"):
-    from .build import paper_delta, tuned_scores
+    from .build import SpaceRecipe, paper_delta, tuned_scores
     from .space import SemanticSpace, select_ssn
+
+    v1 = SpaceRecipe()  # the v1 recipes' own SSN count and minimum of natural negatives
 
     kind, image = bank.column("kind"), bank.column("image")
     own = bank.image_column("class_name") == class_name
@@ -93,10 +95,11 @@ def _v1_space(mode: str, bank: ProbeFeatures, class_name: str, concept: str, tra
     masked_t = bank.traits[masked]
     natural = np.flatnonzero(inside & own & (kind == ORIGINAL) & (bank.visible(concept) == 0))
     if mode == "paper":
-        indices, weights = select_ssn(paper_delta(unmasked, masked_t), 5)
+        indices, weights = select_ssn(paper_delta(unmasked, masked_t), v1.n_ssn)
     else:
-        score = tuned_scores(unmasked, masked_t, bank.traits[natural] if len(natural) else None, 5)
-        indices, weights = select_ssn(score, 5)
+        score = tuned_scores(unmasked, masked_t, bank.traits[natural] if len(natural) else None,
+                             v1.min_natural_negatives)
+        indices, weights = select_ssn(score, v1.n_ssn)
     space = SemanticSpace(class_name, concept, model_name, "", bank.traits.shape[1],
                           torch.as_tensor(indices), torch.as_tensor(weights))
     training = set(train_images.tolist())
