@@ -132,3 +132,20 @@ def test_the_spec_module_holds_only_specs_and_contract_types(name: str) -> None:
     functions = [f for f in own if inspect.isfunction(f)]
     assert functions and all(f.__name__.startswith("sxai_") for f in functions)
     assert all(hasattr(f, "sxai_spec") for f in functions)  # every function is a hook spec
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["backbones"], ["predict", "x.jpg", "--batch-size", "x"]])
+def test_the_command_line_starts_without_the_heavy_libraries(argv: list[str]) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['sxai', *{argv!r}]\n"
+        "try:\n    runpy.run_module('sxai_plugins', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'timm', 'captum', 'matplotlib', 'skimage', 'sklearn', 'scipy', 'huggingface_hub')\n"
+        "print('HEAVY', *sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    line = next(x for x in done.stderr.splitlines() if x.startswith("HEAVY"))
+    assert line == "HEAVY", f"`sxai {' '.join(argv)}` imported{line[5:]}"

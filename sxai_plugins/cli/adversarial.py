@@ -102,7 +102,7 @@ def _fraction(text: str) -> float:
 
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
-    from ..robust.detection import SCORES
+    from ..robust import SCORES
 
     p.add_argument("--fpr", type=_fraction, default=0.05,
                    help="false-positive budget on clean images the threshold is calibrated to (default 0.05)")

@@ -39,6 +39,7 @@ import torch
 from .._utils.errors import SpaceError
 from .._utils.io import write_json
 from ..spaces.space import SemanticSpace, SpaceSet
+from . import SCORES
 
 __all__ = [
     "DETECTOR_FILE",
@@ -58,7 +59,6 @@ __all__ = [
 DETECTOR_FILE = "detector.json"
 FORMAT = "sxai.detector"
 VERSION = 1
-SCORES = ("gap", "paper")
 P_CLIP = 1e-6  # semantic probabilities are clipped to [P_CLIP, 1 − P_CLIP] before the logit
 PAPER_SINGLE, PAPER_MULTI = 0.99, 0.9  # the paper's rule: one P_s above 0.99, or two above 0.9
 FPR = 0.05  # the default false-positive budget on clean images
