@@ -199,7 +199,7 @@ def _build_probes(model, annotations, config, classes, concepts, reference):
     try:
         recipe = ProbeRecipe(**options)
     except TypeError as exc:
-        raise SxaiError(f"unknown probe recipe option ({exc}); see sxai_plugins.probes.ProbeRecipe") from exc
+        raise SxaiError(f"unknown probe recipe option ({exc}); see sxai_plugins.spaces.probes.ProbeRecipe") from exc
     labelled = load_labelled(annotations, config.get("visibility"), config.get("image_root"))
     maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
     bank = cached_probe_features(model, labelled, concepts, maskings, seed=seed)

@@ -22,7 +22,7 @@ layout) unless ``class_name`` is given. Every image with at least one mask file 
 such an image a concept with no file (or an empty mask) is *not visible*.
 
 Coordinates are COCO's: continuous pixels, x to the right, y down, pixel ``(row, col)`` covering
-``[col, col+1) × [row, row+1)``; sizes are ``(H, W)`` as in :func:`sxai_plugins.images.to_tensor`.
+``[col, col+1) × [row, row+1)``; sizes are ``(H, W)`` as in :func:`sxai_plugins.data.images.to_tensor`.
 
 Bad entries (a point or polygon outside its image, an unknown keypoint name, a missing image file,
 an unknown image or category id, a mask of the wrong size) are reported with a warning naming the
@@ -602,7 +602,7 @@ def load_mask_folder(
 
 def superpixels(image: np.ndarray, n_segments: int = 20, compactness: float = 10.0) -> np.ndarray:
     """SLIC labels (``H×W`` int, consecutive from 0) of an ``H×W×3`` image in [0, 1], as in the
-    paper (CIELAB k-means); the project's one SLIC setup, :func:`sxai_plugins.superpixels.slic_segments`."""
+    paper (CIELAB k-means); the project's one SLIC setup, :func:`sxai_plugins.data.superpixels.slic_segments`."""
     from .superpixels import slic_segments
 
     return slic_segments(np.asarray(image, dtype=np.float64), n_segments, compactness)

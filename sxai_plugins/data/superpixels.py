@@ -35,7 +35,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if image.size and (float(image.min()) < 0.0 or float(image.max()) > 1.0):
         raise ValueError(
             f"expected pixel values in [0, 1], got [{image.min():.3g}, {image.max():.3g}]; "
-            "divide 8-bit images by 255 (sxai_plugins.images.to_array does)"
+            "divide 8-bit images by 255 (sxai_plugins.data.images.to_array does)"
         )
     return image
 

@@ -117,7 +117,7 @@ def assess(
 ) -> list[Assessment]:
     """Assess a batch of images (``B×3×H×W`` in [0, 1]) with one forward pass.
 
-    With a calibrated ``detector`` (:class:`sxai_plugins.detector.Detector`), each assessment
+    With a calibrated ``detector`` (:class:`sxai_plugins.robust.detection.Detector`), each assessment
     carries its verdict in ``detection``, scored from the same pass's logits and P_s.
 
     The caller checks that the spaces fit the model (``spaces.check_compatible(model)``); this

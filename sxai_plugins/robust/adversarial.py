@@ -14,7 +14,7 @@ steps of ``step_size`` (default ``2.5·ε/steps``, Madry et al.'s choice, so the
 the ball's border and move along it), each projected back onto the ε-ball and into [0, 1].
 
 Adaptive attack (``pgd_attack(..., spaces=...)``): the standard objection to a detector is an
-attacker who knows it. This one maximises :func:`sxai_plugins.detector.adaptive_loss`: the
+attacker who knows it. This one maximises :func:`sxai_plugins.robust.detection.adaptive_loss`: the
 label's cross-entropy capped once the wrong class has confidence 0.9 (so the classifier is no
 more confident than on a clean image), plus the semantic margin of the class it pushes to (its
 spaces' P_s up, the label's down): it aims at the ``gap`` score on both of its parts.
@@ -23,7 +23,7 @@ Evaluation (:func:`evaluate_detection` = :func:`collect_attacks` + :func:`summar
 and ε, over the images the model classifies correctly when clean (the others need no attack):
 
 - attack success rate: share of them misclassified after the attack;
-- ROC AUC of the detection score (:mod:`sxai_plugins.detector`) between every clean image and the
+- ROC AUC of the detection score (:mod:`sxai_plugins.robust.detection`) between every clean image and the
   successful adversarial ones, also for its confidence part and its semantic part alone;
 - detection rate at the calibrated threshold (of the successful adversarial images) and the
   false-positive rate (of the clean images, which must not be the calibration images);
@@ -167,10 +167,10 @@ def pgd_attack(
     """Untargeted L∞ PGD (``captum.robust.PGD``) against ``labels``; images in [0, 1].
 
     With ``spaces``, the attack is **adaptive**: it maximises
-    :func:`sxai_plugins.detector.adaptive_loss` (the label's cross-entropy capped at
+    :func:`sxai_plugins.robust.detection.adaptive_loss` (the label's cross-entropy capped at
     ``adaptive_confidence``, plus ``adaptive_weight`` × the semantic margin of the class it pushes
     to) instead of the plain cross-entropy; with ``spaces`` and a ``gap`` ``detector`` it is
-    **score-aware**: it maximises :func:`sxai_plugins.detector.score_aware_loss` (the capped
+    **score-aware**: it maximises :func:`sxai_plugins.robust.detection.score_aware_loss` (the capped
     cross-entropy minus the detector's score). Returns images within ``eps`` of the input (L∞)
     and inside [0, 1].
     """

@@ -6,7 +6,7 @@ A_s(z) and a semantic probability P_s(z) in [0, 1]. Two kinds exist:
 - **v1 (SSN spaces, the paper's; recipes ``paper`` and ``tuned``)**: a few semantically sensitive
   neurons (SSNs) with signed weights Δ, ``A_s(z) = mean_i(Δ_i · z_i)``, and a normal fitted to A_s
   over a reference set: ``P_s = (Φ(A_s) − Φ(A_min)) / (Φ(A_max) − Φ(A_min))``, clipped to [0, 1].
-- **v2 (probe spaces, recipe ``probe``, :mod:`sxai_plugins.probes`)**: a calibrated linear probe
+- **v2 (probe spaces, recipe ``probe``, :mod:`sxai_plugins.spaces.probes`)**: a calibrated linear probe
   over all channels, ``A_s(z) = z · w + b`` (the probe's logit) and ``P_s = sigmoid(a · A_s + c)``
   (Platt calibration). Its SSNs are the channels of largest standardised weight, kept for display.
 

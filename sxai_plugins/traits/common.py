@@ -5,7 +5,7 @@ superpixels that make the model surest of the class (optional), takes the GAP tr
 resulting images and runs the row-centred PCA on the N×C matrix: PC1 is the class's common trait.
 
 ``stability`` repeats this ``repeats`` times per sample size Ns, each repeat with its own seed and
-so its own images, and reports the spread ``e`` of PC1 (``sxai_plugins.pca.spread``; the paper's
+so its own images, and reports the spread ``e`` of PC1 (``sxai_plugins.traits.pca.spread``; the paper's
 Fig. 2d). The images of all repeats are searched and scored once, in one genetic-search call, and
 every (Ns, repeat) pair takes its subset from there; a repeat's samples for a smaller Ns are the
 first images of its sample for a larger one.
@@ -201,7 +201,7 @@ def common_traits(
         n: sample size Ns; an unreadable image is reported, skipped and replaced by the next one
             of the seeded order; fewer than ``n`` are used only if the folder runs out.
         seed: chooses the sample and seeds the genetic search.
-        ga_config: a :class:`sxai_plugins.genetic.GAConfig` (default: the paper's settings).
+        ga_config: a :class:`sxai_plugins.traits.genetic.GAConfig` (default: the paper's settings).
         use_ga: run the superpixel search (the paper does; off, the whole images are used).
         progress: progress bars.
         batch_size: images per forward pass when taking traits.

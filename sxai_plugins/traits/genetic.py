@@ -372,7 +372,7 @@ def _check_inputs(
         if image.ndim != 3 or image.shape[2] != 3 or tuple(image.shape[:2]) != size:
             raise GeneticSearchError(
                 f"image {n} has shape {image.shape}, the model needs {size[0]}×{size[1]}×3; resize "
-                "first, e.g. sxai_plugins.images.to_array(load_image(path), size)"
+                "first, e.g. sxai_plugins.data.images.to_array(load_image(path), size)"
             )
         if image.size and (image.min() < 0 or image.max() > 1):
             raise GeneticSearchError(f"image {n} has values outside [0, 1]; divide by 255")
