@@ -143,3 +143,13 @@ def add_inference_args(parser: argparse.ArgumentParser, precision: bool = True) 
         parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                             help="forward-pass precision: fp32 (default), or bf16/fp16 autocast on a "
                                  "CUDA device (slightly different numbers, much faster)")
+
+
+def show_progress(args: argparse.Namespace, count: int, small: int = 64) -> bool:
+    """A progress bar unless ``--quiet`` or ``--json``: always on a terminal, and on a redirected
+    stderr only for more than ``small`` items (logs and captured output stay clean)."""
+    import sys
+
+    if getattr(args, "quiet", False) or getattr(args, "json", False):
+        return False
+    return count > small or sys.stderr.isatty()

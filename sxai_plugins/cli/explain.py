@@ -100,6 +100,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     from ..plugin.manager import get_explanation_template
     from ..robust.detection import FLAG_SENTENCE, detector_folder, load_detector
     from ..viz.plots import radar_map
+    from ._args import show_progress
 
     template = get_explanation_template(args.template)  # fail on a bad name before any work
     check_output_folder(args.out)
@@ -111,7 +112,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     failures: list[tuple[Path, str]] = []
     records = []
     taken: set[str] = set()
-    with tqdm(total=len(paths), desc="explaining", unit="img", disable=args.json or args.quiet) as bar:
+    with tqdm(total=len(paths), desc="explaining", unit="img", disable=not show_progress(args, len(paths))) as bar:
         for batch in iter_outputs(model, paths, args.batch_size, failures, precision=args.precision):
             for assessment in assess_outputs(model, spaces, batch.output, batch.paths, detector=detector):
                 sentence = template.render(assessment)

@@ -32,10 +32,11 @@ def _predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from ..data.images import expand_paths
     from ..models.inference import score_paths
+    from ._args import show_progress
 
     paths = expand_paths(args.images, require=True)
     model = model_from_args(args)
-    scored = score_paths(model, paths, args.batch_size, progress=not (args.json or args.quiet),
+    scored = score_paths(model, paths, args.batch_size, progress=show_progress(args, len(paths)),
                          desc="predicting", failures=[], precision=args.precision)
     for _path, why in scored.failures:
         print(f"skipped: {why}", file=sys.stderr)

@@ -41,6 +41,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from ..data.examples import example_images
     from ..plugin.manager import get_explanation_template
     from ..viz.report import build_report
+    from ._args import show_progress
 
     get_explanation_template(args.template)  # fail on a bad name before any work
     check_output_file(args.out)
@@ -49,7 +50,7 @@ def _run_report(args: argparse.Namespace) -> int:
     failures: list[tuple[Path, str]] = []
     out = build_report(model, args.spaces, args.out, traits_dir=args.traits, examples=examples,
                        template=args.template, force=args.force, batch_size=args.batch_size,
-                       progress=not args.quiet, failures=failures)
+                       progress=show_progress(args, len(examples), small=16), failures=failures)
     for _path, why in failures:
         print(f"skipped: {why}", file=sys.stderr)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
