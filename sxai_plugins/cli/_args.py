@@ -140,3 +140,23 @@ def model_from_args(args: argparse.Namespace):
     device = resolve_device(getattr(args, "device", "cpu"))  # before the slow part: fail fast
     model = create_model(args.backbone, pretrained=not args.no_pretrained, weights=args.weights, head=args.head)
     return model.to(device)
+
+
+def add_inference_args(parser: argparse.ArgumentParser, precision: bool = True) -> None:
+    """``--quiet`` (no progress bar) and, for commands that run the model over images,
+    ``--precision`` (autocast on CUDA)."""
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    if precision:
+        parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                            help="forward-pass precision: fp32 (default), or bf16/fp16 autocast on a "
+                                 "CUDA device (slightly different numbers, much faster)")
+
+
+def show_progress(args: argparse.Namespace, count: int, small: int = 64) -> bool:
+    """A progress bar unless ``--quiet`` or ``--json``: always on a terminal, and on a redirected
+    stderr only for more than ``small`` items (logs and captured output stay clean)."""
+    import sys
+
+    if getattr(args, "quiet", False) or getattr(args, "json", False):
+        return False
+    return count > small or sys.stderr.isatty()

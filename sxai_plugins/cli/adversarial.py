@@ -149,18 +149,17 @@ def calibrate_on(model, spaces, sources: Sequence[str], args: argparse.Namespace
 
     import torch
 
-    from ..data.images import expand_paths, iter_batches
-    from ..models.inference import model_size
+    from ..data.images import expand_paths
+    from ..models.inference import iter_outputs
     from ..robust.detection import calibrate
 
     if not 0 <= args.confidence < 1:
         raise SxaiError(f"--confidence must be in [0, 1), got {args.confidence}")
     paths = _draw(expand_paths(sources, require=True), args.calibration_n, args.seed)
     logits, probabilities, used = [], [], []
-    for batch in iter_batches(paths, model_size(model), args.batch_size, failures):
-        with torch.no_grad():
-            out = model(batch.images.to(next(model.parameters()).device))
-        logits.append(out.logits.float().cpu())
+    for batch in iter_outputs(model, paths, args.batch_size, failures):
+        out = batch.output
+        logits.append(out.logits.cpu())
         probabilities.append(spaces.probabilities(out.traits))
         used += [p.resolve() for p in batch.paths]
     if not used:

@@ -32,6 +32,8 @@ EXPLAIN_JSON = (
 
 # ------------------------------------------------------------------------------------ explain
 def _explain(sub: argparse._SubParsersAction) -> None:
+    from ._args import add_inference_args
+
     p = sub.add_parser(
         "explain", help="prediction, semantic probabilities, explanation sentence and radar map",
         description="Assess each image (files or folders) with the semantic spaces: print the "
@@ -48,6 +50,7 @@ def _explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=positive_int, default=5,
                    help="classes shown per image in text output (default 5; --json lists all)")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
+    add_inference_args(p)
     p.set_defaults(handler=_run_explain)
 
 
@@ -91,12 +94,13 @@ def _radar_name(path: Path, taken: set[str]) -> str:
 def _run_explain(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..data.images import expand_paths, iter_batches
-    from ..explain.trust import assess, load_space_set
-    from ..models.inference import model_size
+    from ..data.images import expand_paths
+    from ..explain.trust import assess_outputs, load_space_set
+    from ..models.inference import iter_outputs
     from ..plugin.manager import get_explanation_template
     from ..robust.detection import FLAG_SENTENCE, detector_folder, load_detector
     from ..viz.plots import radar_map
+    from ._args import show_progress
 
     template = get_explanation_template(args.template)  # fail on a bad name before any work
     check_output_folder(args.out)
@@ -108,14 +112,14 @@ def _run_explain(args: argparse.Namespace) -> int:
     failures: list[tuple[Path, str]] = []
     records = []
     taken: set[str] = set()
-    with tqdm(total=len(paths), desc="explaining", unit="img",
-              disable=args.json or len(paths) <= 64) as bar:
-        for batch in iter_batches(paths, model_size(model), args.batch_size, failures):
-            for assessment in assess(model, spaces, batch.images, batch.paths, detector=detector):
+    with tqdm(total=len(paths), desc="explaining", unit="img", disable=not show_progress(args, len(paths))) as bar:
+        for batch in iter_outputs(model, paths, args.batch_size, failures, precision=args.precision):
+            for assessment in assess_outputs(model, spaces, batch.output, batch.paths, detector=detector):
                 sentence = template.render(assessment)
                 radar = radar_map(assessment, out / _radar_name(Path(assessment.path), taken))
                 records.append(_record(assessment, sentence, radar))
-            bar.update(len(batch.paths))
+            bar.update(len(records) + len(failures) - bar.n)  # unreadable files count as done
+        bar.update(len(paths) - bar.n)
     for _path, why in failures:
         print(f"skipped: {why}", file=sys.stderr)
     if args.json:

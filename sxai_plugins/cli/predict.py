@@ -11,6 +11,8 @@ from ._args import add_model_args, model_from_args, positive_int
 
 # ------------------------------------------------------------------------------------------ predict
 def _predict(sub: argparse._SubParsersAction) -> None:
+    from ._args import add_inference_args
+
     p = sub.add_parser(
         "predict", help="class probabilities of images",
         description="Print the class probabilities of each image (files or folders). With --json, "
@@ -23,17 +25,19 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--top", type=positive_int, default=5, help="classes shown per image in text output")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
+    add_inference_args(p)
     p.set_defaults(handler=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from ..data.images import expand_paths
     from ..models.inference import score_paths
+    from ._args import show_progress
 
     paths = expand_paths(args.images, require=True)
     model = model_from_args(args)
-    scored = score_paths(model, paths, args.batch_size, progress=not args.json and len(paths) > 64,
-                         failures=[])
+    scored = score_paths(model, paths, args.batch_size, progress=show_progress(args, len(paths)),
+                         desc="predicting", failures=[], precision=args.precision)
     for _path, why in scored.failures:
         print(f"skipped: {why}", file=sys.stderr)
     records = []

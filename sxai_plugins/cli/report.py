@@ -33,6 +33,7 @@ def _report(sub: argparse._SubParsersAction) -> None:
                    help="use spaces built on other weights of the same architecture")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", "-o", required=True, metavar="FILE.html", help="the page to write")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_report)
 
 
@@ -40,6 +41,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from ..data.examples import example_images
     from ..plugin.manager import get_explanation_template
     from ..viz.report import build_report
+    from ._args import show_progress
 
     get_explanation_template(args.template)  # fail on a bad name before any work
     check_output_file(args.out)
@@ -48,7 +50,7 @@ def _run_report(args: argparse.Namespace) -> int:
     failures: list[tuple[Path, str]] = []
     out = build_report(model, args.spaces, args.out, traits_dir=args.traits, examples=examples,
                        template=args.template, force=args.force, batch_size=args.batch_size,
-                       progress=len(examples) > 16, failures=failures)
+                       progress=show_progress(args, len(examples), small=16), failures=failures)
     for _path, why in failures:
         print(f"skipped: {why}", file=sys.stderr)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")

@@ -23,6 +23,8 @@ def _index(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_space_args(p, batch_size=True)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="forward-pass precision: fp32 (default), or bf16/fp16 autocast on a CUDA device")
     p.set_defaults(handler=_run_index)
 
 
@@ -34,7 +36,7 @@ def _run_index(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
     report = index_folder(model, spaces, args.folder, args.db, batch_size=args.batch_size,
-                          progress=not args.quiet)
+                          progress=not args.quiet, precision=args.precision)
     for _path, why in report.failed:
         print(f"skipped: {why}", file=sys.stderr)
     print(f"{args.db}: {report.found} images found, {report.scored} scored, {report.unchanged} "

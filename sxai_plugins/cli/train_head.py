@@ -24,6 +24,7 @@ def _train_head(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout", type=fraction, default=0.2,
                    help="fraction kept out for the accuracy, between 0 and 1 (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_train_head)
 
 
@@ -34,7 +35,8 @@ def _run_train_head(args: argparse.Namespace) -> int:
     check_output_file(args.out)
     model = model_from_args(args)
     result = train_head(model, args.data, args.out, heldout_fraction=args.heldout, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        progress=not args.quiet)
     print(f"wrote {result.weights} and {result.card}")
     print(f"train accuracy {result.train_accuracy:.4f} on {result.n_train} images; "
           f"held-out accuracy {result.heldout_accuracy:.4f} on {result.n_heldout} images")

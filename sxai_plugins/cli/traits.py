@@ -44,6 +44,7 @@ def _traits(sub: argparse._SubParsersAction) -> None:
                    help="genomes per forward pass in the genetic search (default 50; a GPU wants 500 or "
                         "more); changes speed, not the search's answers")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout at the end")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_traits)
 
 
@@ -70,7 +71,7 @@ def _run_traits(args: argparse.Namespace) -> int:
         from ..traits.genetic import GAConfig
 
         ga_config = GAConfig(mode=args.ga_mode, batch_size=args.ga_batch_size)
-    progress = not args.json
+    progress = not (args.json or args.quiet)
 
     found = common_traits(model, paths, args.target_class, n=args.n, seed=args.seed, ga_config=ga_config,
                           use_ga=not args.no_ga, progress=progress, batch_size=args.batch_size)

@@ -25,7 +25,7 @@ import torch
 
 from .._utils.assets import ASSETS
 from .._utils.errors import SpaceError
-from ..models.trait_model import TraitModel
+from ..models.trait_model import TraitModel, TraitOutput
 from ..spaces.space import SpaceSet, load_spaces
 
 
@@ -123,11 +123,24 @@ def assess(
     The caller checks that the spaces fit the model (``spaces.check_compatible(model)``); this
     function does not, because hashing the weights for every batch would cost more than the pass.
     """
-    _check_unique(spaces)
     if paths is not None and len(paths) != len(images):
         raise ValueError(f"{len(paths)} paths for {len(images)} images")
     device = next(model.parameters()).device
-    out = model(images.to(device))
+    return assess_outputs(model, spaces, model(images.to(device)), paths, detector)
+
+
+def assess_outputs(
+    model: TraitModel,
+    spaces: SpaceSet,
+    out: TraitOutput,
+    paths: Sequence[str | Path] | None = None,
+    detector: Any = None,
+) -> list[Assessment]:
+    """:func:`assess` from a forward pass already made (``model(images)``, or a batch of
+    :func:`sxai_plugins.models.inference.iter_outputs`)."""
+    _check_unique(spaces)
+    if paths is not None and len(paths) != len(out.logits):
+        raise ValueError(f"{len(paths)} paths for {len(out.logits)} outputs")
     class_p = out.logits.float().softmax(dim=1).cpu()
     activations = spaces.activations(out.traits.float()).cpu()
     probabilities = spaces.probabilities_from_activations(activations)
@@ -136,7 +149,7 @@ def assess(
     assessments = [
         _assessment(model.class_names, spaces, class_p[i], activations[i], probabilities[i],
                     str(paths[i]) if paths is not None else None)
-        for i in range(len(images))
+        for i in range(len(class_p))
     ]
     if scores is not None:
         for assessment, score in zip(assessments, scores.tolist()):

@@ -48,8 +48,7 @@ from torch import nn
 from .._utils.errors import SxaiError
 from .._utils.io import atomic_write
 from .._utils.torch import frozen
-from ..data.images import iter_batches
-from ..models.inference import model_size
+from ..models.inference import iter_outputs
 from ..models.trait_model import TraitModel
 from ..spaces.space import SpaceSet
 from .detection import (
@@ -430,10 +429,8 @@ def collect_attacks(
     offset = 0
     total = len(paths) * len(eps) * len(attacks)
     with tqdm(total=total, desc="attacking", unit="attack", disable=not progress) as bar:
-        for batch in iter_batches(paths, model_size(model), batch_size, failures):
-            images = batch.images.to(device)
-            with torch.no_grad():
-                clean = model(images)
+        for batch in iter_outputs(model, paths, batch_size, failures, keep_images=True):
+            images, clean = batch.images, batch.output
             pred = clean.logits.argmax(1).cpu()
             truth = pred if label_of is None else torch.tensor([label_of[p] for p in batch.paths])
             keep = (pred == truth).nonzero().flatten()

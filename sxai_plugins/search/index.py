@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._utils.errors import SxaiError
-from ..data.images import iter_batches, list_images
-from ..models.inference import model_size
+from ..data.images import list_images
+from ..models.inference import iter_outputs
 from ..models.trait_model import TraitModel
 from ..spaces.space import SpaceSet
 from .query import CompiledQuery, compile_query
@@ -418,13 +418,15 @@ def index_folder(
     batch_size: int = 32,
     progress: bool = True,
     on_batch: Callable[[int, list[Path]], None] | None = None,
+    precision: str = "fp32",
 ) -> IndexReport:
     """Score the images under ``folder`` that are new or changed into the index ``db``.
 
     One forward pass per batch gives the prediction and every space's P_s; each batch is committed
     before the next starts, so after an interruption a rerun scores only what is left.
     ``on_batch(batches_done, paths)`` is called after each commit. The caller checks that the
-    spaces fit the model (``spaces.check_compatible(model)``).
+    spaces fit the model (``spaces.check_compatible(model)``). ``precision`` as in
+    :func:`~sxai_plugins.models.inference.iter_outputs`.
     """
     folder = Path(folder).resolve()
     report = IndexReport()
@@ -432,7 +434,7 @@ def index_folder(
     report.found = len(paths)
     with SearchIndex(db, IndexMeta.of(model, spaces)) as index:
         try:
-            _index_into(index, model, spaces, paths, folder, report, batch_size, progress, on_batch)
+            _index_into(index, model, spaces, paths, folder, report, batch_size, progress, on_batch, precision)
         except sqlite3.Error as exc:
             raise SearchIndexError(_explain_db_error(index.path, exc)) from exc
         index.finish()
@@ -441,7 +443,7 @@ def index_folder(
 
 def _index_into(index: SearchIndex, model: TraitModel, spaces: SpaceSet, paths: list[Path], folder: Path,
                 report: IndexReport, batch_size: int, progress: bool,
-                on_batch: Callable[[int, list[Path]], None] | None) -> None:
+                on_batch: Callable[[int, list[Path]], None] | None, precision: str = "fp32") -> None:
     known = index.known()
     here = {str(p) for p in paths}
     prefix = str(folder) + os.sep
@@ -462,7 +464,6 @@ def _index_into(index: SearchIndex, model: TraitModel, spaces: SpaceSet, paths: 
             todo.append(path)
             stats[path] = stat
     report.failed.extend((str(p), why) for p, why in vanished)
-    device = next(model.parameters()).device
     failures: list[tuple[Path, str]] = []
     recorded = 0
 
@@ -474,12 +475,12 @@ def _index_into(index: SearchIndex, model: TraitModel, spaces: SpaceSet, paths: 
         recorded = len(failures)
 
     with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
-        for batch in iter_batches(todo, model_size(model), batch_size, failures):
-            out = model(batch.images.to(device))
-            activations = spaces.activations(out.traits.float()).cpu()
+        for batch in iter_outputs(model, todo, batch_size, failures, precision=precision):
+            out = batch.output
+            activations = spaces.activations(out.traits).cpu()
             index.add(
                 [(str(p), *stats[p]) for p in batch.paths],
-                out.logits.float().softmax(dim=1).cpu(),
+                out.logits.softmax(dim=1).cpu(),
                 spaces.probabilities_from_activations(activations),
                 activations,
             )

@@ -309,9 +309,9 @@ def _examples_section(model: TraitModel, spaces: SpaceSet, examples: Sequence[st
                       failures: list[tuple[Path, str]]) -> dict[str, Any] | None:
     from tqdm.auto import tqdm
 
-    from ..data.images import expand_paths, iter_batches
-    from ..explain.trust import assess
-    from ..models.inference import model_size
+    from ..data.images import expand_paths
+    from ..explain.trust import assess_outputs
+    from ..models.inference import iter_outputs
     from ..plugin.manager import get_explanation_template
     from .plots import radar_map
 
@@ -323,8 +323,8 @@ def _examples_section(model: TraitModel, spaces: SpaceSet, examples: Sequence[st
     cards = []
     with tempfile.TemporaryDirectory(prefix="sxai-report-") as tmp, \
             tqdm(total=len(paths), desc="report examples", unit="img", disable=not progress) as bar:
-        for batch in iter_batches(paths, model_size(model), batch_size, mine):
-            for assessment in assess(model, spaces, batch.images, batch.paths):
+        for batch in iter_outputs(model, paths, batch_size, mine):
+            for assessment in assess_outputs(model, spaces, batch.output, batch.paths):
                 radar = radar_map(assessment, Path(tmp) / f"{len(cards)}.png")
                 cards.append(_example_card(assessment, template.render(assessment), radar))
             bar.update(len(batch.paths))
