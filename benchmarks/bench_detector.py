@@ -38,7 +38,11 @@ def main() -> None:
     # the score's cost does not depend on the fitted numbers
     detector = Detector(score="gap", threshold=3.0, beta=4.0, intercept=5.0)
     images = torch.rand(args.batch, 3, *model.input_size[1:])
-    runs = {"prediction": (None, None), "+ P_s": (spaces, None), "+ P_s + score": (spaces, detector)}
+    runs = {
+        "prediction": (None, None),
+        "+ P_s": (spaces, None),
+        "+ P_s + score": (spaces, detector),
+    }
     run(model, images, spaces, detector)  # warm-up
     best = {name: float("inf") for name in runs}
     for _ in range(args.repeats):
@@ -53,7 +57,10 @@ def main() -> None:
         score_ms = (time.perf_counter() - start) * 10
     base = best["prediction"]
     result = {
-        "backbone": model.name, "batch": args.batch, "repeats": args.repeats, "spaces": len(spaces),
+        "backbone": model.name,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "spaces": len(spaces),
         "images_per_second": {k: args.batch / v for k, v in best.items()},
         "overhead_vs_prediction": {k: v / base - 1 for k, v in best.items() if k != "prediction"},
         "score_ms_per_batch": score_ms,
@@ -67,8 +74,10 @@ def main() -> None:
     for name in runs:
         overhead = "" if name == "prediction" else f"{result['overhead_vs_prediction'][name]:+.2%}"
         print(f"{name:<16}{result['images_per_second'][name]:>10.1f}{overhead:>10}")
-    print(f"detection score alone: {score_ms:.3f} ms per batch of {args.batch} = "
-          f"{result['score_share_of_prediction']:.4%} of the batch's prediction time (target ≤ 1%)")
+    print(
+        f"detection score alone: {score_ms:.3f} ms per batch of {args.batch} = "
+        f"{result['score_share_of_prediction']:.4%} of the batch's prediction time (target ≤ 1%)"
+    )
 
 
 if __name__ == "__main__":

@@ -49,13 +49,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--plain-batches", type=int, default=2, help="batches timed for the plain row"
     )
-    parser.add_argument("--batch-size", type=int, default=50,
-                        help="images (plain) and genomes (paper, fast) per forward pass; a GPU wants more")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=50,
+        help="images (plain) and genomes (paper, fast) per forward pass; a GPU wants more",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the model runs (default: cuda when available)")
-    parser.add_argument("--no-pretrained", action="store_true",
-                        help="random backbone weights (timing only, e.g. vgg19 offline)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the model runs (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="random backbone weights (timing only, e.g. vgg19 offline)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     return parser.parse_args(argv)
 
@@ -73,7 +83,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_throughput(model: sx.TraitModel, images: list[np.ndarray], batches: int, size: int) -> float:
+def plain_throughput(
+    model: sx.TraitModel, images: list[np.ndarray], batches: int, size: int
+) -> float:
     device = next(model.parameters()).device
     batch = torch.from_numpy(np.stack([images[i % len(images)] for i in range(size)])).permute(
         0, 3, 1, 2
@@ -108,8 +120,9 @@ class ForwardClock:
 
     def _begin(self, *_args) -> None:
         if self.device.type == "cuda":
-            self._events.append((torch.cuda.Event(enable_timing=True),
-                                 torch.cuda.Event(enable_timing=True)))
+            self._events.append(
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            )
             self._events[-1][0].record()
         else:
             self._start = time.perf_counter()
@@ -144,16 +157,26 @@ def timed_search(model, images, targets, config, seed):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(0)
-    model = sx.create_model(args.backbone, pretrained=not args.no_pretrained,
-                            class_names=["cat", "dog"] if args.no_pretrained else None).to(args.device)
+    model = sx.create_model(
+        args.backbone,
+        pretrained=not args.no_pretrained,
+        class_names=["cat", "dog"] if args.no_pretrained else None,
+    ).to(args.device)
     size = (model.input_size[1], model.input_size[2])
     images = load(args.data, args.images, size)
     with torch.inference_mode():
-        original = torch.cat([
-            model.logits(torch.from_numpy(np.stack(images[i : i + args.batch_size]))
-                         .permute(0, 3, 1, 2).to(args.device)).softmax(1).cpu()
-            for i in range(0, len(images), args.batch_size)
-        ])
+        original = torch.cat(
+            [
+                model.logits(
+                    torch.from_numpy(np.stack(images[i : i + args.batch_size]))
+                    .permute(0, 3, 1, 2)
+                    .to(args.device)
+                )
+                .softmax(1)
+                .cpu()
+                for i in range(0, len(images), args.batch_size)
+            ]
+        )
     folder_class = args.data.name
     if folder_class in model.class_names:
         targets = [model.class_names.index(folder_class)] * len(images)
@@ -161,10 +184,18 @@ def main(argv: list[str] | None = None) -> dict:
         targets = original.argmax(1).tolist()
     original_p = [float(original[i, t]) for i, t in enumerate(targets)]
 
-    paper_cfg = GAConfig(population=args.population, generations=args.generations, mode="paper",
-                         batch_size=args.batch_size)
-    fast_cfg = GAConfig(population=args.population, generations=args.generations, mode="fast",
-                        batch_size=args.batch_size)
+    paper_cfg = GAConfig(
+        population=args.population,
+        generations=args.generations,
+        mode="paper",
+        batch_size=args.batch_size,
+    )
+    fast_cfg = GAConfig(
+        population=args.population,
+        generations=args.generations,
+        mode="fast",
+        batch_size=args.batch_size,
+    )
     naive_cfg = GAConfig(
         population=args.population,
         generations=args.naive_generations,
@@ -245,7 +276,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 def print_table(r: dict) -> None:
     rows = [
-        (f"plain inference (batch {r['batch_size']})", f"{r['plain_images_per_s']:.1f} img/s", "", "", ""),
+        (
+            f"plain inference (batch {r['batch_size']})",
+            f"{r['plain_images_per_s']:.1f} img/s",
+            "",
+            "",
+            "",
+        ),
         (
             f"naive GA (1 genome/pass, {r['naive']['generations_run']} gen, extrapolated)",
             f"{r['naive']['genomes_per_s']:.1f} genomes/s",

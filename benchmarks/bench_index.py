@@ -46,8 +46,15 @@ def synthetic_spaces(model, traits: torch.Tensor, seed: int = 0) -> SpaceSet:
     for key in KEYS:
         class_name, concept = key.split(".")
         idx = torch.randperm(model.trait_dim, generator=g)[:5]
-        space = SemanticSpace(class_name, concept, model.name, model.fingerprint(), model.trait_dim, idx,
-                              torch.randn(5, generator=g))
+        space = SemanticSpace(
+            class_name,
+            concept,
+            model.name,
+            model.fingerprint(),
+            model.trait_dim,
+            idx,
+            torch.randn(5, generator=g),
+        )
         spaces.append(space.with_reference(traits @ space.weight_vector()))
     return SpaceSet(spaces)
 
@@ -71,16 +78,27 @@ def bench_indexing(args: argparse.Namespace) -> dict:
             score_paths(model, linked, args.batch_size, progress=False)
             plain.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            report = index_folder(model, spaces, folder, Path(tmp) / f"index{rep}.sqlite",
-                                  batch_size=args.batch_size, progress=False)
+            report = index_folder(
+                model,
+                spaces,
+                folder,
+                Path(tmp) / f"index{rep}.sqlite",
+                batch_size=args.batch_size,
+                progress=False,
+            )
             indexed.append(time.perf_counter() - t0)
             assert report.scored == len(linked), report
     n = len(linked)
     return {
-        "backbone": model.name, "images": n, "batch_size": args.batch_size, "repeats": args.repeats,
+        "backbone": model.name,
+        "images": n,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
         "threads": torch.get_num_threads(),
-        "predict_images_per_s": n / min(plain), "index_images_per_s": n / min(indexed),
-        "ratio": min(plain) / min(indexed), "target_ratio": 0.9,
+        "predict_images_per_s": n / min(plain),
+        "index_images_per_s": n / min(indexed),
+        "ratio": min(plain) / min(indexed),
+        "target_ratio": 0.9,
     }
 
 
@@ -99,7 +117,10 @@ def time_search(db: Path, args: argparse.Namespace, fresh: bool = False) -> dict
                 index.search(QUERY, limit=args.limit)
             runs.append(time.perf_counter() - t0)
     runs.sort()
-    return {"median_ms": 1000 * statistics.median(runs), "p95_ms": 1000 * runs[int(0.95 * (len(runs) - 1))]}
+    return {
+        "median_ms": 1000 * statistics.median(runs),
+        "p95_ms": 1000 * runs[int(0.95 * (len(runs) - 1))],
+    }
 
 
 def bench_search(args: argparse.Namespace) -> dict:
@@ -112,8 +133,12 @@ def bench_search(args: argparse.Namespace) -> dict:
             for start in range(0, args.rows, 10_000):
                 m = min(10_000, args.rows - start)
                 probs = torch.rand(m, len(KEYS), generator=g)
-                index.add([(f"/photos/{i:07d}.jpg", 0, 0) for i in range(start, start + m)],
-                          torch.rand(m, 2, generator=g).softmax(1), probs, torch.randn(m, len(KEYS), generator=g))
+                index.add(
+                    [(f"/photos/{i:07d}.jpg", 0, 0) for i in range(start, start + m)],
+                    torch.rand(m, 2, generator=g).softmax(1),
+                    probs,
+                    torch.randn(m, len(KEYS), generator=g),
+                )
                 index.commit()
         build_s = time.perf_counter() - t0
         timings = {
@@ -123,15 +148,25 @@ def bench_search(args: argparse.Namespace) -> dict:
         with SearchIndex(db) as index:
             total = index.search(QUERY).total
             for (name,) in index.db.execute(
-                    "SELECT name FROM sqlite_master WHERE type='index' AND name LIKE 'images_p%'").fetchall():
+                "SELECT name FROM sqlite_master WHERE type='index' AND name LIKE 'images_p%'"
+            ).fetchall():
                 index.db.execute(f"DROP INDEX {name}")
         timings["without_indexes"] = time_search(db, args)
-    return {"rows": args.rows, "query": QUERY, "matches": total, "limit": args.limit,
-            "build_s": build_s, **timings, "target_ms": 50}
+    return {
+        "rows": args.rows,
+        "query": QUERY,
+        "matches": total,
+        "limit": args.limit,
+        "build_s": build_s,
+        **timings,
+        "target_ms": 50,
+    }
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
     p.add_argument("--n", type=int, default=64, help="images to index")
     p.add_argument("--batch-size", type=int, default=32)
@@ -157,7 +192,11 @@ def main() -> None:
     if "indexing" in result:
         ix = result["indexing"]
         rows += [
-            (f"plain prediction ({ix['backbone']}, {ix['images']} img)", f"{ix['predict_images_per_s']:.1f} img/s", ""),
+            (
+                f"plain prediction ({ix['backbone']}, {ix['images']} img)",
+                f"{ix['predict_images_per_s']:.1f} img/s",
+                "",
+            ),
             ("sxai index", f"{ix['index_images_per_s']:.1f} img/s", ""),
             ("index / prediction", f"{ix['ratio']:.3f}", ">= 0.9"),
         ]

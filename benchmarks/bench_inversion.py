@@ -24,13 +24,19 @@ from sxai_plugins.traits.pca import RowCentredPCA
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbone", default=sx.DEFAULT_BACKBONE)
     parser.add_argument("--inverter", default="tv", help="tv, fourier or both (default tv)")
     parser.add_argument("--targets", type=int, default=8, help="targets K (default 8)")
-    parser.add_argument("--steps", type=int, default=10, help="optimisation steps per run (default 10)")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="optimisation steps per run (default 10)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     return parser.parse_args(argv)
@@ -58,7 +64,9 @@ def bench(model: sx.TraitModel, name: str, targets: torch.Tensor, steps: int) ->
     inverter = get_feature_inverter(name)
     inverter.invert(model, targets[:1], steps=2, progress=False)  # warm-up: allocator, kernels
     batched = timed(lambda: inverter.invert(model, targets, steps=steps, progress=False))
-    single = timed(lambda: [inverter.invert(model, t[None], steps=steps, progress=False) for t in targets])
+    single = timed(
+        lambda: [inverter.invert(model, t[None], steps=steps, progress=False) for t in targets]
+    )
     k = len(targets)
     return {
         "inverter": name,
@@ -83,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "backbone": args.backbone,
         "input_size": list(model.input_size),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "rows": rows,
     }
@@ -92,11 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(text + "\n")
     print()
-    print(f"{report['backbone']} {tuple(report['input_size'])} on {report['device']}, {args.steps} steps")
-    print(f"{'inverter':<9} {'K':>3} {'batched s/target':>17} {'one-at-a-time s/target':>23} {'speed-up':>9}")
+    print(
+        f"{report['backbone']} {tuple(report['input_size'])} on {report['device']}, {args.steps} steps"
+    )
+    print(
+        f"{'inverter':<9} {'K':>3} {'batched s/target':>17} {'one-at-a-time s/target':>23} {'speed-up':>9}"
+    )
     for r in rows:
-        print(f"{r['inverter']:<9} {r['targets']:>3} {r['batched_s_per_target']:>17.3f} "
-              f"{r['single_s_per_target']:>23.3f} {r['speedup']:>8.2f}×")
+        print(
+            f"{r['inverter']:<9} {r['targets']:>3} {r['batched_s_per_target']:>17.3f} "
+            f"{r['single_s_per_target']:>23.3f} {r['speedup']:>8.2f}×"
+        )
 
 
 if __name__ == "__main__":

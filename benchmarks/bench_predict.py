@@ -61,7 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500, help="images (default 500)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds, best of (default 2)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="interleaved rounds, best of (default 2)"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--backbone", default=None, help="default: the package's default backbone")
     parser.add_argument("--json", action="store_true", help="print only the JSON")
@@ -96,11 +98,14 @@ def main() -> None:
         def run() -> None:
             for _ in iter_outputs(model, paths, bs, [], loader=kind, workers=workers):
                 pass
+
         return run
 
     def explain() -> None:
         for batch in iter_outputs(model, paths, bs, []):
-            for assessment in assess_outputs(model, spaces, batch.output, batch.paths, detector=detector):
+            for assessment in assess_outputs(
+                model, spaces, batch.output, batch.paths, detector=detector
+            ):
                 template.render(assessment)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,8 +115,14 @@ def main() -> None:
             (folder / f"{i:05d}{path.suffix}").symlink_to(path.resolve())
 
         def index() -> None:
-            report = index_folder(model, spaces, folder, Path(tmp) / f"index{time.time_ns()}.sqlite",
-                                  batch_size=bs, progress=False)
+            report = index_folder(
+                model,
+                spaces,
+                folder,
+                Path(tmp) / f"index{time.time_ns()}.sqlite",
+                batch_size=bs,
+                progress=False,
+            )
             assert report.scored == n, report
 
         runs = {
@@ -131,8 +142,13 @@ def main() -> None:
 
     rate = {name: n / s for name, s in seconds.items()}
     result = {
-        "backbone": model.name, "images": n, "batch_size": bs, "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "decode_images_per_second": n / t_decode,
+        "backbone": model.name,
+        "images": n,
+        "batch_size": bs,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "decode_images_per_second": n / t_decode,
         "images_per_second": rate,
         "ratio_to_ceiling": {name: r / rate["ceiling"] for name, r in rate.items()},
         "target_ratio": TARGET,
@@ -140,8 +156,10 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.json:
         return
-    print(f"\n{model.name}, {n} images, batch {bs}, best of {args.repeats}, {result['threads']} torch threads; "
-          f"decoding alone {result['decode_images_per_second']:.1f} img/s")
+    print(
+        f"\n{model.name}, {n} images, batch {bs}, best of {args.repeats}, {result['threads']} torch threads; "
+        f"decoding alone {result['decode_images_per_second']:.1f} img/s"
+    )
     print(f"{'path':<30}{'img/s':>8}{'× ceiling':>11}")
     for name in runs:
         print(f"{name:<30}{rate[name]:>8.1f}{result['ratio_to_ceiling'][name]:>11.2f}")

@@ -31,17 +31,25 @@ def main() -> None:
     args = parser.parse_args()
     data = Path(args.data)
     model = sx.create_model()
-    labelled = load_labelled(load_coco(data / "concepts.coco.json", data), data / "visibility.json", data)
+    labelled = load_labelled(
+        load_coco(data / "concepts.coco.json", data), data / "visibility.json", data
+    )
     start = time.perf_counter()
     bank = cached_probe_features(model, labelled, CONCEPTS, progress=not args.json)
     features_s = time.perf_counter() - start
     start = time.perf_counter()
-    spaces = build_probe_spaces(model, bank, model.class_names, CONCEPTS, ProbeRecipe(), progress=False)
+    spaces = build_probe_spaces(
+        model, bank, model.class_names, CONCEPTS, ProbeRecipe(), progress=False
+    )
     build_s = time.perf_counter() - start
     result = {
-        "images": len(bank.images), "rows": len(bank.rows), "spaces": len(spaces),
-        "features_seconds": features_s, "features_from_cache": features_s < 30,
-        "build_seconds": build_s, "build_seconds_per_space": build_s / len(spaces),
+        "images": len(bank.images),
+        "rows": len(bank.rows),
+        "spaces": len(spaces),
+        "features_seconds": features_s,
+        "features_from_cache": features_s < 30,
+        "build_seconds": build_s,
+        "build_seconds_per_space": build_s / len(spaces),
         "target_build_seconds": 120,
     }
     print(json.dumps(result, indent=2))

@@ -26,11 +26,23 @@ def synthetic_spaces(model, count: int, version: int = 1, seed: int = 0) -> Spac
     for i in range(count):
         probe = None
         if version == 2:
-            probe = ProbeHead(torch.as_tensor(rng.normal(size=model.trait_dim), dtype=torch.float32),
-                              0.1, 1.0, 0.0, torch.ones(model.trait_dim))
-        space = SemanticSpace(f"c{i % 2}", f"concept{i}", model.name, model.fingerprint(), model.trait_dim,
-                              torch.as_tensor(rng.choice(model.trait_dim, 5, replace=False)),
-                              torch.as_tensor(rng.normal(size=5)), probe=probe)
+            probe = ProbeHead(
+                torch.as_tensor(rng.normal(size=model.trait_dim), dtype=torch.float32),
+                0.1,
+                1.0,
+                0.0,
+                torch.ones(model.trait_dim),
+            )
+        space = SemanticSpace(
+            f"c{i % 2}",
+            f"concept{i}",
+            model.name,
+            model.fingerprint(),
+            model.trait_dim,
+            torch.as_tensor(rng.choice(model.trait_dim, 5, replace=False)),
+            torch.as_tensor(rng.normal(size=5)),
+            probe=probe,
+        )
         if version == 1:
             space.reference = Reference(0.0, 1.0, -3.0, 3.0, 100, 0.99)
         spaces.append(space)
@@ -61,9 +73,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = sx.create_model()
     images = torch.rand(args.batch, 3, *model.input_size[1:])
-    sets = {"prediction": None, "+8 v1 spaces": synthetic_spaces(model, 8, 1),
-            "+100 v1 spaces": synthetic_spaces(model, 100, 1), "+8 v2 spaces": synthetic_spaces(model, 8, 2),
-            "+100 v2 spaces": synthetic_spaces(model, 100, 2)}
+    sets = {
+        "prediction": None,
+        "+8 v1 spaces": synthetic_spaces(model, 8, 1),
+        "+100 v1 spaces": synthetic_spaces(model, 100, 1),
+        "+8 v2 spaces": synthetic_spaces(model, 8, 2),
+        "+100 v2 spaces": synthetic_spaces(model, 100, 2),
+    }
     run(model, images, None)  # warm-up
     best = {name: float("inf") for name in sets}
     for _ in range(args.repeats):
@@ -71,7 +87,9 @@ def main() -> None:
             best[name] = min(best[name], run(model, images, spaces))
     base = best["prediction"]
     result = {
-        "backbone": model.name, "batch": args.batch, "repeats": args.repeats,
+        "backbone": model.name,
+        "batch": args.batch,
+        "repeats": args.repeats,
         "images_per_second": {k: args.batch / v for k, v in best.items()},
         "overhead_vs_prediction": {k: v / base - 1 for k, v in best.items() if k != "prediction"},
         "target_overhead_100_spaces": 0.05,
@@ -96,9 +114,11 @@ def main() -> None:
         overhead = "" if name == "prediction" else f"{result['overhead_vs_prediction'][name]:+.2%}"
         print(f"{name:<16}{result['images_per_second'][name]:>10.1f}{overhead:>10}")
     for version in (1, 2):
-        print(f"scoring 100 v{version} spaces alone: {result[f'scoring_100_v{version}_spaces_ms_per_batch']:.3f} ms "
-              f"per batch of {args.batch} = {result[f'scoring_100_v{version}_spaces_share_of_prediction']:.4%} "
-              "of the batch's prediction time")
+        print(
+            f"scoring 100 v{version} spaces alone: {result[f'scoring_100_v{version}_spaces_ms_per_batch']:.3f} ms "
+            f"per batch of {args.batch} = {result[f'scoring_100_v{version}_spaces_share_of_prediction']:.4%} "
+            "of the batch's prediction time"
+        )
 
 
 if __name__ == "__main__":

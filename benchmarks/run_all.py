@@ -6,7 +6,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("bench_startup.py", "bench_spaces.py", "bench_detector.py", "bench_probe_build.py", "bench_index.py",
-               "bench_inversion.py", "bench_genetic.py", "bench_predict.py"):
+for script in (
+    "bench_startup.py",
+    "bench_spaces.py",
+    "bench_detector.py",
+    "bench_probe_build.py",
+    "bench_index.py",
+    "bench_inversion.py",
+    "bench_genetic.py",
+    "bench_predict.py",
+):
     print(f"==== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

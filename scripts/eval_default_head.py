@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "dogs-vs-cats" / "train"))
+    parser.add_argument(
+        "--data", default=str(ROOT.parent / "shared" / "data" / "dogs-vs-cats" / "train")
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     card = json.loads((ASSETS / "head.json").read_text())
@@ -35,8 +37,13 @@ def main() -> None:
         c: sum(1 for t, p in zip(truth, predicted) if t == i and p == i) / max(1, truth.count(i))
         for i, c in enumerate(model.class_names)
     }
-    result = {"backbone": model.name, "heldout_images": len(truth), "accuracy": correct / len(truth),
-              "per_class_accuracy": per_class, "paper_vgg19_accuracy": 0.975}
+    result = {
+        "backbone": model.name,
+        "heldout_images": len(truth),
+        "accuracy": correct / len(truth),
+        "per_class_accuracy": per_class,
+        "paper_vgg19_accuracy": 0.975,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:

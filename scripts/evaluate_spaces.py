@@ -31,12 +31,23 @@ from sxai_plugins.spaces.validity import RECIPES, TARGETS, V1Material, evaluate_
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = ["eyes", "nose", "ears", "legs"]
-COLUMNS = [("drop", "drop"), ("auroc", "AUROC"), ("auroc_natural", "nat"), ("control_shift", "ctrl"),
-           ("rival_auroc", "rival"), ("ece", "ECE"), ("qq_r2", "Q-Q R²")]
+COLUMNS = [
+    ("drop", "drop"),
+    ("auroc", "AUROC"),
+    ("auroc_natural", "nat"),
+    ("control_shift", "ctrl"),
+    ("rival_auroc", "rival"),
+    ("ece", "ECE"),
+    ("qq_r2", "Q-Q R²"),
+]
 
 
 def _f(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def markdown_table(results: dict) -> str:
@@ -66,8 +77,11 @@ def summary(results: dict) -> list[str]:
             for name in TARGETS:
                 hits[name] += name not in missed
         all_met = sum(not misses(m) for m in spaces.values())
-        lines.append(f"{recipe}: " + ", ".join(f"{name} {hits[name]}/{len(spaces)}" for name in TARGETS)
-                     + f"; all targets {all_met}/{len(spaces)}")
+        lines.append(
+            f"{recipe}: "
+            + ", ".join(f"{name} {hits[name]}/{len(spaces)}" for name in TARGETS)
+            + f"; all targets {all_met}/{len(spaces)}"
+        )
     return lines
 
 
@@ -76,12 +90,16 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "dogs-vs-cats"))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma list of paper, tuned, probe")
+    parser.add_argument(
+        "--recipes", default=",".join(RECIPES), help="comma list of paper, tuned, probe"
+    )
     parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args()
     data = Path(args.data)
     model = sx.create_model()
-    labelled = load_labelled(load_coco(data / "concepts.coco.json", data), data / "visibility.json", data)
+    labelled = load_labelled(
+        load_coco(data / "concepts.coco.json", data), data / "visibility.json", data
+    )
     bank = cached_probe_features(model, labelled, CONCEPTS)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     reference = None
@@ -89,8 +107,15 @@ def main() -> None:
         paths, traits, logits = reference_scores(model, data / "train")
         predicted = np.array(model.class_names)[logits.argmax(1).numpy()]
         reference = V1Material(traits, predicted, [str(p) for p in paths])
-    results = evaluate_recipes(bank, model.class_names, CONCEPTS, recipes, folds=args.folds, seed=args.seed,
-                               reference=reference)
+    results = evaluate_recipes(
+        bank,
+        model.class_names,
+        CONCEPTS,
+        recipes,
+        folds=args.folds,
+        seed=args.seed,
+        reference=reference,
+    )
     print(markdown_table(results))
     print()
     for line in summary(results):

@@ -63,8 +63,14 @@ POOLS = {
 }
 NEGATIVE_CELLS = 3  # cells per negative row in the MIL fit: its highest-scoring ones
 MIL_ROUNDS = 2
-COLUMNS = [("drop", "drop"), ("auroc", "AUROC"), ("auroc_natural", "nat"), ("control_shift", "ctrl"),
-           ("rival_auroc", "rival"), ("ece", "ECE")]
+COLUMNS = [
+    ("drop", "drop"),
+    ("auroc", "AUROC"),
+    ("auroc_natural", "nat"),
+    ("control_shift", "ctrl"),
+    ("rival_auroc", "rival"),
+    ("ece", "ECE"),
+]
 
 
 @dataclass
@@ -74,7 +80,9 @@ class Linear:
     coef: np.ndarray
     intercept: float
 
-    def cell_logits(self, cells: torch.Tensor, rows: np.ndarray, scaler: StandardScaler) -> np.ndarray:
+    def cell_logits(
+        self, cells: torch.Tensor, rows: np.ndarray, scaler: StandardScaler
+    ) -> np.ndarray:
         """rows × cells logits: w·(f_xy − μ)/σ + b, computed as f_xy·(w/σ) + (b − Σ w μ/σ)."""
         w = self.coef / scaler.scale_
         b = self.intercept - float((w * scaler.mean_).sum())
@@ -97,9 +105,17 @@ def concept_cells(bank: ProbeFeatures, concept: str, grid: int, size: int) -> di
     return out
 
 
-def fit_mil(cells: torch.Tensor, bank: ProbeFeatures, data: TrainingSet, subset: np.ndarray,
-            scaler: StandardScaler, init: Linear, c: float, positive_cells: dict[int, np.ndarray],
-            recipe: ProbeRecipe) -> Linear:
+def fit_mil(
+    cells: torch.Tensor,
+    bank: ProbeFeatures,
+    data: TrainingSet,
+    subset: np.ndarray,
+    scaler: StandardScaler,
+    init: Linear,
+    c: float,
+    positive_cells: dict[int, np.ndarray],
+    recipe: ProbeRecipe,
+) -> Linear:
     """A multiple-instance logistic probe on cells of the training rows ``subset`` (see the docstring)."""
     rows = data.rows[subset]
     images = bank.column("image")[rows]
@@ -112,7 +128,9 @@ def fit_mil(cells: torch.Tensor, bank: ProbeFeatures, data: TrainingSet, subset:
         pick_rows, pick_cells, weights, labels = [], [], [], []
         for j, row in enumerate(rows):
             if y_rows[j] == 1:
-                known = positive_cells.get(int(images[j])) if kinds[j] in (ORIGINAL, CONTROL) else None
+                known = (
+                    positive_cells.get(int(images[j])) if kinds[j] in (ORIGINAL, CONTROL) else None
+                )
                 if known is not None and round_ == 0:
                     chosen = known
                 elif known is not None:  # the best cell among those holding the concept
@@ -127,7 +145,9 @@ def fit_mil(cells: torch.Tensor, bank: ProbeFeatures, data: TrainingSet, subset:
             labels.append(np.full(len(chosen), y_rows[j]))
         r, k = np.concatenate(pick_rows), np.concatenate(pick_cells)
         x = scaler.transform(cells[torch.as_tensor(r), torch.as_tensor(k)].double().numpy())
-        fitted = probes._fit_logistic(x, np.concatenate(labels), np.concatenate(weights), c, recipe.max_iter)
+        fitted = probes._fit_logistic(
+            x, np.concatenate(labels), np.concatenate(weights), c, recipe.max_iter
+        )
         model = _linear(fitted)
     return model
 
@@ -136,19 +156,29 @@ def _choose(oof: np.ndarray, data: TrainingSet, cs: tuple[float, ...]) -> int:
     """The C of the best calibration-mixture AUROC of out-of-fold scores (smaller C on ties), as
     ``probes.fit_probe`` chooses it."""
     keep = data.calibration > 0
-    scores = [probes._weighted_auroc(data.labels[keep], o[keep], data.calibration[keep]) for o in oof]
+    scores = [
+        probes._weighted_auroc(data.labels[keep], o[keep], data.calibration[keep]) for o in oof
+    ]
     return max(range(len(cs)), key=lambda i: (round(scores[i], 4), -cs[i]))
 
 
 def _platt(score: np.ndarray, data: TrainingSet) -> tuple[float, float]:
     keep = data.calibration > 0
-    platt = LogisticRegression(C=1e6, max_iter=1000).fit(score[keep, None], data.labels[keep],
-                                                         sample_weight=data.calibration[keep])
+    platt = LogisticRegression(C=1e6, max_iter=1000).fit(
+        score[keep, None], data.labels[keep], sample_weight=data.calibration[keep]
+    )
     return float(platt.coef_[0, 0]), float(platt.intercept_[0])
 
 
-def fit_variants(bank: ProbeFeatures, cells: torch.Tensor, data: TrainingSet, recipe: ProbeRecipe,
-                 positive_cells: dict[int, np.ndarray], test_rows: np.ndarray, timing: dict) -> dict[str, np.ndarray]:
+def fit_variants(
+    bank: ProbeFeatures,
+    cells: torch.Tensor,
+    data: TrainingSet,
+    recipe: ProbeRecipe,
+    positive_cells: dict[int, np.ndarray],
+    test_rows: np.ndarray,
+    timing: dict,
+) -> dict[str, np.ndarray]:
     """Every variant fitted on ``data`` (one training fold), as P_s of ``test_rows``."""
     x_raw = bank.traits.double().numpy()[data.rows]
     scaler = StandardScaler().fit(x_raw)
@@ -180,8 +210,17 @@ def fit_variants(bank: ProbeFeatures, cells: torch.Tensor, data: TrainingSet, re
 
     def final_mil(i: int) -> Linear:
         if i not in finals_mil:
-            finals_mil[i] = fit_mil(cells, bank, data, np.arange(len(y)), scaler, final(i), cs[i],
-                                    positive_cells, recipe)
+            finals_mil[i] = fit_mil(
+                cells,
+                bank,
+                data,
+                np.arange(len(y)),
+                scaler,
+                final(i),
+                cs[i],
+                positive_cells,
+                recipe,
+            )
         return finals_mil[i]
 
     test_logits, out, best = {}, {}, {}
@@ -208,12 +247,20 @@ def table(results: dict) -> str:
     variants = list(results)
     lines = []
     for key in next(iter(results.values())):
-        lines += [f"\n{key}", "| variant | " + " | ".join(label for _, label in COLUMNS) + " |",
-                  "|---|" + "---|" * len(COLUMNS)]
+        lines += [
+            f"\n{key}",
+            "| variant | " + " | ".join(label for _, label in COLUMNS) + " |",
+            "|---|" + "---|" * len(COLUMNS),
+        ]
         for v in variants:
             m = results[v][key]
-            lines.append(f"| {v} | " + " | ".join(_f(m[n], 3 if n in ("control_shift", "ece") else 2)
-                                                   for n, _ in COLUMNS) + " |")
+            lines.append(
+                f"| {v} | "
+                + " | ".join(
+                    _f(m[n], 3 if n in ("control_shift", "ece") else 2) for n, _ in COLUMNS
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -233,24 +280,34 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "dogs-vs-cats"))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=str(ROOT / "docs" / "results" / "location-probe" / "results.json"))
+    parser.add_argument(
+        "--json", default=str(ROOT / "docs" / "results" / "location-probe" / "results.json")
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = Path(args.data)
     model = sx.create_model()
-    labelled = load_labelled(load_coco(data / "concepts.coco.json", data), data / "visibility.json", data)
+    labelled = load_labelled(
+        load_coco(data / "concepts.coco.json", data), data / "visibility.json", data
+    )
     t = time.perf_counter()
     bank = cached_probe_features(model, labelled, CONCEPTS, maps=True)
     timing = {"bank_load_or_extract_s": time.perf_counter() - t, "gap_fit_s": 0.0, "mil_fit_s": 0.0}
     n, channels, grid, _ = bank.maps.shape
-    cells = bank.maps.permute(0, 2, 3, 1).reshape(n, grid * grid, channels).float()  # rows × cells × C
+    cells = (
+        bank.maps.permute(0, 2, 3, 1).reshape(n, grid * grid, channels).float()
+    )  # rows × cells × C
     size = model.input_size[1]
     recipe = ProbeRecipe()
     classes = model.class_names
-    print(f"{n} rows, maps {tuple(bank.maps.shape)}, load/extract {timing['bank_load_or_extract_s']:.0f}s")
+    print(
+        f"{n} rows, maps {tuple(bank.maps.shape)}, load/extract {timing['bank_load_or_extract_s']:.0f}s"
+    )
 
     t = time.perf_counter()
-    predictions = {"probe": out_of_fold(bank, classes, CONCEPTS, "probe", recipe, args.folds, args.seed)}
+    predictions = {
+        "probe": out_of_fold(bank, classes, CONCEPTS, "probe", recipe, args.folds, args.seed)
+    }
     timing["baseline_out_of_fold_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -265,26 +322,49 @@ def main() -> None:
                 for concept in CONCEPTS:
                     key = f"{class_name}.{concept}"
                     train = training_set(bank, class_name, concept, recipe, train_images)
-                    out = fit_variants(bank, cells, train, recipe, positive_cells[concept], test_rows, timing)
+                    out = fit_variants(
+                        bank, cells, train, recipe, positive_cells[concept], test_rows, timing
+                    )
                     for variant, p in out.items():
-                        predictions.setdefault(variant, {}).setdefault(key, np.full(n, np.nan))[test_rows] = p
+                        predictions.setdefault(variant, {}).setdefault(key, np.full(n, np.nan))[
+                            test_rows
+                        ] = p
                     print(f"fold {fold} {key}: {time.perf_counter() - t:.0f}s", flush=True)
     timing["variants_out_of_fold_s"] = time.perf_counter() - t
 
-    results = {variant: {key: space_metrics(bank, *key.split(".", 1), p, recipe.held_out_maskings)
-                         for key, p in per_space.items()} for variant, per_space in predictions.items()}
+    results = {
+        variant: {
+            key: space_metrics(bank, *key.split(".", 1), p, recipe.held_out_maskings)
+            for key, p in per_space.items()
+        }
+        for variant, per_space in predictions.items()
+    }
     print(table(results))
     print()
     summary = {variant: counts(spaces) for variant, spaces in results.items()}
     for variant, hits in summary.items():
-        print(f"{variant}: " + ", ".join(f"{name} {hits[name]}/8" for name in TARGETS)
-              + f"; all {hits['all']}/8; mean AUROC {hits['mean_auroc']:.3f}")
+        print(
+            f"{variant}: "
+            + ", ".join(f"{name} {hits[name]}/8" for name in TARGETS)
+            + f"; all {hits['all']}/8; mean AUROC {hits['mean_auroc']:.3f}"
+        )
     print({k: round(v, 1) for k, v in timing.items()})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"results": results, "summary": summary, "timing_s": timing,
-                                           "variants_tried": list(results), "rows": n,
-                                           "mil": {"negative_cells": NEGATIVE_CELLS, "rounds": MIL_ROUNDS}},
-                                          indent=2, default=float) + "\n")
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "results": results,
+                "summary": summary,
+                "timing_s": timing,
+                "variants_tried": list(results),
+                "rows": n,
+                "mil": {"negative_cells": NEGATIVE_CELLS, "rounds": MIL_ROUNDS},
+            },
+            indent=2,
+            default=float,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

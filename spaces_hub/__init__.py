@@ -43,9 +43,13 @@ __all__ = [
 # Loaded on first use: the sxai plugin in spaces_hub.plugin is imported whenever sxai lists its
 # plugins, and must not pull in torch and huggingface_hub for that.
 _HOMES = {
-    "hub_endpoint": "client", "pull": "client", "push": "client",
-    "FORMAT_VERSION": "layout", "INDEX_NAME": "layout",
-    "parse_hub_source": "resolve", "resolve_spaces": "resolve",
+    "hub_endpoint": "client",
+    "pull": "client",
+    "push": "client",
+    "FORMAT_VERSION": "layout",
+    "INDEX_NAME": "layout",
+    "parse_hub_source": "resolve",
+    "resolve_spaces": "resolve",
 }
 
 

@@ -73,7 +73,9 @@ def base_model(backbone: str) -> str | None:
 
 def card_data(spaces: Sequence[SemanticSpace]) -> ModelCardData:
     backbone = spaces[0].backbone
-    return ModelCardData(library_name="sxai", tags=[*TAGS, backbone], base_model=base_model(backbone))
+    return ModelCardData(
+        library_name="sxai", tags=[*TAGS, backbone], base_model=base_model(backbone)
+    )
 
 
 def _built(spaces: Sequence[SemanticSpace]) -> list[tuple[str, str]]:
@@ -84,7 +86,10 @@ def _built(spaces: Sequence[SemanticSpace]) -> list[tuple[str, str]]:
         ("SSNs per space", _shared(spaces, lambda s: s.n_ssn)),
     ]
     recipe_keys = sorted({k for s in spaces for k in _flatten(s.recipe)})
-    rows += [(key, _shared(spaces, lambda s, k=key: _flatten(s.recipe).get(k, "n/a"))) for key in recipe_keys]
+    rows += [
+        (key, _shared(spaces, lambda s, k=key: _flatten(s.recipe).get(k, "n/a")))
+        for key in recipe_keys
+    ]
     return rows
 
 
@@ -95,13 +100,23 @@ def _table(spaces: Sequence[SemanticSpace]) -> tuple[list[list[str]], bool]:
     for s in sorted(spaces, key=lambda s: s.key):
         ev = _flatten(s.evaluation)
         ref = s.reference
-        rows.append([s.class_name, s.concept, str(s.n_ssn), str(ref.n) if ref else "—",
-                     _fmt(ref.qq_r2) if ref else "—", *(_fmt(ev[k]) if k in ev else "—" for k in eval_keys),
-                     f"[{space_path(s).split('/', 1)[1]}]({space_path(s)})"])
+        rows.append(
+            [
+                s.class_name,
+                s.concept,
+                str(s.n_ssn),
+                str(ref.n) if ref else "—",
+                _fmt(ref.qq_r2) if ref else "—",
+                *(_fmt(ev[k]) if k in ev else "—" for k in eval_keys),
+                f"[{space_path(s).split('/', 1)[1]}]({space_path(s)})",
+            ]
+        )
     return [[_cell(c) for c in row] for row in rows], bool(eval_keys)
 
 
-def render_card(spaces: Sequence[SemanticSpace], repo_id: str, extra_paths: Sequence[str] = ()) -> str:
+def render_card(
+    spaces: Sequence[SemanticSpace], repo_id: str, extra_paths: Sequence[str] = ()
+) -> str:
     """Markdown with Hub metadata: what the spaces are, how they were built, their figures, how to load."""
     first = spaces[0]
     table, has_evaluation = _table(spaces)

@@ -112,8 +112,10 @@ def _capped_bar(limit: int, what: str, where: str) -> type[tqdm]:
     """
 
     def refuse(size: int, verb: str) -> OversizeError:
-        return OversizeError(f"{where}: the server {verb} {size} bytes for {what}, but {limit} are "
-                             "allowed (the size the index lists); download stopped, nothing was kept")
+        return OversizeError(
+            f"{where}: the server {verb} {size} bytes for {what}, but {limit} are "
+            "allowed (the size the index lists); download stopped, nothing was kept"
+        )
 
     class CappedBar(_QuietBar):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -151,40 +153,53 @@ def _hub_errors(repo_id: str, revision: str | None, endpoint: str, action: str) 
     except HubError:
         raise
     except HFValidationError as exc:
-        raise HubError(f"{repo_id!r} is not a valid repo id ({_one_line(exc, 120)}); "
-                       "use owner/name") from exc
+        raise HubError(
+            f"{repo_id!r} is not a valid repo id ({_one_line(exc, 120)}); use owner/name"
+        ) from exc
     except RevisionNotFoundError as exc:
         raise HubRevisionNotFoundError(
-            f"{where}: no such revision on {endpoint}; check the branch, tag or commit name") from exc
+            f"{where}: no such revision on {endpoint}; check the branch, tag or commit name"
+        ) from exc
     except RepositoryNotFoundError as exc:  # also gated repos
         raise HubRepoNotFoundError(
             f"{repo_id}: no such repository on {endpoint}, or it is private; check the name, and give a "
-            "token (token=, HF_TOKEN or `hf auth login`) for a private repository") from exc
+            "token (token=, HF_TOKEN or `hf auth login`) for a private repository"
+        ) from exc
     except (RevisionResolutionError, LocalEntryNotFoundError, *_TRANSPORT_ERRORS) as exc:
         if action == "push":
             raise HubUnreachableError(
                 f"{repo_id}: cannot reach {endpoint} to push ({_one_line(type(exc).__name__)}); check the "
-                "network and HF_ENDPOINT, and unset HF_HUB_OFFLINE") from exc
+                "network and HF_ENDPOINT, and unset HF_HUB_OFFLINE"
+            ) from exc
         raise HubUnreachableError(
             f"{where}: cannot reach {endpoint} and the local cache has no copy; check the network and "
-            "HF_ENDPOINT, or pull once online before using HF_HUB_OFFLINE=1") from exc
+            "HF_ENDPOINT, or pull once online before using HF_HUB_OFFLINE=1"
+        ) from exc
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         if status in (401, 403):
             raise HubAuthError(
                 f"{repo_id}: {endpoint} refused the credentials ({status}) to {action}; give a token with "
-                "write access (token=, HF_TOKEN or `hf auth login`)") from exc
-        raise HubError(f"{where}: {endpoint} answered {status} to {action} "
-                       f"({_one_line(exc.server_message or exc, 120)}); try again later") from exc
+                "write access (token=, HF_TOKEN or `hf auth login`)"
+            ) from exc
+        raise HubError(
+            f"{where}: {endpoint} answered {status} to {action} "
+            f"({_one_line(exc.server_message or exc, 120)}); try again later"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------- push
-def _extra_files(extra_files: Mapping[str, str | Path] | Sequence[str | Path] | None) -> dict[str, Path]:
+def _extra_files(
+    extra_files: Mapping[str, str | Path] | Sequence[str | Path] | None,
+) -> dict[str, Path]:
     """``{path_in_repo: local file}``; a plain list puts each file at the root under its own name."""
     if not extra_files:
         return {}
-    items = (extra_files.items() if isinstance(extra_files, Mapping)
-             else [(Path(p).name, p) for p in extra_files])
+    items = (
+        extra_files.items()
+        if isinstance(extra_files, Mapping)
+        else [(Path(p).name, p) for p in extra_files]
+    )
     out: dict[str, Path] = {}
     for name, local in items:
         local = Path(local)
@@ -192,10 +207,14 @@ def _extra_files(extra_files: Mapping[str, str | Path] | Sequence[str | Path] | 
         if not local.is_file():
             raise HubError(f"extra file {local}: no such file")
         if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-            raise HubError(f"extra file {name!r}: the path in the repository must be relative, without '..'")
+            raise HubError(
+                f"extra file {name!r}: the path in the repository must be relative, without '..'"
+            )
         if str(pure) in (INDEX_NAME, CARD_NAME) or pure.parts[0] == SPACES_DIR:
-            raise HubError(f"extra file {name!r}: {INDEX_NAME}, {CARD_NAME} and {SPACES_DIR}/ are written "
-                           "by push itself; choose another path")
+            raise HubError(
+                f"extra file {name!r}: {INDEX_NAME}, {CARD_NAME} and {SPACES_DIR}/ are written "
+                "by push itself; choose another path"
+            )
         out[str(pure)] = local
     return out
 
@@ -204,7 +223,9 @@ def _stale_space_files(api: HfApi, repo_id: str, revision: str | None, keep: set
     """Space files an earlier push left that this set no longer has (the ``spaces/`` folder is ours)."""
     try:
         entries = api.list_repo_tree(repo_id, path_in_repo=SPACES_DIR, revision=revision)
-        return sorted(e.path for e in entries if getattr(e, "size", None) is not None and e.path not in keep)
+        return sorted(
+            e.path for e in entries if getattr(e, "size", None) is not None and e.path not in keep
+        )
     except RemoteEntryNotFoundError:  # no spaces/ folder yet
         return []
 
@@ -251,7 +272,9 @@ def push(
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             stale = _stale_space_files(api, repo_id, revision, set(files))
             operations += [CommitOperationDelete(path) for path in stale]
-            info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+            info = api.create_commit(
+                repo_id, operations, commit_message=commit_message, revision=revision
+            )
     log.info("pushed %d spaces to %s (%s)", len(spaces), repo_id, info.oid)
     return info
 
@@ -267,12 +290,20 @@ def _evict(pointer: Path) -> None:
 
 def _warn_unlisted(present: list[str] | None, index: SpacesIndex, where: str) -> None:
     if index.ignored:
-        warnings.warn(f"{where}: ignoring entries of {INDEX_NAME} that are not space files (never downloaded): "
-                      f"{', '.join(index.ignored[:10])}", HubWarning, stacklevel=3)
+        warnings.warn(
+            f"{where}: ignoring entries of {INDEX_NAME} that are not space files (never downloaded): "
+            f"{', '.join(index.ignored[:10])}",
+            HubWarning,
+            stacklevel=3,
+        )
     unlisted = sorted(set(present or ()) - index.listed_paths() - HUB_HOUSEKEEPING)
     if unlisted:
-        warnings.warn(f"{where}: ignoring {len(unlisted)} file(s) that {INDEX_NAME} does not list (never "
-                      f"downloaded): {', '.join(unlisted[:10])}", HubWarning, stacklevel=3)
+        warnings.warn(
+            f"{where}: ignoring {len(unlisted)} file(s) that {INDEX_NAME} does not list (never "
+            f"downloaded): {', '.join(unlisted[:10])}",
+            HubWarning,
+            stacklevel=3,
+        )
 
 
 def _repo_files(api: HfApi, repo_id: str, revision: str | None) -> tuple[bool, list[str] | None]:
@@ -316,16 +347,27 @@ class _Snapshot:
         where = self.where
         with _hub_errors(self.repo_id, self.revision, self.endpoint, "pull"):
             try:
-                path = Path(hf_hub_download(self.repo_id, filename, revision=self.commit, cache_dir=self.cache_dir,
-                                            token=self.token, endpoint=self.endpoint,
-                                            tqdm_class=_capped_bar(limit, filename, where)))
+                path = Path(
+                    hf_hub_download(
+                        self.repo_id,
+                        filename,
+                        revision=self.commit,
+                        cache_dir=self.cache_dir,
+                        token=self.token,
+                        endpoint=self.endpoint,
+                        tqdm_class=_capped_bar(limit, filename, where),
+                    )
+                )
             except RemoteEntryNotFoundError as exc:
                 if filename == INDEX_NAME:
                     raise SpacesIndexError(
                         f"{where}: the repository has no {INDEX_NAME}, so it holds no sxai spaces; check the "
-                        "repo name, or publish spaces with `sxai hub push`") from exc
-                raise IntegrityError(f"{where}: {filename} is listed in {INDEX_NAME} but missing from the "
-                                     "repository; ask the owner to re-push") from exc
+                        "repo name, or publish spaces with `sxai hub push`"
+                    ) from exc
+                raise IntegrityError(
+                    f"{where}: {filename} is listed in {INDEX_NAME} but missing from the "
+                    "repository; ask the owner to re-push"
+                ) from exc
             except LocalEntryNotFoundError:
                 raise  # offline without a cached copy: _hub_errors says so
             except EntryNotFoundError as exc:  # pragma: no cover - other subclasses
@@ -333,15 +375,19 @@ class _Snapshot:
             except OSError as exc:
                 if isinstance(exc, HfHubHTTPError):
                     raise
-                raise DownloadError(f"{where}: the download of {filename} did not complete "
-                                    f"({_one_line(exc, 160)}); nothing was kept in the cache, run the pull "
-                                    "again") from exc
+                raise DownloadError(
+                    f"{where}: the download of {filename} did not complete "
+                    f"({_one_line(exc, 160)}); nothing was kept in the cache, run the pull "
+                    "again"
+                ) from exc
         # a copy cached earlier (or by another tool) never went through the capped bar
         size = path.stat().st_size
         if size > limit:
             _evict(path)
-            raise OversizeError(f"{where}: the cached {filename} has {size} bytes, more than the {limit} "
-                                "allowed; it was removed from the cache, run the pull again")
+            raise OversizeError(
+                f"{where}: the cached {filename} has {size} bytes, more than the {limit} "
+                "allowed; it was removed from the cache, run the pull again"
+            )
         return path
 
     def index(self) -> SpacesIndex:
@@ -370,17 +416,27 @@ def _checked_space(local: Path, entry: FileEntry, index: SpacesIndex, where: str
     except SpaceError as exc:
         # the reason without the cache path it starts with (the entry path says which file)
         reason = str(exc).removeprefix(f"{local}: ")
-        raise IntegrityError(f"{where}: {entry.path} is not a valid semantic space "
-                             f"({_one_line(reason, 200)})") from exc
+        raise IntegrityError(
+            f"{where}: {entry.path} is not a valid semantic space ({_one_line(reason, 200)})"
+        ) from exc
     # the file's own class and concept name the space everywhere after this (and files written
     # with --out), so they must be the checked names of its index entry
-    mismatch = [f"{k} {str(getattr(space, k))[:120]!r} vs {v!r}" for k, v in
-                (("class_name", entry.class_name), ("concept", entry.concept),
-                 ("backbone", index.backbone), ("fingerprint", index.fingerprint),
-                 ("trait_dim", index.trait_dim)) if getattr(space, k) != v]
+    mismatch = [
+        f"{k} {str(getattr(space, k))[:120]!r} vs {v!r}"
+        for k, v in (
+            ("class_name", entry.class_name),
+            ("concept", entry.concept),
+            ("backbone", index.backbone),
+            ("fingerprint", index.fingerprint),
+            ("trait_dim", index.trait_dim),
+        )
+        if getattr(space, k) != v
+    ]
     if mismatch:
-        raise IntegrityError(f"{where}: {entry.path} disagrees with {INDEX_NAME} "
-                             f"({'; '.join(mismatch)}); ask the owner to re-push")
+        raise IntegrityError(
+            f"{where}: {entry.path} disagrees with {INDEX_NAME} "
+            f"({'; '.join(mismatch)}); ask the owner to re-push"
+        )
     return space
 
 
@@ -407,19 +463,30 @@ def pull(
     api = HfApi(endpoint=endpoint, token=token)
     with _hub_errors(repo_id, revision, endpoint, "pull"):
         reachable, present = _repo_files(api, repo_id, revision)
-        commit = api.resolve_revision(repo_id, revision=revision, cache_dir=cache_dir,
-                                      local_files_only=not reachable)
+        commit = api.resolve_revision(
+            repo_id, revision=revision, cache_dir=cache_dir, local_files_only=not reachable
+        )
     snapshot = _Snapshot(repo_id, revision, commit, endpoint, token, cache_dir)
 
     index = snapshot.index()
     if model is not None:  # refuse a model that cannot fit before downloading any space
-        check_model_fits(model, index.backbone, index.fingerprint, index.trait_dim, force=force,
-                         subject=f"{snapshot.where}: the spaces were")
+        check_model_fits(
+            model,
+            index.backbone,
+            index.fingerprint,
+            index.trait_dim,
+            force=force,
+            subject=f"{snapshot.where}: the spaces were",
+        )
     _warn_unlisted(present, index, snapshot.where)
 
     spaces: list[SemanticSpace] = []
-    for entry in tqdm(index.files, desc=f"pull {repo_id}", unit="space",
-                      disable=not progress or len(index.files) < 8):
+    for entry in tqdm(
+        index.files,
+        desc=f"pull {repo_id}",
+        unit="space",
+        disable=not progress or len(index.files) < 8,
+    ):
         space = snapshot.space(entry, index)
         if model is not None:
             space.check_compatible(model, force=force)

@@ -98,12 +98,21 @@ class SpacesIndex:
     raw: dict[str, Any]
 
     def listed_paths(self) -> set[str]:
-        return {INDEX_NAME, CARD_NAME, *(f.path for f in self.files), *(f.path for f in self.extra_files)}
+        return {
+            INDEX_NAME,
+            CARD_NAME,
+            *(f.path for f in self.files),
+            *(f.path for f in self.extra_files),
+        }
 
 
 def is_safe_name(name: object) -> bool:
     """Whether ``name`` may be a class or concept name inside a file name (``NAME_RE``)."""
-    return isinstance(name, str) and len(name) <= MAX_NAME_CHARS and NAME_RE.fullmatch(name) is not None
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_CHARS
+        and NAME_RE.fullmatch(name) is not None
+    )
 
 
 def check_name(name: object, what: str, where: str) -> str:
@@ -114,9 +123,11 @@ def check_name(name: object, what: str, where: str) -> str:
     """
     if is_safe_name(name):
         return name  # type: ignore[return-value]
-    raise HubError(f"{where}: {what} {str(name)[:120]!r} is not a safe name (letters, digits, '_' and "
-                   "'-', in parts joined by single dots, at most 100 characters); it would become part "
-                   "of a file name, so the spaces are refused")
+    raise HubError(
+        f"{where}: {what} {str(name)[:120]!r} is not a safe name (letters, digits, '_' and "
+        "'-', in parts joined by single dots, at most 100 characters); it would become part "
+        "of a file name, so the spaces are refused"
+    )
 
 
 def space_filename(space: SemanticSpace, where: str = "space") -> str:
@@ -146,18 +157,25 @@ def check_space_set(spaces: Sequence[SemanticSpace]) -> None:
     for field in ("backbone", "fingerprint", "trait_dim", "trait_layer"):
         values = sorted({str(getattr(s, field)) for s in spaces})
         if len(values) > 1:
-            raise HubError(f"the spaces do not share one {field} ({', '.join(values)}); push one set per backbone")
+            raise HubError(
+                f"the spaces do not share one {field} ({', '.join(values)}); push one set per backbone"
+            )
     seen: dict[str, str] = {}
     for space in spaces:
         path = space_path(space)
         if path in seen:
-            raise HubError(f"spaces {seen[path]!r} and {space.key!r} would both be stored as {path}; "
-                           "rename one of them")
+            raise HubError(
+                f"spaces {seen[path]!r} and {space.key!r} would both be stored as {path}; "
+                "rename one of them"
+            )
         seen[path] = space.key
 
 
-def build_index(spaces: Sequence[SemanticSpace], files: dict[str, Path],
-                extra_files: dict[str, Path] | None = None) -> dict[str, Any]:
+def build_index(
+    spaces: Sequence[SemanticSpace],
+    files: dict[str, Path],
+    extra_files: dict[str, Path] | None = None,
+) -> dict[str, Any]:
     """The index of ``spaces`` whose files (``space_path`` -> local file) have been written."""
     try:
         from importlib.metadata import version
@@ -169,12 +187,20 @@ def build_index(spaces: Sequence[SemanticSpace], files: dict[str, Path],
     entries = []
     for space in spaces:
         path = space_path(space)
-        entries.append({
-            "path": path, "class_name": space.class_name, "concept": space.concept, "n_ssn": space.n_ssn,
-            "sha256": sha256_file(files[path]), "size": files[path].stat().st_size,
-        })
-    extras = [{"path": p, "sha256": sha256_file(f), "size": f.stat().st_size}
-              for p, f in sorted((extra_files or {}).items())]
+        entries.append(
+            {
+                "path": path,
+                "class_name": space.class_name,
+                "concept": space.concept,
+                "n_ssn": space.n_ssn,
+                "sha256": sha256_file(files[path]),
+                "size": files[path].stat().st_size,
+            }
+        )
+    extras = [
+        {"path": p, "sha256": sha256_file(f), "size": f.stat().st_size}
+        for p, f in sorted((extra_files or {}).items())
+    ]
     return {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
@@ -193,29 +219,42 @@ def build_index(spaces: Sequence[SemanticSpace], files: dict[str, Path],
 def parse_index(data: bytes, where: str) -> SpacesIndex:
     """Validate the bytes of a ``spaces.json``; ``where`` names it in errors (``owner/name@rev``)."""
     if len(data) > MAX_INDEX_BYTES:
-        raise SpacesIndexError(f"{where}: {INDEX_NAME} is {len(data)} bytes, more than an index can be "
-                               f"({MAX_INDEX_BYTES}); the repository is not a valid spaces repository")
+        raise SpacesIndexError(
+            f"{where}: {INDEX_NAME} is {len(data)} bytes, more than an index can be "
+            f"({MAX_INDEX_BYTES}); the repository is not a valid spaces repository"
+        )
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpacesIndexError(f"{where}: {INDEX_NAME} is not valid JSON ({exc}); re-push the spaces") from exc
+        raise SpacesIndexError(
+            f"{where}: {INDEX_NAME} is not valid JSON ({exc}); re-push the spaces"
+        ) from exc
     if not isinstance(raw, dict):
         raise SpacesIndexError(f"{where}: {INDEX_NAME} is not a JSON object; re-push the spaces")
     version = raw.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise SpacesIndexError(f"{where}: {INDEX_NAME} has no valid format_version; re-push the spaces")
+        raise SpacesIndexError(
+            f"{where}: {INDEX_NAME} has no valid format_version; re-push the spaces"
+        )
     if version > FORMAT_VERSION:
-        raise SpacesIndexError(f"{where}: {INDEX_NAME} has format version {version}, newer than this sxai "
-                               f"reads ({FORMAT_VERSION}); upgrade sxai (pip install -U sxai)")
+        raise SpacesIndexError(
+            f"{where}: {INDEX_NAME} has format version {version}, newer than this sxai "
+            f"reads ({FORMAT_VERSION}); upgrade sxai (pip install -U sxai)"
+        )
 
     def need(key: str, kind: type) -> Any:
         value = raw.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise SpacesIndexError(f"{where}: {INDEX_NAME} lacks a valid {key!r} ({kind.__name__}); "
-                                   "re-push the spaces")
+            raise SpacesIndexError(
+                f"{where}: {INDEX_NAME} lacks a valid {key!r} ({kind.__name__}); re-push the spaces"
+            )
         return value
 
-    backbone, fingerprint, trait_dim = need("backbone", str), need("fingerprint", str), need("trait_dim", int)
+    backbone, fingerprint, trait_dim = (
+        need("backbone", str),
+        need("fingerprint", str),
+        need("trait_dim", int),
+    )
     files_raw, extras_raw = need("files", list), raw.get("extra_files", [])
     if not isinstance(extras_raw, list):
         extras_raw = []
@@ -229,19 +268,27 @@ def parse_index(data: bytes, where: str) -> SpacesIndex:
             continue
         for value, what in ((entry.class_name, "class_name"), (entry.concept, "concept")):
             if not is_safe_name(value):
-                raise SpacesIndexError(f"{where}: {INDEX_NAME} gives {entry.path} the {what} {value[:120]!r}, "
-                                       "which is not a safe name (letters, digits, '_', '-', parts joined "
-                                       "by single dots); refusing the set (ask the owner to re-push)")
+                raise SpacesIndexError(
+                    f"{where}: {INDEX_NAME} gives {entry.path} the {what} {value[:120]!r}, "
+                    "which is not a safe name (letters, digits, '_', '-', parts joined "
+                    "by single dots); refusing the set (ask the owner to re-push)"
+                )
         if entry.path != f"{SPACES_DIR}/{entry.class_name}.{entry.concept}.safetensors":
-            raise SpacesIndexError(f"{where}: {INDEX_NAME} lists {entry.path} for {entry.class_name}."
-                                   f"{entry.concept}, but that space must be stored as {SPACES_DIR}/"
-                                   f"{entry.class_name}.{entry.concept}.safetensors; refusing the set "
-                                   "(ask the owner to re-push)")
+            raise SpacesIndexError(
+                f"{where}: {INDEX_NAME} lists {entry.path} for {entry.class_name}."
+                f"{entry.concept}, but that space must be stored as {SPACES_DIR}/"
+                f"{entry.class_name}.{entry.concept}.safetensors; refusing the set "
+                "(ask the owner to re-push)"
+            )
         if entry.path in seen:
-            raise SpacesIndexError(f"{where}: {INDEX_NAME} lists {entry.path} twice; re-push the spaces")
+            raise SpacesIndexError(
+                f"{where}: {INDEX_NAME} lists {entry.path} twice; re-push the spaces"
+            )
         if entry.size > MAX_SPACE_BYTES:
-            raise SpacesIndexError(f"{where}: {INDEX_NAME} says {entry.path} has {entry.size} bytes, far more "
-                                   "than a semantic space; refusing to download it")
+            raise SpacesIndexError(
+                f"{where}: {INDEX_NAME} says {entry.path} has {entry.size} bytes, far more "
+                "than a semantic space; refusing to download it"
+            )
         seen.add(entry.path)
         files.append(entry)
     if not files:
@@ -253,10 +300,16 @@ def parse_index(data: bytes, where: str) -> SpacesIndex:
         except SpacesIndexError:
             continue  # extras are never read back: a bad entry only costs its listing
     return SpacesIndex(
-        format_version=version, backbone=backbone, fingerprint=fingerprint, trait_dim=trait_dim,
+        format_version=version,
+        backbone=backbone,
+        fingerprint=fingerprint,
+        trait_dim=trait_dim,
         classes=[c for c in raw.get("classes", []) if isinstance(c, str)],
         concepts=[c for c in raw.get("concepts", []) if isinstance(c, str)],
-        files=files, extra_files=extras, ignored=ignored, raw=raw,
+        files=files,
+        extra_files=extras,
+        ignored=ignored,
+        raw=raw,
     )
 
 
@@ -264,13 +317,26 @@ def _entry(item: Any, where: str) -> FileEntry:
     if not isinstance(item, dict):
         raise SpacesIndexError(f"{where}: {INDEX_NAME} has a file entry that is not an object")
     path, sha, size = item.get("path"), item.get("sha256"), item.get("size")
-    if not isinstance(path, str) or not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha) \
-            or not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise SpacesIndexError(f"{where}: {INDEX_NAME} has a malformed file entry {str(path)[:80]!r} "
-                               "(needs path, sha256 as 64 hex digits, size); re-push the spaces")
+    if (
+        not isinstance(path, str)
+        or not isinstance(sha, str)
+        or not _SHA256_RE.fullmatch(sha)
+        or not isinstance(size, int)
+        or isinstance(size, bool)
+        or size < 0
+    ):
+        raise SpacesIndexError(
+            f"{where}: {INDEX_NAME} has a malformed file entry {str(path)[:80]!r} "
+            "(needs path, sha256 as 64 hex digits, size); re-push the spaces"
+        )
     class_name, concept = item.get("class_name"), item.get("concept")
-    return FileEntry(path=path, sha256=sha, size=size, class_name=class_name if isinstance(class_name, str) else "",
-                     concept=concept if isinstance(concept, str) else "")
+    return FileEntry(
+        path=path,
+        sha256=sha,
+        size=size,
+        class_name=class_name if isinstance(class_name, str) else "",
+        concept=concept if isinstance(concept, str) else "",
+    )
 
 
 def save_spaces(spaces: Sequence[SemanticSpace], folder: str | Path) -> list[Path]:
@@ -281,13 +347,17 @@ def save_spaces(spaces: Sequence[SemanticSpace], folder: str | Path) -> list[Pat
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise HubError(f"{folder}: exists and is not a folder; pass a folder to write the spaces into")
+        raise HubError(
+            f"{folder}: exists and is not a folder; pass a folder to write the spaces into"
+        )
     root = folder.resolve()
     targets = []
     for space in spaces:
         target = folder / space_filename(space, f"space {space.key[:120]!r}")
         if not target.resolve().is_relative_to(root):
-            raise HubError(f"{target}: resolves to {target.resolve()}, outside {root}; remove that link "
-                           "or write the spaces into another folder")
+            raise HubError(
+                f"{target}: resolves to {target.resolve()}, outside {root}; remove that link "
+                "or write the spaces into another folder"
+            )
         targets.append(target)
     return [space.save(target) for space, target in zip(spaces, targets)]

@@ -21,16 +21,21 @@ def parse_hub_source(source: str) -> tuple[str, str | None]:
     try:
         uri = parse_hf_uri(source)
     except HfUriError as exc:
-        raise HubError(f"{source}: not a Hub space set ({' '.join(str(exc).split())}); "
-                       "write hf://owner/name or hf://owner/name@revision") from exc
+        raise HubError(
+            f"{source}: not a Hub space set ({' '.join(str(exc).split())}); "
+            "write hf://owner/name or hf://owner/name@revision"
+        ) from exc
     if uri.type != "model" or uri.path_in_repo:
-        raise HubError(f"{source}: spaces live at the root of a model repository; "
-                       "write hf://owner/name or hf://owner/name@revision")
+        raise HubError(
+            f"{source}: spaces live at the root of a model repository; "
+            "write hf://owner/name or hf://owner/name@revision"
+        )
     return uri.id, uri.revision
 
 
-def resolve_spaces(sources: Sequence[str | Path], model: Any = None, force: bool = False,
-                   **pull_kwargs: Any) -> list[SemanticSpace]:
+def resolve_spaces(
+    sources: Sequence[str | Path], model: Any = None, force: bool = False, **pull_kwargs: Any
+) -> list[SemanticSpace]:
     """Load spaces from each source in order: a ``.safetensors`` file, a folder of them, or ``hf://...``.
 
     Hub sources are pulled with :func:`spaces_hub.pull` (cache, tokens and ``HF_HUB_OFFLINE`` as

@@ -23,13 +23,17 @@ def verify_entry(path: str | Path, entry: FileEntry, where: str) -> None:
     """Refuse ``path`` unless its size and sha256 are those the index lists for ``entry``."""
     size = Path(path).stat().st_size
     if size != entry.size:
-        raise IntegrityError(f"{where}: {entry.path} has {size} bytes but the index says {entry.size}; "
-                             "the file was changed or damaged, refusing it (ask the owner to re-push)")
+        raise IntegrityError(
+            f"{where}: {entry.path} has {size} bytes but the index says {entry.size}; "
+            "the file was changed or damaged, refusing it (ask the owner to re-push)"
+        )
     digest = sha256_file(path)
     if digest != entry.sha256:
-        raise IntegrityError(f"{where}: {entry.path} has sha256 {digest[:12]}… but the index says "
-                             f"{entry.sha256[:12]}…; the file was changed or damaged, refusing it "
-                             "(ask the owner to re-push)")
+        raise IntegrityError(
+            f"{where}: {entry.path} has sha256 {digest[:12]}… but the index says "
+            f"{entry.sha256[:12]}…; the file was changed or damaged, refusing it "
+            "(ask the owner to re-push)"
+        )
 
 
 def check_safetensors_header(path: str | Path, name: str) -> dict[str, Any]:
@@ -48,6 +52,8 @@ def check_safetensors_header(path: str | Path, name: str) -> dict[str, Any]:
         reason = " ".join(str(exc).split()).removeprefix(_LIBRARY_PREFIX)
         if len(reason) > 200:
             reason = reason[:199] + "…"
-        raise IntegrityError(f"{name}: not a valid safetensors file ({reason}); refusing it "
-                             "(ask the owner to re-push)") from exc
+        raise IntegrityError(
+            f"{name}: not a valid safetensors file ({reason}); refusing it "
+            "(ask the owner to re-push)"
+        ) from exc
     return header

@@ -75,6 +75,7 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sxai_plugins' has no attribute {name!r}")
 
+
 __all__ = [
     "DEFAULT_BACKBONE",
     "BackboneNotFoundError",

@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING
 
 from sxai_plugins import BackboneSpec, hookimpl
 
-if TYPE_CHECKING:  # torch, torchvision and timm load when a model is built, not when plugins are listed
+if (
+    TYPE_CHECKING
+):  # torch, torchvision and timm load when a model is built, not when plugins are listed
     from sxai_plugins import TraitModel
+
 
 def build_alexnet(
     pretrained: bool = False, weights: str | None = None, class_names: list[str] | None = None

@@ -65,25 +65,29 @@ def _filter_fn(state_dict: dict[str, torch.Tensor], model: AlexNet) -> dict[str,
     return {k: v for k, v in state_dict.items() if k in own or not k.startswith("classifier.")}
 
 
-default_cfgs = generate_default_cfgs({
-    "alexnet.tv_in1k": {
-        "url": TORCHVISION_WEIGHTS.url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (6, 6),
-        "crop_pct": 0.875,  # torchvision: resize 256, centre crop 224
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "features.0",
-        "classifier": "classifier.6",
-        "license": "bsd-3-clause",
-        "origin_url": "https://github.com/pytorch/vision",
-    },
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "alexnet.tv_in1k": {
+            "url": TORCHVISION_WEIGHTS.url,
+            "num_classes": 1000,
+            "input_size": (3, 224, 224),
+            "pool_size": (6, 6),
+            "crop_pct": 0.875,  # torchvision: resize 256, centre crop 224
+            "interpolation": "bilinear",
+            "mean": IMAGENET_DEFAULT_MEAN,
+            "std": IMAGENET_DEFAULT_STD,
+            "first_conv": "features.0",
+            "classifier": "classifier.6",
+            "license": "bsd-3-clause",
+            "origin_url": "https://github.com/pytorch/vision",
+        },
+    }
+)
 
 
 @register_model
 def alexnet(pretrained: bool = False, **kwargs) -> AlexNet:
     """AlexNet (torchvision layout and ImageNet weights), built and loaded by timm."""
-    return build_model_with_cfg(AlexNet, "alexnet", pretrained, pretrained_filter_fn=_filter_fn, **kwargs)
+    return build_model_with_cfg(
+        AlexNet, "alexnet", pretrained, pretrained_filter_fn=_filter_fn, **kwargs
+    )

@@ -22,16 +22,26 @@ DATA = SHARED / "data" / "dogs-vs-cats"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def make_tiny_model(trait_dim: int = 8, classes: tuple[str, ...] = ("cat", "dog"), size: int = 32,
-                    seed: int = 0) -> TraitModel:
+def make_tiny_model(
+    trait_dim: int = 8, classes: tuple[str, ...] = ("cat", "dog"), size: int = 32, seed: int = 0
+) -> TraitModel:
     """A two-conv CNN with a GAP head: enough structure for every S-XAI step, built in a millisecond."""
     torch.manual_seed(seed)
     body = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(6, trait_dim, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, trait_dim, 3, stride=2, padding=1),
+        nn.ReLU(),
     )
-    return TraitModel(body, trait_dim, list(classes), name="tiny", input_size=(3, size, size),
-                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).eval()
+    return TraitModel(
+        body,
+        trait_dim,
+        list(classes),
+        name="tiny",
+        input_size=(3, size, size),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ).eval()
 
 
 @pytest.fixture
@@ -68,7 +78,9 @@ def default_model():
 
 
 @contextmanager
-def _backbone_available(name: str, build: Callable[..., TraitModel], description: str) -> Iterator[str]:
+def _backbone_available(
+    name: str, build: Callable[..., TraitModel], description: str
+) -> Iterator[str]:
     plugin_name = f"test-backbone-{name}"
 
     class Plugin:

@@ -77,7 +77,9 @@ class HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -104,14 +106,18 @@ class HubServer:
             if repo_id in self.repos:
                 return False
             repo = Repo(private=private)
-            first = self._new_commit({".gitattributes": self.put_blob(b"*.safetensors filter=lfs\n")})
+            first = self._new_commit(
+                {".gitattributes": self.put_blob(b"*.safetensors filter=lfs\n")}
+            )
             repo.commits[first[0]] = first[1]
             repo.refs["main"] = first[0]
             self.repos[repo_id] = repo
             return True
 
     def _new_commit(self, files: dict[str, str]) -> tuple[str, dict[str, str]]:
-        sha = hashlib.sha1(json.dumps([next(self._counter), sorted(files.items())]).encode()).hexdigest()
+        sha = hashlib.sha1(
+            json.dumps([next(self._counter), sorted(files.items())]).encode()
+        ).hexdigest()
         return sha, dict(files)
 
     def resolve(self, repo_id: str, rev: str) -> str | None:
@@ -149,8 +155,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # ------------------------------------------------------------------------------ replies
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for key, value in (headers or {}).items():
@@ -163,7 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data).encode(), headers)
 
-    def _error(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None) -> None:
+    def _error(
+        self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         extra = dict(headers or {})
         if code:
             extra["X-Error-Code"] = code
@@ -252,10 +265,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         files = hub.repos[repo_id].commits[commit]
         if action == "revision" and self.command == "GET":
-            return self._json(200, {
-                "id": repo_id, "sha": commit, "private": hub.repos[repo_id].private,
-                "siblings": [{"rfilename": p} for p in sorted(files)],
-            })
+            return self._json(
+                200,
+                {
+                    "id": repo_id,
+                    "sha": commit,
+                    "private": hub.repos[repo_id].private,
+                    "siblings": [{"rfilename": p} for p in sorted(files)],
+                },
+            )
         if action == "tree" and self.command == "GET":
             prefix = "/".join(rest[2:]).strip("/")
             return self._tree(files, prefix, query.get("recursive", "False").lower() == "true")
@@ -263,9 +281,20 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorised():
                 return
             wanted = json.loads(self._body())["files"]
-            return self._json(200, {"files": [
-                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": files.get(f["path"])}
-                for f in wanted]})
+            return self._json(
+                200,
+                {
+                    "files": [
+                        {
+                            "path": f["path"],
+                            "uploadMode": "regular",
+                            "shouldIgnore": False,
+                            "oid": files.get(f["path"]),
+                        }
+                        for f in wanted
+                    ]
+                },
+            )
         if action == "commit" and self.command == "POST":
             if not self._authorised():
                 return
@@ -278,8 +307,15 @@ class _Handler(BaseHTTPRequestHandler):
                 sha = hub.commit(repo_id, rev, lines[1:])
             except ValueError as exc:
                 return self._error(400, None, str(exc))
-            return self._json(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{sha}", "commitOid": sha,
-                                    "success": True, "pullRequestUrl": None})
+            return self._json(
+                200,
+                {
+                    "commitUrl": f"{hub.url}/{repo_id}/commit/{sha}",
+                    "commitOid": sha,
+                    "success": True,
+                    "pullRequestUrl": None,
+                },
+            )
         self._error(404, None, f"no route for {self.command} {action}")
 
     def _tree(self, files: dict[str, str], prefix: str, recursive: bool) -> None:
@@ -288,19 +324,37 @@ class _Handler(BaseHTTPRequestHandler):
         for path, oid in sorted(files.items()):
             if not path.startswith(under):
                 continue
-            rel = path[len(under):]
+            rel = path[len(under) :]
             if recursive or "/" not in rel:
-                entries[path] = {"type": "file", "oid": oid, "size": (self.hub.blobs / oid).stat().st_size,
-                                 "path": path}
+                entries[path] = {
+                    "type": "file",
+                    "oid": oid,
+                    "size": (self.hub.blobs / oid).stat().st_size,
+                    "path": path,
+                }
             else:
                 folder = under + rel.split("/", 1)[0]
-                entries.setdefault(folder, {"type": "directory", "oid": git_oid(folder.encode()), "size": 0,
-                                            "path": folder})
+                entries.setdefault(
+                    folder,
+                    {
+                        "type": "directory",
+                        "oid": git_oid(folder.encode()),
+                        "size": 0,
+                        "path": folder,
+                    },
+                )
             if recursive:
                 for depth in range(1, rel.count("/") + 1):
                     folder = under + "/".join(rel.split("/")[:depth])
-                    entries.setdefault(folder, {"type": "directory", "oid": git_oid(folder.encode()),
-                                                "size": 0, "path": folder})
+                    entries.setdefault(
+                        folder,
+                        {
+                            "type": "directory",
+                            "oid": git_oid(folder.encode()),
+                            "size": 0,
+                            "path": folder,
+                        },
+                    )
         if prefix and not entries:
             return self._error(404, "EntryNotFound", f"{prefix} does not exist")
         self._json(200, list(entries.values()))
@@ -314,8 +368,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         oid = hub.repos[repo_id].commits[commit].get(path)
         if oid is None:
-            return self._error(404, "EntryNotFound", f"{path} does not exist",
-                               {"X-Repo-Commit": commit})
+            return self._error(
+                404, "EntryNotFound", f"{path} does not exist", {"X-Repo-Commit": commit}
+            )
         data = hub.read_blob(oid)
         headers = {"X-Repo-Commit": commit, "ETag": f'"{oid}"', "Accept-Ranges": "bytes"}
         if self.command == "HEAD":
@@ -337,8 +392,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         self._send(status, data[start:], headers, content_type="application/octet-stream")
 
-    def _send_oversized(self, path: str, data: bytes, headers: dict[str, str], extra: int,
-                        announced: bool) -> None:
+    def _send_oversized(
+        self, path: str, data: bytes, headers: dict[str, str], extra: int, announced: bool
+    ) -> None:
         """``data`` then ``extra`` zero bytes, in 64 KiB writes, until done or the client hangs up."""
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")

@@ -28,10 +28,21 @@ BACKBONE = "adv_test_cnn"
 
 def small_model(pretrained: bool = True, weights=None, class_names=None) -> TraitModel:
     torch.manual_seed(0)  # same weights every build, so saved spaces keep fitting
-    body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2), nn.ReLU())
-    model = TraitModel(body, 4, class_names or ["cat", "dog"], name=BACKBONE,
-                       input_size=(3, SIZE, SIZE), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    with torch.no_grad():  # the class is trait 0 vs. trait 1: both classes occur, and can be flipped
+    body = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2), nn.ReLU()
+    )
+    model = TraitModel(
+        body,
+        4,
+        class_names or ["cat", "dog"],
+        name=BACKBONE,
+        input_size=(3, SIZE, SIZE),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+    with (
+        torch.no_grad()
+    ):  # the class is trait 0 vs. trait 1: both classes occur, and can be flipped
         model.head.weight.copy_(torch.tensor([[10.0, -10.0, 0, 0], [-10.0, 10.0, 0, 0]]))
         model.head.bias.zero_()
     return model.eval()
@@ -47,8 +58,15 @@ def spaces_for(model: TraitModel) -> SpaceSet:
     out = []
     for i, key in enumerate(("cat.eyes", "dog.eyes")):
         class_name, concept = key.split(".")
-        space = SemanticSpace(class_name, concept, BACKBONE, model.fingerprint(), 4,
-                              torch.tensor([i, i + 2]), torch.tensor([1.0, 0.5]))
+        space = SemanticSpace(
+            class_name,
+            concept,
+            BACKBONE,
+            model.fingerprint(),
+            4,
+            torch.tensor([i, i + 2]),
+            torch.tensor([1.0, 0.5]),
+        )
         out.append(space.with_reference(ref @ space.weight_vector()))
     return SpaceSet(out)
 
@@ -76,7 +94,9 @@ def test_one_pgd_step_is_a_signed_cross_entropy_gradient_step():
     loss = nn.functional.cross_entropy(model.logits(xg), labels, reduction="sum")
     (grad,) = torch.autograd.grad(loss, xg)
     expected = (x + 0.02 * grad.sign()).clamp(x - 0.01, x + 0.01).clamp(0, 1)
-    torch.testing.assert_close(pgd_attack(model, x, labels, 0.01, steps=1, step_size=0.02), expected)
+    torch.testing.assert_close(
+        pgd_attack(model, x, labels, 0.01, steps=1, step_size=0.02), expected
+    )
 
 
 def test_pgd_raises_the_loss_of_the_label_and_leaves_weights_alone():
@@ -152,8 +172,15 @@ def test_evaluate_detection_counts(folder):
     model = small_model()
     paths = sorted(folder.rglob("*.png"))
     always, never = DetectionRule("always", single=-1.0), DetectionRule("never", single=2, multi=2)
-    report = evaluate_detection(model, spaces_for(model), paths, eps=[0.3, 0.001], steps=3,
-                                rules=[PAPER_RULE, always, never], progress=False)
+    report = evaluate_detection(
+        model,
+        spaces_for(model),
+        paths,
+        eps=[0.3, 0.001],
+        steps=3,
+        rules=[PAPER_RULE, always, never],
+        progress=False,
+    )
     assert report.n_images == 6 and report.labels == "folders" and len(report.skipped) == 1
     assert report.n_correct <= 5  # the image filed under the wrong class never counts
     strong, weak = report.results
@@ -175,8 +202,9 @@ def test_evaluate_without_class_folders_uses_predictions(tmp_path):
     for i, image in enumerate(images(3, seed=4)):
         pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(pixels).save(tmp_path / f"x{i}.png")
-    report = evaluate_detection(model, spaces_for(model), sorted(tmp_path.glob("*.png")), eps=[0.3],
-                                steps=2, progress=False)
+    report = evaluate_detection(
+        model, spaces_for(model), sorted(tmp_path.glob("*.png")), eps=[0.3], steps=2, progress=False
+    )
     assert report.labels == "predictions" and report.n_correct == 3
 
 
@@ -188,7 +216,9 @@ def test_heldout_files_from_a_card(tmp_path):
     card.parent.mkdir()
     card.write_text(json.dumps({"data": "data", "heldout": ["cat/a.jpg"]}))  # relative to a parent
     assert heldout_files(card) == [tmp_path / "data" / "cat" / "a.jpg"]
-    assert heldout_files(card, data_root=tmp_path / "elsewhere") == [tmp_path / "elsewhere" / "cat" / "a.jpg"]
+    assert heldout_files(card, data_root=tmp_path / "elsewhere") == [
+        tmp_path / "elsewhere" / "cat" / "a.jpg"
+    ]
     card.write_text(json.dumps({"data": "nowhere", "heldout": ["cat/a.jpg"]}))
     with pytest.raises(SxaiError, match="--data-root"):
         heldout_files(card)
@@ -213,8 +243,26 @@ def test_cli_adversarial_run(backbone, folder, tmp_path, capsys):
     spaces = tmp_path / "spaces"
     for space in spaces_for(small_model()):
         space.save(spaces / f"{space.key}.safetensors")
-    code = main(["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces),
-                 "--eps", "0.3,0.01", "--steps", "2", "--n", "0", "--rule", "single=-1", "--json"])
+    code = main(
+        [
+            "adversarial",
+            "--data",
+            str(folder),
+            "-b",
+            backbone,
+            "--spaces",
+            str(spaces),
+            "--eps",
+            "0.3,0.01",
+            "--steps",
+            "2",
+            "--n",
+            "0",
+            "--rule",
+            "single=-1",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert code == 0 and "broken.png" in captured.err
@@ -222,10 +270,31 @@ def test_cli_adversarial_run(backbone, folder, tmp_path, capsys):
     assert [r["rule"] for r in report["results"][0]["rules"]] == ["paper", "custom"]
     assert report["results"][0]["rules"][1]["false_positive_rate"] == 1.0
 
-    code = main(["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces),
-                 "--eps", "0.3", "--steps", "1", "--n", "3", "-q"])
+    code = main(
+        [
+            "adversarial",
+            "--data",
+            str(folder),
+            "-b",
+            backbone,
+            "--spaces",
+            str(spaces),
+            "--eps",
+            "0.3",
+            "--steps",
+            "1",
+            "--n",
+            "3",
+            "-q",
+        ]
+    )
     text = capsys.readouterr().out
-    assert code == 0 and "| pgd | 0.3 |" in text and "3 images" in text and "no calibrated detector" in text
+    assert (
+        code == 0
+        and "| pgd | 0.3 |" in text
+        and "3 images" in text
+        and "no calibrated detector" in text
+    )
 
 
 def test_cli_adversarial_needs_images_for_other_backbones(backbone, capsys):
@@ -239,12 +308,20 @@ def test_rates_over_nothing_read_n_a_in_the_table_and_null_in_json():
 
     nan = float("nan")
     report = AdversarialReport(
-        n_images=3, n_correct=0, labels="folders", steps=4, step_size_factor=2.5, rules=[DetectionRule()],
-        results=[EpsilonResult(0.01, 0, 0, nan, [RuleResult("paper", 0, nan, 0, nan)], nan, nan)])
+        n_images=3,
+        n_correct=0,
+        labels="folders",
+        steps=4,
+        step_size_factor=2.5,
+        rules=[DetectionRule()],
+        results=[EpsilonResult(0.01, 0, 0, nan, [RuleResult("paper", 0, nan, 0, nan)], nan, nan)],
+    )
     row = report.table().splitlines()[-1]
     assert "nan" not in row.lower()
     assert row == "| pgd | 0.01 | n/a (0/0) | n/a (n/a / n/a) | – | – | n/a (0/0) | n/a (0/0) |"
-    record = json.loads(dumps_json(report.to_dict()), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
+    record = json.loads(
+        dumps_json(report.to_dict()), parse_constant=lambda c: pytest.fail(f"JSON has {c}")
+    )
     assert record["results"][0]["attack_success_rate"] is None
     assert record["results"][0]["rules"][0]["detection_rate"] is None
 
@@ -252,14 +329,18 @@ def test_rates_over_nothing_read_n_a_in_the_table_and_null_in_json():
 def test_json_output_never_carries_nan_or_infinity():
     from sxai_plugins._utils.io import dumps_json
 
-    data = {"a": float("nan"), "b": [float("inf"), -float("inf"), 0.5, np.float64("nan"), np.float32("inf")],
-            "c": (1, "x", None, np.float32(0.25))}
+    data = {
+        "a": float("nan"),
+        "b": [float("inf"), -float("inf"), 0.5, np.float64("nan"), np.float32("inf")],
+        "c": (1, "x", None, np.float32(0.25)),
+    }
     strict = json.loads(dumps_json(data), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
     assert strict == {"a": None, "b": [None, None, 0.5, None, None], "c": [1, "x", None, 0.25]}
 
 
-def test_cli_adversarial_with_a_calibrated_detector_adaptive_attack_and_roc(backbone, folder, tmp_path_factory,
-                                                                           capsys):
+def test_cli_adversarial_with_a_calibrated_detector_adaptive_attack_and_roc(
+    backbone, folder, tmp_path_factory, capsys
+):
     tmp_path = tmp_path_factory.mktemp("outside")  # `folder` is the test's tmp_path: keep out of it
     spaces = tmp_path / "spaces"
     for space in spaces_for(small_model()):
@@ -270,23 +351,55 @@ def test_cli_adversarial_with_a_calibrated_detector_adaptive_attack_and_roc(back
         pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(pixels).save(calibration / f"c{i}.png")
     roc, cache = tmp_path / "roc.png", tmp_path / "cache"
-    argv = ["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces), "--eps", "0.3",
-            "--steps", "2", "--n", "0", "--calibration", str(calibration), "--fpr", "0.1", "--confidence", "0",
-            "--adaptive", "--score-aware", "--roc", str(roc), "--cache", str(cache), "--json"]
+    argv = [
+        "adversarial",
+        "--data",
+        str(folder),
+        "-b",
+        backbone,
+        "--spaces",
+        str(spaces),
+        "--eps",
+        "0.3",
+        "--steps",
+        "2",
+        "--n",
+        "0",
+        "--calibration",
+        str(calibration),
+        "--fpr",
+        "0.1",
+        "--confidence",
+        "0",
+        "--adaptive",
+        "--score-aware",
+        "--roc",
+        str(roc),
+        "--cache",
+        str(cache),
+        "--json",
+    ]
     code = main(argv)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
     assert roc.is_file() and roc.read_bytes()[:4] == b"\x89PNG"
     assert report["detector"]["n_calibration"] == 40 and report["detector"]["fpr"] == 0.1
-    assert [(r["attack"], r["eps"]) for r in report["results"]] == [("pgd", 0.3), ("adaptive", 0.3),
-                                                                    ("score-aware", 0.3)]
+    assert [(r["attack"], r["eps"]) for r in report["results"]] == [
+        ("pgd", 0.3),
+        ("adaptive", 0.3),
+        ("score-aware", 0.3),
+    ]
     for r in report["results"]:
         assert r["n_clean"] == 6 and 0 <= r["false_positive_rate"] <= 1 and r["score"] == "gap"
         assert r["detection_rate"] is None or 0 <= r["detection_rate"] <= 1
         assert r["auc"] is None or 0 <= r["auc"] <= 1
     cached = sorted(p.name.split("-")[0] for p in cache.iterdir())
-    assert cached == ["adaptive", "pgd", "score"]  # one batch of each attack, reused by the next run
+    assert cached == [
+        "adaptive",
+        "pgd",
+        "score",
+    ]  # one batch of each attack, reused by the next run
     stamp = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert main(argv) == 0
     again = json.loads(capsys.readouterr().out)
@@ -294,6 +407,26 @@ def test_cli_adversarial_with_a_calibrated_detector_adaptive_attack_and_roc(back
     assert again["results"] == report["results"]
 
     # the false-positive rate is never measured on calibration images
-    code = main(["adversarial", "--data", str(folder), "-b", backbone, "--spaces", str(spaces), "--eps", "0.3",
-                 "--steps", "1", "--n", "0", "--calibration", str(folder), "--fpr", "0.5", "-q"])
+    code = main(
+        [
+            "adversarial",
+            "--data",
+            str(folder),
+            "-b",
+            backbone,
+            "--spaces",
+            str(spaces),
+            "--eps",
+            "0.3",
+            "--steps",
+            "1",
+            "--n",
+            "0",
+            "--calibration",
+            str(folder),
+            "--fpr",
+            "0.5",
+            "-q",
+        ]
+    )
     assert code != 0 and "used to calibrate" in capsys.readouterr().err

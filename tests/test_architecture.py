@@ -22,7 +22,8 @@ def _module_name(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(path: Path, top_level_only: bool) -> set[str]:
@@ -39,7 +40,9 @@ def _imports(path: Path, top_level_only: bool) -> set[str]:
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package[: len(package) - node.level + 1] + ([base] if base else [])
+                    )
                 for alias in node.names:
                     candidate = f"{base}.{alias.name}"
                     found.add(candidate if _exists(candidate) else base)
@@ -62,7 +65,9 @@ def _exists(name: str) -> bool:
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+    return {
+        _module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))
+    }
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -74,7 +79,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := walk(nxt)):
                 return found
         stack.pop()
@@ -94,7 +99,11 @@ def _graph(top_level_only: bool) -> dict[str, set[str]]:
         # a package's __init__ re-exports its modules: leave those edges to the modules themselves
         targets = {t for t in _imports(path, top_level_only) if t in modules and t != name}
         if path.name != "__init__.py":
-            targets = {t for t in targets if not (modules[t].name == "__init__.py" and name.startswith(t + "."))}
+            targets = {
+                t
+                for t in targets
+                if not (modules[t].name == "__init__.py" and name.startswith(t + "."))
+            }
         graph[name] = targets
     return graph
 
@@ -103,7 +112,8 @@ def test_library_modules_never_import_the_command_line() -> None:
     offenders = {
         name: sorted(t for t in targets if t.startswith("sxai_plugins.cli"))
         for name, targets in _graph(top_level_only=False).items()
-        if not name.startswith("sxai_plugins.cli") and name != "spaces_hub.cli"
+        if not name.startswith("sxai_plugins.cli")
+        and name != "spaces_hub.cli"
         and name not in ("spaces_hub.plugin", "sxai_plugins.__main__")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
@@ -117,8 +127,11 @@ def test_no_import_cycle_between_modules() -> None:
 
 def test_the_core_never_imports_spaces_hub() -> None:
     graph = _graph(top_level_only=False)
-    hub = {name: sorted(t for t in targets if t.startswith("spaces_hub"))
-           for name, targets in graph.items() if name.startswith("sxai_plugins")}
+    hub = {
+        name: sorted(t for t in targets if t.startswith("spaces_hub"))
+        for name, targets in graph.items()
+        if name.startswith("sxai_plugins")
+    }
     assert {k: v for k, v in hub.items() if v} == {}
 
 
@@ -134,7 +147,9 @@ def test_the_spec_module_holds_only_specs_and_contract_types(name: str) -> None:
     assert all(hasattr(f, "sxai_spec") for f in functions)  # every function is a hook spec
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["backbones"], ["predict", "x.jpg", "--batch-size", "x"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["backbones"], ["predict", "x.jpg", "--batch-size", "x"]]
+)
 def test_the_command_line_starts_without_the_heavy_libraries(argv: list[str]) -> None:
     import subprocess
     import sys
@@ -146,6 +161,8 @@ def test_the_command_line_starts_without_the_heavy_libraries(argv: list[str]) ->
         "heavy = ('torch', 'timm', 'captum', 'matplotlib', 'skimage', 'sklearn', 'scipy', 'huggingface_hub')\n"
         "print('HEAVY', *sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
     line = next(x for x in done.stderr.splitlines() if x.startswith("HEAVY"))
     assert line == "HEAVY", f"`sxai {' '.join(argv)}` imported{line[5:]}"

@@ -60,8 +60,15 @@ class PatchBrightness(nn.Module):
 
 
 def patch_model(pretrained: bool = True, weights=None, class_names=None) -> TraitModel:
-    model = TraitModel(PatchBrightness(), 3, class_names or ["cat", "dog"], name=BACKBONE,
-                       input_size=(3, SIZE, SIZE), mean=(0, 0, 0), std=(1, 1, 1))
+    model = TraitModel(
+        PatchBrightness(),
+        3,
+        class_names or ["cat", "dog"],
+        name=BACKBONE,
+        input_size=(3, SIZE, SIZE),
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     with torch.no_grad():  # logit(dog) = brightness of B, logit(cat) = its opposite
         model.head.weight.copy_(torch.tensor([[0.0, -1.0, 0.0], [0.0, 1.0, 0.0]]))
         model.head.bias.zero_()
@@ -69,8 +76,16 @@ def patch_model(pretrained: bool = True, weights=None, class_names=None) -> Trai
 
 
 def patch_space(model: TraitModel) -> SemanticSpace:
-    return SemanticSpace("cat", "eyes", BACKBONE, model.fingerprint(), 3, torch.tensor([0]),
-                         torch.tensor([1.0]), reference=Reference(0.4, 0.1, 0.2, 0.6, 50, 0.99))
+    return SemanticSpace(
+        "cat",
+        "eyes",
+        BACKBONE,
+        model.fingerprint(),
+        3,
+        torch.tensor([0]),
+        torch.tensor([1.0]),
+        reference=Reference(0.4, 0.1, 0.2, 0.6, 50, 0.99),
+    )
 
 
 def patch_image(seed: int = 0) -> torch.Tensor:
@@ -95,13 +110,17 @@ def model() -> TraitModel:
 
 def black_and_few_steps(method: str) -> dict:
     """The keywords each method takes of: a black baseline for the occlusions, 8 steps for IG."""
-    return {"baselines": "black"} if method in OCCLUSIONS else {"n_steps": 8} if method == "ig" else {}
+    return (
+        {"baselines": "black"} if method in OCCLUSIONS else {"n_steps": 8} if method == "ig" else {}
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_semantic_attribution_peaks_in_the_space_patch(model, method):
     x = patch_image()[None]
-    attr = SemanticAttribution(model, patch_space(model), method).attribute(x, **black_and_few_steps(method))
+    attr = SemanticAttribution(model, patch_space(model), method).attribute(
+        x, **black_and_few_steps(method)
+    )
     assert attr.shape == x.shape
     heat = attribution_map(attr)[0]
     assert pointing_hit(heat, region(PATCH_A))
@@ -118,7 +137,8 @@ def test_occlusion_over_a_given_feature_mask_is_exact(model):
     groups[0, 0][PATCH_A] = 1
     groups[0, 0][PATCH_B] = 2
     attr = SemanticAttribution(model, patch_space(model), "occlusion").attribute(
-        x, baselines="black", feature_mask=groups)
+        x, baselines="black", feature_mask=groups
+    )
     heat = attribution_map(attr)[0]
     assert mass_in_region(heat, region(PATCH_A)) == pytest.approx(1.0)
     # blacking out patch A drops A_s from 0.8 to 0; Captum gives every element of a group the
@@ -169,17 +189,21 @@ def test_captum_conventions_baselines_classes_and_convergence_delta(model):
     torch.testing.assert_close(attr, black)
     assert delta.shape == (2,) and float(delta.abs().max()) < 1e-3  # completeness holds
     torch.testing.assert_close(
-        ig.compute_convergence_delta(attr, torch.zeros_like(x), x), delta, rtol=1e-4, atol=1e-5)
+        ig.compute_convergence_delta(attr, torch.zeros_like(x), x), delta, rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(NotImplementedError, match="no convergence delta"):
         SemanticAttribution(model, space, "saliency").compute_convergence_delta(attr, 0.0, x)
     with pytest.raises(ValueError, match="takes no baselines"):
         SemanticAttribution(model, space, "saliency").attribute(x, baselines=0.0)
     # any Captum class, its keywords unchanged
     by_class = SemanticAttribution(model, space, IntegratedGradients).attribute(
-        x, baselines="black", n_steps=8, internal_batch_size=8)
+        x, baselines="black", n_steps=8, internal_batch_size=8
+    )
     torch.testing.assert_close(by_class, black)
-    torch.testing.assert_close(SemanticAttribution(model, space, Saliency).attribute(x, abs=True),
-                               SemanticAttribution(model, space, "saliency").attribute(x))
+    torch.testing.assert_close(
+        SemanticAttribution(model, space, Saliency).attribute(x, abs=True),
+        SemanticAttribution(model, space, "saliency").attribute(x),
+    )
     with pytest.raises(TypeError, match="Captum attribution class"):
         SemanticAttribution(model, space, object)
 
@@ -197,7 +221,8 @@ def test_bad_arguments_are_refused(model):
         SemanticAttribution(model, space, "lime").attribute(x)
     with pytest.raises(ValueError, match="feature_mask only applies"):
         SemanticAttribution(model, space, "ig").attribute(
-            x, feature_mask=torch.zeros(1, 1, SIZE, SIZE, dtype=torch.long))
+            x, feature_mask=torch.zeros(1, 1, SIZE, SIZE, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match="unknown fill"):
         SemanticAttribution(model, space, "occlusion").attribute(x, baselines="pink")
     with pytest.raises(ValueError, match="needs a layer"):
@@ -209,12 +234,19 @@ def test_renders_with_captums_visualize_image_attr(model):
     from matplotlib.figure import Figure
 
     x = patch_image()[None]
-    attr = SemanticAttribution(model, patch_space(model), "occlusion").attribute(x, baselines="black")
+    attr = SemanticAttribution(model, patch_space(model), "occlusion").attribute(
+        x, baselines="black"
+    )
     fig = Figure()
     ax = fig.add_subplot()
     out_fig, out_ax = viz.visualize_image_attr(
-        attr[0].permute(1, 2, 0).numpy(), x[0].permute(1, 2, 0).numpy(), method="blended_heat_map",
-        sign="positive", plt_fig_axis=(fig, ax), use_pyplot=False)
+        attr[0].permute(1, 2, 0).numpy(),
+        x[0].permute(1, 2, 0).numpy(),
+        method="blended_heat_map",
+        sign="positive",
+        plt_fig_axis=(fig, ax),
+        use_pyplot=False,
+    )
     assert out_fig is fig and out_ax is ax and len(ax.images) == 2  # the image and the heat map
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -272,16 +304,25 @@ def annotated_set(tmp_path: Path, n: int = 2) -> list[ConceptAnnotation]:
 def test_compare_scores_the_semantic_attribution_inside_the_concept(model, tmp_path):
     anns = annotated_set(tmp_path)
     report = compare_attributions(
-        model, patch_space(model), anns, methods=["saliency", "gradcam"],
-        semantic_methods=["occlusion", "saliency"], robustness_n=1, n_perturb_samples=2,
-        options={"fill": "black"}, progress=False)
+        model,
+        patch_space(model),
+        anns,
+        methods=["saliency", "gradcam"],
+        semantic_methods=["occlusion", "saliency"],
+        robustness_n=1,
+        n_perturb_samples=2,
+        options={"fill": "black"},
+        progress=False,
+    )
     rows = {(r.target, r.method): r for r in report.rows}
     assert report.n_images == 2 and report.region_fraction == pytest.approx(64 / SIZE**2)
     for method in ("occlusion", "saliency"):
         row = rows[("cat.eyes", method)]
         assert row.pointing == 1.0
         assert row.mass_in_region > (0.6 if method == "occlusion" else 0.9)  # SLIC edges, as above
-        assert row.n_robustness == 1 and row.infidelity is not None and math.isfinite(row.sensitivity)
+        assert (
+            row.n_robustness == 1 and row.infidelity is not None and math.isfinite(row.sensitivity)
+        )
     for method in ("saliency", "gradcam"):  # the class logit reads patch B, outside the region
         assert rows[("class", method)].pointing == 0.0
     table = report.table()
@@ -308,38 +349,98 @@ def test_cli_compare_one_image_and_an_annotated_set(backbone, tmp_path, capsys):
     space_file = patch_space(model).save(tmp_path / "cat.eyes.safetensors")
     anns = annotated_set(tmp_path)
     figure = tmp_path / "fig.png"
-    code = main(["compare", str(anns[0].image_path), "--space", "cat.eyes", "-b", backbone,
-                 "--spaces", str(space_file), "--methods", "saliency,gradcam",
-                 "--semantic-methods", "occlusion", "--fill", "black", "--out", str(figure), "--json"])
+    code = main(
+        [
+            "compare",
+            str(anns[0].image_path),
+            "--space",
+            "cat.eyes",
+            "-b",
+            backbone,
+            "--spaces",
+            str(space_file),
+            "--methods",
+            "saliency,gradcam",
+            "--semantic-methods",
+            "occlusion",
+            "--fill",
+            "black",
+            "--out",
+            str(figure),
+            "--json",
+        ]
+    )
     record = json.loads(capsys.readouterr().out)
     assert code == 0 and record["predicted"] == "dog" and record["space"] == "cat.eyes"
     assert record["activation"] == pytest.approx(0.8, abs=1e-5)  # patch A's brightness
     assert len(record["methods"]) == 3 and Image.open(figure).size[0] > 300
 
     coco = {
-        "images": [{"id": i, "file_name": a.image_path.name, "width": SIZE, "height": SIZE}
-                   for i, a in enumerate(anns)],
-        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "eyes", "supercategory": "concept"}],
-        "annotations": [x for i in range(len(anns)) for x in (
-            {"id": 10 + i, "image_id": i, "category_id": 1, "bbox": [0, 0, SIZE, SIZE]},
-            {"id": 20 + i, "image_id": i, "category_id": 2, "bbox": [4, 4, 8, 8]})],
+        "images": [
+            {"id": i, "file_name": a.image_path.name, "width": SIZE, "height": SIZE}
+            for i, a in enumerate(anns)
+        ],
+        "categories": [
+            {"id": 1, "name": "cat"},
+            {"id": 2, "name": "eyes", "supercategory": "concept"},
+        ],
+        "annotations": [
+            x
+            for i in range(len(anns))
+            for x in (
+                {"id": 10 + i, "image_id": i, "category_id": 1, "bbox": [0, 0, SIZE, SIZE]},
+                {"id": 20 + i, "image_id": i, "category_id": 2, "bbox": [4, 4, 8, 8]},
+            )
+        ],
     }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
-    code = main(["compare", "--annotations", str(tmp_path / "coco.json"), "--space", "cat.eyes",
-                 "-b", backbone, "--spaces", str(space_file), "--methods", "saliency",
-                 "--semantic-methods", "saliency", "--robustness-n", "1", "--perturbations", "2",
-                 "--limit", "1"])
+    code = main(
+        [
+            "compare",
+            "--annotations",
+            str(tmp_path / "coco.json"),
+            "--space",
+            "cat.eyes",
+            "-b",
+            backbone,
+            "--spaces",
+            str(space_file),
+            "--methods",
+            "saliency",
+            "--semantic-methods",
+            "saliency",
+            "--robustness-n",
+            "1",
+            "--perturbations",
+            "2",
+            "--limit",
+            "1",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and "1 annotated images" in text
-    assert "| cat.eyes | saliency | 1.000 | 1.000 |" in text and "| class | saliency | 0.000 | 0.000 |" in text
+    assert (
+        "| cat.eyes | saliency | 1.000 | 1.000 |" in text
+        and "| class | saliency | 0.000 | 0.000 |" in text
+    )
 
 
 def test_cli_compare_refuses_an_unknown_space(backbone, tmp_path, capsys):
     model = patch_model()
     space_file = patch_space(model).save(tmp_path / "cat.eyes.safetensors")
     (tmp_path / "x.png").write_bytes(b"")
-    code = main(["compare", str(tmp_path / "x.png"), "--space", "dog.nose", "-b", backbone,
-                 "--spaces", str(space_file)])
+    code = main(
+        [
+            "compare",
+            str(tmp_path / "x.png"),
+            "--space",
+            "dog.nose",
+            "-b",
+            backbone,
+            "--spaces",
+            str(space_file),
+        ]
+    )
     assert code == 2 and "no space 'dog.nose'" in capsys.readouterr().err
 
 

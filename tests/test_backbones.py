@@ -17,8 +17,15 @@ INSTALLED = sorted(sx.list_backbones())
 LOAD_FAILURES = plugin_failures()  # the engine skips a plugin that fails to load, with a warning
 GENERIC = ["resnet18"]
 SIDE = 64
-TRAIT_WIDTHS = {"vgg16": 512, "vgg19": 512, "vgg19_bn": 512, "alexnet": 256, "tf_efficientnet_lite0": 1280,
-                "lite0_catdog": 1280, "resnet18": 512}
+TRAIT_WIDTHS = {
+    "vgg16": 512,
+    "vgg19": 512,
+    "vgg19_bn": 512,
+    "alexnet": 256,
+    "tf_efficientnet_lite0": 1280,
+    "lite0_catdog": 1280,
+    "resnet18": 512,
+}
 
 
 def test_every_installed_plugin_loads_and_the_first_party_backbones_are_installed() -> None:
@@ -32,7 +39,9 @@ def test_every_installed_plugin_loads_and_the_first_party_backbones_are_installe
 def test_backbone_builds_and_its_traits_are_gap_of_last_conv_map(name: str) -> None:
     model = sx.create_model(name, pretrained=False, class_names=["a", "b", "c"])
     x = torch.rand(2, 3, SIDE, SIDE)
-    maps: list[torch.Tensor] = []  # the body's conv map, caught in the one forward pass (Lite0's take 2 s here)
+    maps: list[
+        torch.Tensor
+    ] = []  # the body's conv map, caught in the one forward pass (Lite0's take 2 s here)
     hook = model.body.register_forward_hook(lambda _module, _inputs, output: maps.append(output))
     with torch.no_grad():
         out = model(x)
@@ -121,7 +130,11 @@ def test_a_head_file_given_as_weights_says_to_use_head(tmp_path) -> None:
         with pytest.raises(WeightsError) as info:
             sx.create_model(backbone, weights=path)
         message = str(info.value)
-        assert str(path) in message and "bias (2,), weight (2, 1280)" in message and "--head" in message
+        assert (
+            str(path) in message
+            and "bias (2,), weight (2, 1280)" in message
+            and "--head" in message
+        )
         assert "conv_stem" not in message and "conv1" not in message
 
 
@@ -130,14 +143,19 @@ def test_lite0_weights_in_an_unknown_layout_name_the_files_own_keys(tmp_path) ->
 
     path = tmp_path / "other.safetensors"
     save_file({"stem.w": torch.zeros(3), "stem.b": torch.zeros(3)}, str(path))
-    with pytest.raises(WeightsError, match=r"other\.safetensors: has 2 tensors \('stem\.b', 'stem\.w'\)"):
+    with pytest.raises(
+        WeightsError, match=r"other\.safetensors: has 2 tensors \('stem\.b', 'stem\.w'\)"
+    ):
         sx.create_model("lite0_catdog", weights=path)
     own = sx.create_model("tf_efficientnet_lite0", pretrained=False).body.model.state_dict()
     renamed = {f"layer{i:03d}": tensor for i, tensor in enumerate(own.values())}
     renamed["layer000"] = torch.zeros(5)  # right count, wrong shape
     path = tmp_path / "other.pth"  # torch.save keeps the order, as the package's file does
     torch.save(renamed, path)
-    with pytest.raises(WeightsError, match=r"other\.pth: tensor 'layer000' has shape \(5,\), but .* 'conv_stem.weight'"):
+    with pytest.raises(
+        WeightsError,
+        match=r"other\.pth: tensor 'layer000' has shape \(5,\), but .* 'conv_stem.weight'",
+    ):
         sx.create_model("lite0_catdog", weights=path)
 
 
@@ -150,10 +168,19 @@ def test_no_network_fails_fast_with_the_good_message(tmp_path, monkeypatch) -> N
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+    for variable in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(variable, raising=False)
     start = time.monotonic()
-    with pytest.raises(WeightsError, match=r"'resnet18' \(cannot connect to http://127.0.0.1:9\).*--weights"):
+    with pytest.raises(
+        WeightsError, match=r"'resnet18' \(cannot connect to http://127.0.0.1:9\).*--weights"
+    ):
         sx.create_model("resnet18")
     assert time.monotonic() - start < 15
     assert constants.HF_HUB_OFFLINE is False  # the offline switch was for that one call
@@ -165,16 +192,23 @@ def test_alexnet_takes_torchvision_weights_through_timms_loader(tmp_path) -> Non
 
     tv = torchvision.models.AlexNet().eval()
     state = {k: v for k, v in tv.state_dict().items() if k.startswith("features.")}
-    state["classifier.1.weight"] = torch.zeros(2, 2)  # torchvision's MLP: dropped with the classifier
+    state["classifier.1.weight"] = torch.zeros(
+        2, 2
+    )  # torchvision's MLP: dropped with the classifier
     path = tmp_path / "alexnet.pth"
     torch.save(state, path)
     x = torch.rand(1, 3, 64, 64)
-    timm_model = timm.create_model("alexnet", pretrained=True, num_classes=0,
-                                   pretrained_cfg_overlay=dict(file=str(path))).eval()
+    timm_model = timm.create_model(
+        "alexnet", pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path))
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(timm_model(x), tv.features(x).mean(dim=(2, 3)))
     model = sx.create_model("alexnet", weights=path, class_names=["a", "b"])
-    assert all(torch.equal(model.body.model.state_dict()[k], v) for k, v in state.items() if k.startswith("features."))
+    assert all(
+        torch.equal(model.body.model.state_dict()[k], v)
+        for k, v in state.items()
+        if k.startswith("features.")
+    )
 
 
 def test_alexnet_offline_names_the_url_and_what_to_pass(monkeypatch) -> None:
@@ -186,5 +220,7 @@ def test_alexnet_offline_names_the_url_and_what_to_pass(monkeypatch) -> None:
         raise URLError("Name or service not known")
 
     monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", offline)
-    with pytest.raises(WeightsError, match=r"'alexnet' from https://download\.pytorch\.org/.*URLError.*--weights"):
+    with pytest.raises(
+        WeightsError, match=r"'alexnet' from https://download\.pytorch\.org/.*URLError.*--weights"
+    ):
         sx.create_model("alexnet", pretrained=True)

@@ -26,13 +26,17 @@ BACKBONE = "tiny_bad_inputs_cnn"
 TRAITS = 6
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
 UNREADABLE = ["bomb.png", "empty.jpg", "text.jpg", "truncated.jpg"]
-SCORED = sorted(["good.png", "good.jpg", "cmyk.jpg", "gray16.png", "rgba.png", "float.tif", NON_UTF8])
+SCORED = sorted(
+    ["good.png", "good.jpg", "cmyk.jpg", "gray16.png", "rgba.png", "float.tif", NON_UTF8]
+)
 
 
 def build_tiny(pretrained: bool = True, weights=None, class_names=None) -> TraitModel:
     torch.manual_seed(0)
     body = nn.Sequential(nn.Conv2d(3, TRAITS, 3, stride=2), nn.ReLU())
-    return TraitModel(body, TRAITS, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, 16, 16))
+    return TraitModel(
+        body, TRAITS, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, 16, 16)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +49,20 @@ def backbone(backbone_plugin):
 def spaces_dir(tmp_path_factory, backbone) -> Path:
     folder = tmp_path_factory.mktemp("spaces")
     model = build_tiny().eval()
-    reference = model.traits(torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))).detach()
+    reference = model.traits(
+        torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ).detach()
     for i, key in enumerate(["cat.eyes", "cat.nose", "dog.eyes", "dog.nose"]):
         class_name, concept = key.split(".")
-        space = SemanticSpace(class_name, concept, BACKBONE, model.fingerprint(), TRAITS,
-                              torch.tensor([i, (i + 2) % TRAITS]), torch.tensor([1.0, -0.5]))
+        space = SemanticSpace(
+            class_name,
+            concept,
+            BACKBONE,
+            model.fingerprint(),
+            TRAITS,
+            torch.tensor([i, (i + 2) % TRAITS]),
+            torch.tensor([1.0, -0.5]),
+        )
         space.with_reference(reference @ space.weight_vector()).save(folder / f"{key}.safetensors")
     return folder
 
@@ -63,7 +76,9 @@ def folder(tmp_path_factory) -> Path:
     rgb.save(folder / "good.jpg", quality=90)
     rgb.save(folder / NON_UTF8)
     rgb.convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((rng.integers(0, 65535, (20, 20))).astype(np.uint16)).save(folder / "gray16.png")
+    Image.fromarray((rng.integers(0, 65535, (20, 20))).astype(np.uint16)).save(
+        folder / "gray16.png"
+    )
     rgb.convert("RGBA").save(folder / "rgba.png")
     Image.fromarray(rng.random((20, 20), dtype=np.float32), "F").save(folder / "float.tif")
     (folder / "truncated.jpg").write_bytes((folder / "good.jpg").read_bytes()[:200])
@@ -97,7 +112,8 @@ def names(paths) -> list[str]:
 
 @pytest.mark.parametrize("command", ["predict", "explain"])
 def test_predict_and_explain_score_the_good_files_and_report_each_bad_one_once(
-        capsys, tmp_path, backbone, spaces_dir, folder, command):
+    capsys, tmp_path, backbone, spaces_dir, folder, command
+):
     extra = ["-s", spaces_dir, "--out", tmp_path / "radar"] if command == "explain" else []
     code, out, err = run(capsys, command, folder, "-b", backbone, "--json", *extra)
     assert code == 0
@@ -119,8 +135,10 @@ def test_index_then_search_over_the_same_folder(capsys, tmp_path, backbone, spac
     code, out, err = run(capsys, *argv)
     assert code == 0
     assert_one_line_per_unreadable_file(err)
-    assert f"{len(SCORED) + len(UNREADABLE)} images found, {len(SCORED)} scored, 0 unchanged, " \
-           f"{len(UNREADABLE)} unreadable" in out
+    assert (
+        f"{len(SCORED) + len(UNREADABLE)} images found, {len(SCORED)} scored, 0 unchanged, "
+        f"{len(UNREADABLE)} unreadable" in out
+    )
     # the rerun (it used to crash on the name that is not UTF-8) finds everything known
     code, out, err = run(capsys, *argv)
     assert code == 0 and err == "" and f"0 scored, {len(SCORED) + len(UNREADABLE)} unchanged" in out
@@ -132,10 +150,13 @@ def test_index_then_search_over_the_same_folder(capsys, tmp_path, backbone, spac
     assert code == 0 and "caf\\xe9.png" in out
 
 
-def test_report_examples_show_the_good_files_and_report_each_bad_one_once(capsys, tmp_path, backbone,
-                                                                          spaces_dir, folder):
+def test_report_examples_show_the_good_files_and_report_each_bad_one_once(
+    capsys, tmp_path, backbone, spaces_dir, folder
+):
     out = tmp_path / "report.html"
-    code, _out, err = run(capsys, "report", "-b", backbone, "-s", spaces_dir, "--examples", folder, "--out", out)
+    code, _out, err = run(
+        capsys, "report", "-b", backbone, "-s", spaces_dir, "--examples", folder, "--out", out
+    )
     assert code == 0
     assert_one_line_per_unreadable_file(err)
     assert out.read_text(encoding="utf-8").count('class="example"') == len(SCORED)

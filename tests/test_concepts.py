@@ -35,13 +35,19 @@ def _coco(tmp_path: Path, images: list[dict], annotations: list[dict], **extra) 
     for entry in images:
         if not entry.pop("missing", False):
             _image(tmp_path / entry["file_name"], (entry["width"], entry["height"]))
-    categories = extra.pop("categories", [
-        {"id": 1, "name": "cat", "keypoints": KEYPOINTS},
-        {"id": 2, "name": "dog", "keypoints": KEYPOINTS},
-    ])
+    categories = extra.pop(
+        "categories",
+        [
+            {"id": 1, "name": "cat", "keypoints": KEYPOINTS},
+            {"id": 2, "name": "dog", "keypoints": KEYPOINTS},
+        ],
+    )
     path = tmp_path / "ann.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": categories, **extra}))
+    path.write_text(
+        json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories, **extra}
+        )
+    )
     return path
 
 
@@ -51,16 +57,25 @@ def _img(i: int, **kw) -> dict:
 
 def _kp(ann_id: int, image_id: int, cat: int, eyes: int, nose: int = 0, **kw) -> dict:
     eye_values = [10, 10, 2, 20, 10, 2] if eyes == 2 else [10, 10, eyes, 20, 10, eyes]
-    return {"id": ann_id, "image_id": image_id, "category_id": cat,
-            "keypoints": eye_values + [15, 20, nose], **kw}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": cat,
+        "keypoints": eye_values + [15, 20, nose],
+        **kw,
+    }
 
 
 def test_keypoints_positives_negatives_and_unannotated(tmp_path):
     path = _coco(
         tmp_path,
         [_img(1), _img(2), _img(3), _img(4), _img(5)],
-        [_kp(1, 1, 1, eyes=2, nose=2), _kp(2, 2, 1, eyes=0), _kp(3, 3, 2, eyes=2),
-         _kp(4, 5, 1, eyes=1)],  # v=1: labelled but not visible, as COCO defines it
+        [
+            _kp(1, 1, 1, eyes=2, nose=2),
+            _kp(2, 2, 1, eyes=0),
+            _kp(3, 3, 2, eyes=2),
+            _kp(4, 5, 1, eyes=1),
+        ],  # v=1: labelled but not visible, as COCO defines it
         concepts={"eyes": ["eye_1", "eye_2"], "nose": ["nose"]},
     )
     s = load_coco(path, tmp_path)
@@ -71,8 +86,10 @@ def test_keypoints_positives_negatives_and_unannotated(tmp_path):
     assert [a.image_id for a in s.images_with("eyes", "dog")] == [3]
     assert [a.image_id for a in s.images_without("nose")] == [2, 3, 5]
     assert s.unannotated == [tmp_path / "img4.png"]  # no animal: neither positive nor negative
-    assert s.counts() == {"cat": {"eyes": (1, 2), "nose": (1, 2)},
-                          "dog": {"eyes": (1, 0), "nose": (0, 1)}}
+    assert s.counts() == {
+        "cat": {"eyes": (1, 2), "nose": (1, 2)},
+        "dog": {"eyes": (1, 0), "nose": (0, 1)},
+    }
     eyes = s.images_with("eyes")[0].geometry("eyes")
     np.testing.assert_array_equal(eyes.points, [[10, 10], [20, 10]])
     assert eyes.size == (H, W)
@@ -83,8 +100,7 @@ def test_keypoints_positives_negatives_and_unannotated(tmp_path):
 
 
 def test_caller_concept_map_overrides_and_default_is_one_concept_per_keypoint(tmp_path):
-    path = _coco(tmp_path, [_img(1)], [_kp(1, 1, 1, eyes=2)],
-                 concepts={"eyes": ["eye_1", "eye_2"]})
+    path = _coco(tmp_path, [_img(1)], [_kp(1, 1, 1, eyes=2)], concepts={"eyes": ["eye_1", "eye_2"]})
     s = load_coco(path, tmp_path, concept_map={"left_eye": ["eye_1"], "face": ["eye_2", "nose"]})
     assert s.concepts == ("left_eye", "face")
     a = s.annotations[0]
@@ -96,16 +112,23 @@ def test_caller_concept_map_overrides_and_default_is_one_concept_per_keypoint(tm
 
 
 def test_polygon_rle_and_box_concept_annotations(tmp_path):
-    categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"},
-                  {"id": 10, "name": "eyes", "supercategory": "concept"}]
+    categories = [
+        {"id": 1, "name": "cat"},
+        {"id": 2, "name": "dog"},
+        {"id": 10, "name": "eyes", "supercategory": "concept"},
+    ]
     rle = {"size": [H, W], "counts": [H * 5, H * 2, H * (W - 7)]}  # columns 5 and 6
     path = _coco(
         tmp_path,
         [_img(1), _img(2), _img(3), _img(4)],
         [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, W, H]},
-            {"id": 2, "image_id": 1, "category_id": 10,
-             "segmentation": [[10, 5, 20, 5, 20, 15, 10, 15]]},
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 10,
+                "segmentation": [[10, 5, 20, 5, 20, 15, 10, 15]],
+            },
             {"id": 3, "image_id": 2, "category_id": 2, "bbox": [0, 0, W, H]},
             {"id": 4, "image_id": 2, "category_id": 10, "segmentation": rle},
             # a non-standard `concept` key on a class annotation: the box is the nose
@@ -147,16 +170,29 @@ def test_bad_entries_are_reported_with_ids_and_skipped(tmp_path):
     images = [_img(1), _img(2), _img(3), _img(4, missing=True), _img(5), _img(6)]
     annotations = [
         _kp(1, 1, 1, eyes=2),
-        {"id": 2, "image_id": 2, "category_id": 1,
-         "keypoints": [10, 10, 2, W + 5, 10, 2, 0, 0, 0]},  # eye_2 outside the 40×30 image
-        {"id": 3, "image_id": 3, "category_id": 1,
-         "keypoints": {"eye_1": [10, 10, 2], "whisker": [1, 1, 2]}},  # unknown keypoint name
+        {
+            "id": 2,
+            "image_id": 2,
+            "category_id": 1,
+            "keypoints": [10, 10, 2, W + 5, 10, 2, 0, 0, 0],
+        },  # eye_2 outside the 40×30 image
+        {
+            "id": 3,
+            "image_id": 3,
+            "category_id": 1,
+            "keypoints": {"eye_1": [10, 10, 2], "whisker": [1, 1, 2]},
+        },  # unknown keypoint name
         _kp(4, 4, 1, eyes=2),  # its image file is missing
         _kp(5, 99, 1, eyes=2),  # unknown image id
         _kp(6, 5, 7, eyes=2),  # unknown category
         _kp(7, 6, 2, eyes=0),  # fine: a dog negative
-        {"id": 8, "image_id": 6, "category_id": 2, "concept": "eyes",
-         "segmentation": {"size": [H + 1, W], "counts": [H * W + W]}},  # RLE of the wrong size
+        {
+            "id": 8,
+            "image_id": 6,
+            "category_id": 2,
+            "concept": "eyes",
+            "segmentation": {"size": [H + 1, W], "counts": [H * W + W]},
+        },  # RLE of the wrong size
     ]
     path = _coco(tmp_path, images, annotations, concepts={"eyes": ["eye_1", "eye_2"]})
     with pytest.warns(AnnotationWarning) as caught:
@@ -178,8 +214,7 @@ def test_bad_entries_are_reported_with_ids_and_skipped(tmp_path):
 
 
 def test_concept_map_naming_an_unknown_keypoint_is_reported(tmp_path):
-    path = _coco(tmp_path, [_img(1)], [_kp(1, 1, 1, eyes=2)],
-                 concepts={"eyes": ["eye_1", "eye_3"]})
+    path = _coco(tmp_path, [_img(1)], [_kp(1, 1, 1, eyes=2)], concepts={"eyes": ["eye_1", "eye_3"]})
     with pytest.warns(AnnotationWarning, match="eye_3"):
         s = load_coco(path, tmp_path)
     assert len(s.problems) == 1
@@ -200,8 +235,13 @@ def test_bad_files_raise_clear_errors(tmp_path):
 def test_geometry_scaling_to_the_model_input():
     mask = np.zeros((30, 40), bool)
     mask[:, :20] = True
-    g = ConceptGeometry((30, 40), np.array([[10.0, 15.0]]),
-                        [np.array([[0.0, 0.0], [40.0, 0.0], [40.0, 30.0]])], [mask], [(4, 3, 8, 6)])
+    g = ConceptGeometry(
+        (30, 40),
+        np.array([[10.0, 15.0]]),
+        [np.array([[0.0, 0.0], [40.0, 0.0], [40.0, 30.0]])],
+        [mask],
+        [(4, 3, 8, 6)],
+    )
     s = g.scaled((60, 20))  # (H, W): twice as tall, half as wide
     assert s.size == (60, 20)
     np.testing.assert_allclose(s.points, [[5.0, 30.0]])
@@ -216,8 +256,8 @@ def _quadrants() -> tuple[np.ndarray, np.ndarray]:
     segments = np.zeros((48, 64), np.int64)
     colours = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0)]
     for k, (r, c) in enumerate([(0, 0), (0, 32), (24, 0), (24, 32)]):
-        image[r:r + 24, c:c + 32] = colours[k]
-        segments[r:r + 24, c:c + 32] = k
+        image[r : r + 24, c : c + 32] = colours[k]
+        segments[r : r + 24, c : c + 32] = k
     return image, segments
 
 
@@ -229,8 +269,9 @@ def test_region_superpixels_containing_points_or_mostly_covered():
     mostly = np.zeros((48, 64), bool)
     mostly[24:48, 32:60] = True  # 28/32 of quadrant 3, plus nothing else
     g = ConceptGeometry((48, 64), np.array([[40.0, 5.0]]), masks=[mostly])
-    np.testing.assert_array_equal(concept_region(image, g, segments=segments),
-                                  (segments == 1) | (segments == 3))
+    np.testing.assert_array_equal(
+        concept_region(image, g, segments=segments), (segments == 1) | (segments == 3)
+    )
 
     small = np.zeros((48, 64), bool)
     small[30:33, 2:5] = True  # far under half of any superpixel: the most covered one is taken

@@ -15,9 +15,13 @@ pytestmark = pytest.mark.integration
 def test_default_model_is_accurate_on_heldout_images(default_model, shared_data) -> None:
     card = json.loads((ASSETS / "head.json").read_text())
     held = card["heldout"][::4]  # 100 of the 400 held-out images keep this under a minute
-    scored = score_paths(default_model, [shared_data / "train" / rel for rel in held], progress=False)
+    scored = score_paths(
+        default_model, [shared_data / "train" / rel for rel in held], progress=False
+    )
     truth = [default_model.class_names.index(p.parent.name) for p in scored.paths]
-    accuracy = sum(int(t == p) for t, p in zip(truth, scored.logits.argmax(1).tolist())) / len(truth)
+    accuracy = sum(int(t == p) for t, p in zip(truth, scored.logits.argmax(1).tolist())) / len(
+        truth
+    )
     assert len(truth) == 100
     assert accuracy >= 0.95
 

@@ -70,7 +70,13 @@ def test_conformal_threshold_is_the_right_order_statistic_and_refuses_too_few_im
 def test_paper_score_is_above_zero_exactly_when_the_paper_rule_flags():
     rng = np.random.default_rng(1)
     p = np.concatenate([rng.uniform(0.8, 1.0, (500, 4)), rng.uniform(0, 1, (500, 4))])
-    p[:5] = [[0.99, 0, 0, 0], [0.9901, 0, 0, 0], [0.9, 0.9, 0, 0], [0.91, 0.905, 0, 0], [1.0, 1.0, 1, 1]]
+    p[:5] = [
+        [0.99, 0, 0, 0],
+        [0.9901, 0, 0, 0],
+        [0.9, 0.9, 0, 0],
+        [0.91, 0.905, 0, 0],
+        [1.0, 1.0, 1, 1],
+    ]
     spaces = SpaceSet([toy_space(c, k) for c in CLASSES for k in ("a", "b")])
     logits = np.zeros((len(p), 2))
     score = score_parts(logits, p, spaces, CLASSES)["paper"]
@@ -84,9 +90,13 @@ def stripe_model() -> TraitModel:
     'semantic' channel (cats are bluish, dogs are not), read by the spaces only."""
     body = nn.Conv2d(3, 4, 1)
     with torch.no_grad():
-        body.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, -1]]).view(4, 3, 1, 1))
+        body.weight.copy_(
+            torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, -1]]).view(4, 3, 1, 1)
+        )
         body.bias.copy_(torch.tensor([0.0, 0, 0, 1]))
-    model = TraitModel(body, 4, CLASSES, name="stripes", input_size=(3, 8, 8), mean=(0, 0, 0), std=(1, 1, 1))
+    model = TraitModel(
+        body, 4, CLASSES, name="stripes", input_size=(3, 8, 8), mean=(0, 0, 0), std=(1, 1, 1)
+    )
     with torch.no_grad():
         model.head.weight.copy_(torch.tensor([[5.0, -5, 0, 0], [-5.0, 5, 0, 0]]))
         model.head.bias.zero_()
@@ -105,10 +115,23 @@ def stripe_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return colour[:, :, None, None].expand(n, 3, 8, 8).contiguous(), y
 
 
-def toy_space(class_name: str, concept: str, channel: int = 2, traits: torch.Tensor | None = None,
-              probe: bool = False) -> SemanticSpace:
-    space = SemanticSpace(class_name, concept, "stripes", "x", 4, torch.tensor([channel]), torch.tensor([1.0]),
-                          probe=ProbeHead(torch.eye(4)[channel] * 4, -2.0, 1.5, 0.1) if probe else None)
+def toy_space(
+    class_name: str,
+    concept: str,
+    channel: int = 2,
+    traits: torch.Tensor | None = None,
+    probe: bool = False,
+) -> SemanticSpace:
+    space = SemanticSpace(
+        class_name,
+        concept,
+        "stripes",
+        "x",
+        4,
+        torch.tensor([channel]),
+        torch.tensor([1.0]),
+        probe=ProbeHead(torch.eye(4)[channel] * 4, -2.0, 1.5, 0.1) if probe else None,
+    )
     if not probe:
         space.with_reference(traits[:, channel] if traits is not None else torch.linspace(0, 1, 10))
     return space
@@ -116,7 +139,12 @@ def toy_space(class_name: str, concept: str, channel: int = 2, traits: torch.Ten
 
 def stripe_spaces(model: TraitModel, probe: bool = False) -> SpaceSet:
     reference = model.traits(stripe_images(200, seed=9)[0]).detach()
-    return SpaceSet([toy_space("cat", "stripes", 2, reference, probe), toy_space("dog", "stripes", 3, reference, probe)])
+    return SpaceSet(
+        [
+            toy_space("cat", "stripes", 2, reference, probe),
+            toy_space("dog", "stripes", 3, reference, probe),
+        ]
+    )
 
 
 def test_gap_score_separates_an_attack_that_leaves_the_semantic_channel_untouched():
@@ -133,8 +161,13 @@ def test_gap_score_separates_an_attack_that_leaves_the_semantic_channel_untouche
     torch.testing.assert_close(adv[:, 2], x[:, 2], rtol=0, atol=0)  # the blue channel is untouched
     with torch.no_grad():
         clean, attacked = model(x), model(adv)
-    data = AttackData([""] * len(y), y.numpy(), clean.logits.numpy(), clean.traits.numpy(),
-                      {("pgd", 0.45): (np.arange(len(y)), attacked.logits.numpy(), attacked.traits.numpy())})
+    data = AttackData(
+        [""] * len(y),
+        y.numpy(),
+        clean.logits.numpy(),
+        clean.traits.numpy(),
+        {("pgd", 0.45): (np.arange(len(y)), attacked.logits.numpy(), attacked.traits.numpy())},
+    )
     (result,) = summarise(data, spaces, CLASSES, detector=detector).results
     assert result.attack_success_rate >= 0.9
     assert result.auc >= 0.99  # the score separates clean from attacked images
@@ -157,8 +190,9 @@ def test_adaptive_loss_gradients_reach_the_space_activations(probe):
     assert (grad[:, 2:].abs().sum(1) > 0).all()
     cats = y == 0  # pushed to dog: raise dog's evidence (1 − B), lower cat's (B)
     assert (grad[cats, 2] < 0).all() and (grad[cats, 3] > 0).all()
-    (plain,) = torch.autograd.grad(adaptive_loss(model.head(traits), traits, y, spaces, CLASSES, weight=0).sum(),
-                                   traits)
+    (plain,) = torch.autograd.grad(
+        adaptive_loss(model.head(traits), traits, y, spaces, CLASSES, weight=0).sum(), traits
+    )
     assert float(plain[:, 2:].abs().max()) == 0.0
 
     adv_plain = pgd_attack(model, x, y, 0.3, steps=10)
@@ -169,6 +203,7 @@ def test_adaptive_loss_gradients_reach_the_space_activations(probe):
     def rival_logit(images):
         ell = space_logits(spaces, model.traits(images)).detach()
         return ell[torch.arange(len(y)), rival] - ell[torch.arange(len(y)), y]
+
     assert float(rival_logit(adv).mean()) > float(rival_logit(adv_plain).mean()) + 1.0
 
 
@@ -183,10 +218,14 @@ def test_score_aware_attack_lowers_the_detector_score_it_knows():
     def scores(images):
         with torch.no_grad():
             o = model(images)
-        return detector.scores(o.logits, spaces.probabilities(o.traits), spaces, CLASSES), o.logits.argmax(1)
+        return detector.scores(
+            o.logits, spaces.probabilities(o.traits), spaces, CLASSES
+        ), o.logits.argmax(1)
 
     plain, plain_pred = scores(pgd_attack(model, x, y, 0.45, steps=10))
-    aware, aware_pred = scores(pgd_attack(model, x, y, 0.45, steps=10, spaces=spaces, detector=detector))
+    aware, aware_pred = scores(
+        pgd_attack(model, x, y, 0.45, steps=10, spaces=spaces, detector=detector)
+    )
     assert float((aware_pred != y).float().mean()) >= 0.9  # still fools the classifier
     assert (plain > detector.threshold).mean() >= 0.9
     assert (aware > detector.threshold).mean() < (plain > detector.threshold).mean()
@@ -196,10 +235,14 @@ def test_score_aware_attack_lowers_the_detector_score_it_knows():
 
 
 def test_adaptive_loss_stops_raising_the_confidence_at_its_cap():
-    logits = torch.tensor([[-6.0, 6.0], [1.0, 0.0]], requires_grad=True)  # label 0: wrong and sure; right
+    logits = torch.tensor(
+        [[-6.0, 6.0], [1.0, 0.0]], requires_grad=True
+    )  # label 0: wrong and sure; right
     traits = torch.zeros(2, 4, requires_grad=True)
     spaces = SpaceSet([toy_space("cat", "a", probe=True), toy_space("dog", "a", 3, probe=True)])
-    loss = adaptive_loss(logits, traits, torch.tensor([0, 0]), spaces, CLASSES, weight=0.0, confidence=0.9)
+    loss = adaptive_loss(
+        logits, traits, torch.tensor([0, 0]), spaces, CLASSES, weight=0.0, confidence=0.9
+    )
     (grad,) = torch.autograd.grad(loss.sum(), logits)
     assert float(grad[0].abs().max()) == 0.0 and float(grad[1].abs().max()) > 0
     assert float(loss.detach()[0]) == pytest.approx(-np.log(0.1))
@@ -212,9 +255,21 @@ def test_attacks_run_on_other_backbones(name):
     with torch.no_grad():
         labels = model.logits(x).argmax(1)
     g = torch.Generator().manual_seed(1)
-    spaces = SpaceSet([SemanticSpace(c, "part", name, "x", model.trait_dim, torch.tensor([i]), torch.tensor([1.0]),
-                                     probe=ProbeHead(torch.randn(model.trait_dim, generator=g), 0.0, 1.0, 0.0))
-                       for i, c in enumerate(CLASSES)])
+    spaces = SpaceSet(
+        [
+            SemanticSpace(
+                c,
+                "part",
+                name,
+                "x",
+                model.trait_dim,
+                torch.tensor([i]),
+                torch.tensor([1.0]),
+                probe=ProbeHead(torch.randn(model.trait_dim, generator=g), 0.0, 1.0, 0.0),
+            )
+            for i, c in enumerate(CLASSES)
+        ]
+    )
     ce = nn.functional.cross_entropy
     for adaptive in (None, spaces):
         adv = pgd_attack(model, x, labels, 0.05, steps=2, spaces=adaptive)
@@ -230,30 +285,49 @@ def test_detector_round_trips_and_refuses_bad_or_foreign_files(tmp_path):
     spaces = stripe_spaces(model)
     with torch.no_grad():
         out = model(stripe_images(100, seed=4)[0])
-    detector = calibrate(out.logits, spaces.probabilities(out.traits), spaces, CLASSES, fpr=0.1,
-                         source=str(tmp_path), files=["a.png"])
+    detector = calibrate(
+        out.logits,
+        spaces.probabilities(out.traits),
+        spaces,
+        CLASSES,
+        fpr=0.1,
+        source=str(tmp_path),
+        files=["a.png"],
+    )
     path = detector.save(tmp_path)
     assert path.name == "detector.json"
     loaded = load_detector(tmp_path, spaces, CLASSES)
     assert loaded == detector and loaded.calibration_paths() == {(tmp_path / "a.png").resolve()}
     scores = loaded.scores(out.logits, spaces.probabilities(out.traits), spaces, CLASSES)
     assert float((scores > loaded.threshold).mean()) == pytest.approx(detector.calibration_fpr)
-    assert loaded.verdict(loaded.threshold + 1) == {"flag": True, "score": loaded.threshold + 1,
-                                                    "threshold": loaded.threshold, "fpr": 0.1}
+    assert loaded.verdict(loaded.threshold + 1) == {
+        "flag": True,
+        "score": loaded.threshold + 1,
+        "threshold": loaded.threshold,
+        "fpr": 0.1,
+    }
     assert load_detector(tmp_path / "elsewhere", spaces, CLASSES) is None
 
     other = SpaceSet([toy_space("cat", "stripes"), toy_space("dog", "spots", 3)])
     rebuilt = stripe_spaces(model, probe=True)  # the same keys, other weights (say, v2 spaces)
-    for wrong_spaces, classes, message in [(other, CLASSES, "recalibrate"), (rebuilt, CLASSES, "other versions"),
-                                           (spaces, ["cat", "cow"], "classes")]:
+    for wrong_spaces, classes, message in [
+        (other, CLASSES, "recalibrate"),
+        (rebuilt, CLASSES, "other versions"),
+        (spaces, ["cat", "cow"], "classes"),
+    ]:
         with pytest.raises(SpaceError, match=message):
             load_detector(tmp_path, wrong_spaces, classes, strict=True)
         with pytest.warns(DetectorWarning, match=message):  # a stale detector judges nothing
             assert load_detector(tmp_path, wrong_spaces, classes) is None
     raw = json.loads(path.read_text())
-    for change, message in [({"threshold": None}, "finite number"), ({"fpr": 1.5}, r"\(0, 1\)"),
-                            ({"score": "magic"}, "unknown"), ({"extra": 1}, "unknown detector fields"),
-                            ({"format": "other"}, "not an sxai detector"), ({"beta": -1.0}, "negative")]:
+    for change, message in [
+        ({"threshold": None}, "finite number"),
+        ({"fpr": 1.5}, r"\(0, 1\)"),
+        ({"score": "magic"}, "unknown"),
+        ({"extra": 1}, "unknown detector fields"),
+        ({"format": "other"}, "not an sxai detector"),
+        ({"beta": -1.0}, "negative"),
+    ]:
         path.write_text(json.dumps({**raw, **change}))
         with pytest.raises(SpaceError, match=message):
             load_detector(tmp_path, spaces, CLASSES)

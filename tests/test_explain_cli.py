@@ -26,8 +26,12 @@ KEYS = ("cat.eyes", "cat.nose", "cat.legs", "dog.eyes", "dog.nose", "dog.legs")
 
 def build_tiny(pretrained: bool = True, weights=None, class_names=None) -> TraitModel:
     torch.manual_seed(0)  # the same weights every time, so saved spaces keep fitting
-    body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, TRAITS, 3), nn.ReLU())
-    return TraitModel(body, TRAITS, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, 32, 32))
+    body = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, TRAITS, 3), nn.ReLU()
+    )
+    return TraitModel(
+        body, TRAITS, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, 32, 32)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +57,15 @@ def spaces_dir(tmp_path_factory, backbone) -> Path:
         # a dog space reads the same channels as the cat space of its concept with the opposite
         # sign, so ΔP spreads over the whole range and the sentences cover several bands
         sign = 1.0 if class_name == "cat" else -1.0
-        space = SemanticSpace(class_name, concept, BACKBONE, model.fingerprint(), TRAITS,
-                              torch.tensor([j, j + 4]), sign * torch.tensor([1.0, -0.6 + 0.5 * j]))
+        space = SemanticSpace(
+            class_name,
+            concept,
+            BACKBONE,
+            model.fingerprint(),
+            TRAITS,
+            torch.tensor([j, j + 4]),
+            sign * torch.tensor([1.0, -0.6 + 0.5 * j]),
+        )
         space.with_reference(reference @ space.weight_vector()).save(folder / f"{key}.safetensors")
     return folder
 
@@ -94,14 +105,28 @@ def expected_words(record: dict) -> tuple[str, dict[str, str | None]]:
         elif d < 0.2:
             words[concept] = "a little confusing" if value >= 0.5 else None
         else:
-            words[concept] = "obviously" if d >= 0.5 else "something like" if d >= 0.35 else "perhaps"
+            words[concept] = (
+                "obviously" if d >= 0.5 else "something like" if d >= 0.35 else "perhaps"
+            )
     return verdict, words
 
 
-def test_explain_json_sentences_follow_the_printed_numbers(capsys, tmp_path, backbone, spaces_dir, images):
+def test_explain_json_sentences_follow_the_printed_numbers(
+    capsys, tmp_path, backbone, spaces_dir, images
+):
     out_dir = tmp_path / "maps"
-    code, out, err = run(capsys, "explain", str(images), "--backbone", backbone, "--spaces", str(spaces_dir),
-                         "--out", str(out_dir), "--json")
+    code, out, err = run(
+        capsys,
+        "explain",
+        str(images),
+        "--backbone",
+        backbone,
+        "--spaces",
+        str(spaces_dir),
+        "--out",
+        str(out_dir),
+        "--json",
+    )
     assert code == 0
     assert "skipped:" in err and "bad.jpg" in err
     records = json.loads(out)
@@ -111,14 +136,19 @@ def test_explain_json_sentences_follow_the_printed_numbers(capsys, tmp_path, bac
         assert set(record) >= {"path", "predicted", "probabilities", "sentence", "spaces", "radar"}
         assert record["predicted"] == max(record["probabilities"], key=record["probabilities"].get)
         assert [s["space"] for s in record["spaces"]] == sorted(KEYS)
-        assert all(0.0 <= s["probability"] <= 1.0 and isinstance(s["activation"], float)
-                   for s in record["spaces"])
+        assert all(
+            0.0 <= s["probability"] <= 1.0 and isinstance(s["activation"], float)
+            for s in record["spaces"]
+        )
         assert Path(record["radar"]).is_file() and Path(record["radar"]).parent == out_dir
         verdict, words = expected_words(record)
         verdicts.add(verdict)
         sentence = record["sentence"]
-        opening = {"not sure": "It may be a {} but I am not sure.", "probably": "It is probably a {} mainly",
-                   "sure": "I am sure it is a {} mainly"}[verdict].format(record["predicted"])
+        opening = {
+            "not sure": "It may be a {} but I am not sure.",
+            "probably": "It is probably a {} mainly",
+            "sure": "I am sure it is a {} mainly",
+        }[verdict].format(record["predicted"])
         assert sentence.replace(",", "").startswith(opening.replace(",", "")), (sentence, record)
         for concept, word in words.items():
             assert (concept in sentence) == (word is not None), (concept, sentence)
@@ -129,8 +159,17 @@ def test_explain_json_sentences_follow_the_printed_numbers(capsys, tmp_path, bac
 
 
 def test_explain_text_output(capsys, tmp_path, backbone, spaces_dir, images):
-    code, out, _err = run(capsys, "explain", str(images / "pic1.png"), "-b", backbone, "-s", str(spaces_dir),
-                          "--out", str(tmp_path))
+    code, out, _err = run(
+        capsys,
+        "explain",
+        str(images / "pic1.png"),
+        "-b",
+        backbone,
+        "-s",
+        str(spaces_dir),
+        "--out",
+        str(tmp_path),
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"{images / 'pic1.png'}: ")
@@ -140,7 +179,16 @@ def test_explain_text_output(capsys, tmp_path, backbone, spaces_dir, images):
 
 
 def test_explain_top_limits_the_classes_shown(capsys, tmp_path, backbone, spaces_dir, images):
-    argv = ["explain", str(images / "pic1.png"), "-b", backbone, "-s", str(spaces_dir), "--out", str(tmp_path)]
+    argv = [
+        "explain",
+        str(images / "pic1.png"),
+        "-b",
+        backbone,
+        "-s",
+        str(spaces_dir),
+        "--out",
+        str(tmp_path),
+    ]
     _code, out, _err = run(capsys, *argv)
     assert out.splitlines()[0].count(",") == 1  # both classes by default (up to 5)
     code, out, _err = run(capsys, *argv, "--top", "1")
@@ -153,7 +201,11 @@ def test_no_images_found_is_an_error(capsys, tmp_path, backbone, spaces_dir, com
     (tmp_path / "empty").mkdir()
     extra = ["-s", str(spaces_dir), "--out", str(tmp_path / "o")] if command == "explain" else []
     code, out, err = run(capsys, command, str(tmp_path / "empty"), "-b", backbone, *extra)
-    assert code == 2 and out == "" and err.startswith(f"sxai: error: no images found in {tmp_path / 'empty'}")
+    assert (
+        code == 2
+        and out == ""
+        and err.startswith(f"sxai: error: no images found in {tmp_path / 'empty'}")
+    )
 
 
 @pytest.fixture
@@ -172,7 +224,17 @@ def terse():
 
 
 def test_template_plugin_chosen_by_name(capsys, tmp_path, backbone, spaces_dir, images, terse):
-    argv = ["explain", *(str(images / f"pic{i}.png") for i in (0, 1, 3)), "-b", backbone, "-s", str(spaces_dir), "--out", str(tmp_path), "--json"]
+    argv = [
+        "explain",
+        *(str(images / f"pic{i}.png") for i in (0, 1, 3)),
+        "-b",
+        backbone,
+        "-s",
+        str(spaces_dir),
+        "--out",
+        str(tmp_path),
+        "--json",
+    ]
     code, out, _ = run(capsys, *argv, "--template", "terse")
     assert code == 0
     terse_records = json.loads(out)
@@ -186,7 +248,9 @@ def test_template_plugin_chosen_by_name(capsys, tmp_path, backbone, spaces_dir, 
 
 
 def test_unknown_template_and_missing_spaces_are_clear_errors(capsys, backbone, images):
-    code, _, err = run(capsys, "explain", str(images / "pic0.png"), "-b", backbone, "--template", "nope")
+    code, _, err = run(
+        capsys, "explain", str(images / "pic0.png"), "-b", backbone, "--template", "nope"
+    )
     assert code == 2 and "no explanation template named 'nope'" in err and "english" in err
     code, _, err = run(capsys, "explain", str(images / "pic0.png"), "-b", backbone)
     assert code == 2 and "no semantic spaces given" in err and "--spaces" in err
@@ -194,15 +258,29 @@ def test_unknown_template_and_missing_spaces_are_clear_errors(capsys, backbone, 
 
 def test_index_then_search_with_contact_sheet(capsys, tmp_path, backbone, spaces_dir, images):
     db = tmp_path / "idx.sqlite"
-    code, out, err = run(capsys, "index", str(images), "--db", str(db), "-b", backbone, "-s", str(spaces_dir), "-q")
+    code, out, err = run(
+        capsys, "index", str(images), "--db", str(db), "-b", backbone, "-s", str(spaces_dir), "-q"
+    )
     assert code == 0
     assert "9 images found, 8 scored, 0 unchanged, 1 unreadable" in out
-    code, out, _ = run(capsys, "index", str(images), "--db", str(db), "-b", backbone, "-s", str(spaces_dir), "-q")
+    code, out, _ = run(
+        capsys, "index", str(images), "--db", str(db), "-b", backbone, "-s", str(spaces_dir), "-q"
+    )
     assert "8 scored" not in out and "0 scored, 9 unchanged" in out
 
     sheet = tmp_path / "sheet.png"
-    code, out, _ = run(capsys, "search", "cat.eyes >= 0.0", "--db", str(db), "--json", "--sheet", str(sheet),
-                       "--limit", "5")
+    code, out, _ = run(
+        capsys,
+        "search",
+        "cat.eyes >= 0.0",
+        "--db",
+        str(db),
+        "--json",
+        "--sheet",
+        str(sheet),
+        "--limit",
+        "5",
+    )
     assert code == 0
     result = json.loads(out)
     assert result["total"] == 8 and len(result["matches"]) == 5
@@ -213,18 +291,33 @@ def test_index_then_search_with_contact_sheet(capsys, tmp_path, backbone, spaces
 
     # the CLI answers the query the way the numbers say
     threshold = sorted(m["probabilities"]["dog.nose"] for m in result["matches"])[2]
-    code, out, _ = run(capsys, "search", f"dog.nose > {threshold} or predicted = cat", "--db", str(db),
-                       "--json", "--limit", "0")
-    everything = run(capsys, "search", "dog.nose >= 0", "--db", str(db), "--json", "--limit", "0")[1]
-    expected = [m["path"] for m in json.loads(everything)["matches"]  # the same order: by dog.nose
-                if m["probabilities"]["dog.nose"] > threshold or m["predicted"] == "cat"]
+    code, out, _ = run(
+        capsys,
+        "search",
+        f"dog.nose > {threshold} or predicted = cat",
+        "--db",
+        str(db),
+        "--json",
+        "--limit",
+        "0",
+    )
+    everything = run(capsys, "search", "dog.nose >= 0", "--db", str(db), "--json", "--limit", "0")[
+        1
+    ]
+    expected = [
+        m["path"]
+        for m in json.loads(everything)["matches"]  # the same order: by dog.nose
+        if m["probabilities"]["dog.nose"] > threshold or m["predicted"] == "cat"
+    ]
     assert [m["path"] for m in json.loads(out)["matches"]] == expected
 
     code, out, err = run(capsys, "search", "dog.nose >> 0.5", "--db", str(db))
     assert code == 2
     assert "position 10" in err and err.rstrip().endswith(" " * 10 + "^")
 
-    code, out, err = run(capsys, "search", "dog.nose > 2", "--db", str(db), "--sheet", str(tmp_path / "x.png"))
+    code, out, err = run(
+        capsys, "search", "dog.nose > 2", "--db", str(db), "--sheet", str(tmp_path / "x.png")
+    )
     assert code == 1 and "0 shown of 0 matches" in out and not (tmp_path / "x.png").exists()
 
 
@@ -237,7 +330,15 @@ def test_help_documents_the_json(capsys):
 
 @pytest.mark.integration
 def test_explain_real_photo_with_bundled_spaces(capsys, tmp_path):
-    photo = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats" / "train" / "cat" / "cat.0.jpg"
+    photo = (
+        Path(__file__).resolve().parents[2]
+        / "shared"
+        / "data"
+        / "dogs-vs-cats"
+        / "train"
+        / "cat"
+        / "cat.0.jpg"
+    )
     if default_spaces_dir("lite0_catdog") is None or not photo.is_file():
         pytest.skip("the default backbone's bundled spaces or the shared data are not there yet")
     code, out, _ = run(capsys, "explain", str(photo), "--out", str(tmp_path), "--json")
@@ -247,22 +348,44 @@ def test_explain_real_photo_with_bundled_spaces(capsys, tmp_path):
 
 
 # ------------------------------------------------------------------------ adversarial detector
-def test_explain_carries_the_stored_detector_flag_and_fpr(capsys, tmp_path, backbone, spaces_dir, images):
+def test_explain_carries_the_stored_detector_flag_and_fpr(
+    capsys, tmp_path, backbone, spaces_dir, images
+):
     import shutil
 
     from sxai_plugins.robust.detection import FLAG_SENTENCE, Detector
 
     folder = tmp_path / "spaces"
     shutil.copytree(spaces_dir, folder)
-    argv = ["explain", str(images), "-b", backbone, "-s", str(folder), "--out", str(tmp_path / "maps")]
+    argv = [
+        "explain",
+        str(images),
+        "-b",
+        backbone,
+        "-s",
+        str(folder),
+        "--out",
+        str(tmp_path / "maps"),
+    ]
     code, out, _err = run(capsys, *argv, "--json")
     assert code == 0 and all(r["detection"] is None for r in json.loads(out))  # no detector stored
     code, out, _err = run(capsys, *argv)
     assert FLAG_SENTENCE not in out
 
     # calibrated on the same kind of images (8 images allow a budget of 1/4 on average)
-    code, out, err = run(capsys, "calibrate-detector", str(images), "-b", backbone, "-s", str(folder),
-                         "--fpr", "0.25", "--confidence", "0")
+    code, out, err = run(
+        capsys,
+        "calibrate-detector",
+        str(images),
+        "-b",
+        backbone,
+        "-s",
+        str(folder),
+        "--fpr",
+        "0.25",
+        "--confidence",
+        "0",
+    )
     assert code == 0 and (folder / "detector.json").is_file() and "threshold" in out
     stored = Detector.load(folder / "detector.json")
     assert stored.n_calibration == 8 and stored.confidence is None

@@ -39,22 +39,37 @@ SPACE_FILE = "spaces/cat.eyes.safetensors"
 # ---------------------------------------------------------------------------------------- fixtures
 def tiny_model(seed: int = 0, trait_dim: int = C) -> TraitModel:
     torch.manual_seed(seed)
-    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, trait_dim, 3, padding=1), nn.ReLU())
-    return TraitModel(body, trait_dim, ["cat", "dog"], name=f"tiny{seed}", input_size=(3, 32, 32)).eval()
+    body = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, trait_dim, 3, padding=1), nn.ReLU()
+    )
+    return TraitModel(
+        body, trait_dim, ["cat", "dog"], name=f"tiny{seed}", input_size=(3, 32, 32)
+    ).eval()
 
 
 def make_spaces(model: TraitModel, concepts=("eyes", "ears"), seed: int = 0) -> list[SemanticSpace]:
     """Spaces on the model's real traits, with reference distributions fitted by ``Reference.fit``."""
     rng = np.random.default_rng(seed)
     with torch.no_grad():
-        reference = model.traits(torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(seed)))
+        reference = model.traits(
+            torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        )
     spaces = []
     for class_name in model.class_names:
         for concept in concepts:
             indices = rng.choice(model.trait_dim, size=5, replace=False)
-            space = SemanticSpace(class_name, concept, model.name, model.fingerprint(), model.trait_dim,
-                                  indices=indices, delta=rng.normal(size=5), masker="box", n_images=12,
-                                  recipe={"n_ssn": 5, "seed": seed})
+            space = SemanticSpace(
+                class_name,
+                concept,
+                model.name,
+                model.fingerprint(),
+                model.trait_dim,
+                indices=indices,
+                delta=rng.normal(size=5),
+                masker="box",
+                n_images=12,
+                recipe={"n_ssn": 5, "seed": seed},
+            )
             spaces.append(space.with_reference(space.activation(reference)))
     return spaces
 
@@ -104,7 +119,9 @@ def round_trip(spaces: list[SemanticSpace], cache_dir: Path, repo_id: str = REPO
 def commit_files(hub: HubServer, files: dict[str, bytes], repo_id: str = REPO) -> None:
     """Change the repo behind sxai's back, through the Hub API like anyone with write access."""
     api = HfApi(endpoint=hub.url)
-    api.create_commit(repo_id, [CommitOperationAdd(p, b) for p, b in files.items()], commit_message="edit")
+    api.create_commit(
+        repo_id, [CommitOperationAdd(p, b) for p, b in files.items()], commit_message="edit"
+    )
 
 
 def stored(hub: HubServer, path: str, repo_id: str = REPO, rev: str = "main") -> bytes:
@@ -145,10 +162,16 @@ def test_round_trip_gives_identical_probabilities_in_one_commit(hub, spaces, mod
     assert {"spaces.json", "README.md", SPACE_FILE, "spaces/dog.ears.safetensors"} <= files
     index = json.loads(stored(hub, "spaces.json"))
     assert index["format_version"] == spaces_hub.FORMAT_VERSION
-    assert (index["backbone"], index["fingerprint"], index["trait_dim"]) == ("tiny0", model.fingerprint(), C)
+    assert (index["backbone"], index["fingerprint"], index["trait_dim"]) == (
+        "tiny0",
+        model.fingerprint(),
+        C,
+    )
     assert index["classes"] == ["cat", "dog"] and index["concepts"] == ["ears", "eyes"]
     assert all(e["size"] == len(stored(hub, e["path"])) for e in index["files"])
-    assert [s.reference for s in pulled] == [s.reference for s in sorted(spaces, key=lambda s: s.key)]
+    assert [s.reference for s in pulled] == [
+        s.reference for s in sorted(spaces, key=lambda s: s.key)
+    ]
 
 
 def test_second_push_replaces_the_set_and_deletes_stale_files(hub, model, tmp_path, recwarn):
@@ -157,7 +180,10 @@ def test_second_push_replaces_the_set_and_deletes_stale_files(hub, model, tmp_pa
     pulled = round_trip(smaller, tmp_path / "cache")
     assert sorted(s.key for s in pulled) == ["cat.eyes", "dog.eyes"]
     tree = hub.repos[REPO].commits[hub.resolve(REPO, "main")]
-    assert sorted(p for p in tree if p.startswith("spaces/")) == [SPACE_FILE, "spaces/dog.eyes.safetensors"]
+    assert sorted(p for p in tree if p.startswith("spaces/")) == [
+        SPACE_FILE,
+        "spaces/dog.eyes.safetensors",
+    ]
     assert not [w for w in recwarn if "does not list" in str(w.message)]
 
 
@@ -165,7 +191,9 @@ def test_push_to_a_branch_leaves_main_alone(hub, model, tmp_path):
     spaces_hub.push(make_spaces(model), REPO)
     spaces_hub.push(make_spaces(model, concepts=("tail",)), REPO, revision="dev")
     main_keys = sorted(s.key for s in spaces_hub.pull(REPO, cache_dir=tmp_path / "c"))
-    dev_keys = sorted(s.key for s in spaces_hub.pull(REPO, revision="dev", cache_dir=tmp_path / "c"))
+    dev_keys = sorted(
+        s.key for s in spaces_hub.pull(REPO, revision="dev", cache_dir=tmp_path / "c")
+    )
     assert main_keys == ["cat.ears", "cat.eyes", "dog.ears", "dog.eyes"]
     assert dev_keys == ["cat.tail", "dog.tail"]
 
@@ -197,7 +225,9 @@ def test_pickles_in_the_repo_are_never_downloaded_or_opened(hub, spaces, tmp_pat
     evil = pickle.dumps(Exploding(marker))
     index = json.loads(stored(hub, "spaces.json"))
     index["files"].append({"path": "evil.pkl", "sha256": "0" * 64, "size": len(evil)})
-    commit_files(hub, {"evil.pkl": evil, "weights.bin": evil, "spaces.json": json.dumps(index).encode()})
+    commit_files(
+        hub, {"evil.pkl": evil, "weights.bin": evil, "spaces.json": json.dumps(index).encode()}
+    )
     with pytest.warns(UserWarning) as caught:
         pulled = spaces_hub.pull(REPO, cache_dir=tmp_path / "cache")
     text = " ".join(str(w.message) for w in caught)
@@ -220,12 +250,16 @@ def test_a_tampered_space_file_is_refused_by_name_and_dropped_from_the_cache(hub
     assert not list(cache.rglob("cat.eyes.safetensors"))
 
 
-@pytest.mark.parametrize("kind", ["offsets beyond the file", "header longer than the file", "pickle"])
+@pytest.mark.parametrize(
+    "kind", ["offsets beyond the file", "header longer than the file", "pickle"]
+)
 def test_a_safetensors_header_that_lies_is_refused_before_parsing(hub, spaces, tmp_path, kind):
     spaces_hub.push(spaces, REPO)
     marker = tmp_path / "unpickled.txt"
     if kind == "offsets beyond the file":
-        header = json.dumps({"indices": {"dtype": "I64", "shape": [5], "data_offsets": [0, 4000]}}).encode()
+        header = json.dumps(
+            {"indices": {"dtype": "I64", "shape": [5], "data_offsets": [0, 4000]}}
+        ).encode()
         crafted = struct.pack("<Q", len(header)) + header + bytes(40)
     elif kind == "header longer than the file":
         crafted = struct.pack("<Q", 1 << 40) + b"{}"
@@ -233,7 +267,9 @@ def test_a_safetensors_header_that_lies_is_refused_before_parsing(hub, spaces, t
         crafted = pickle.dumps(Exploding(marker))
     # The index vouches for the crafted bytes, so only the header check stands in the way.
     commit_files(hub, {SPACE_FILE: crafted, "spaces.json": index_with(hub, SPACE_FILE, crafted)})
-    with pytest.raises(spaces_hub.IntegrityError, match=rf"{SPACE_FILE}: not a valid safetensors file"):
+    with pytest.raises(
+        spaces_hub.IntegrityError, match=rf"{SPACE_FILE}: not a valid safetensors file"
+    ):
         spaces_hub.pull(REPO, cache_dir=tmp_path / "cache")
     assert not marker.exists()
 
@@ -254,7 +290,9 @@ def test_a_space_that_disagrees_with_its_index_is_refused(hub, spaces, model, tm
     other.save(tmp_path / "other.safetensors")
     data = (tmp_path / "other.safetensors").read_bytes()
     commit_files(hub, {SPACE_FILE: data, "spaces.json": index_with(hub, SPACE_FILE, data)})
-    with pytest.raises(spaces_hub.IntegrityError, match=rf"{SPACE_FILE} disagrees with spaces.json"):
+    with pytest.raises(
+        spaces_hub.IntegrityError, match=rf"{SPACE_FILE} disagrees with spaces.json"
+    ):
         spaces_hub.pull(REPO, cache_dir=tmp_path / "cache")
 
 
@@ -272,7 +310,9 @@ def sent_when_settled(hub: HubServer, path: str) -> int:
 
 @pytest.mark.parametrize("announced", [True, False], ids=["content-length", "no-content-length"])
 @pytest.mark.parametrize("path", [SPACE_FILE, "spaces.json"])
-def test_a_file_larger_than_allowed_is_cut_off_while_downloading(hub, spaces, tmp_path, path, announced):
+def test_a_file_larger_than_allowed_is_cut_off_while_downloading(
+    hub, spaces, tmp_path, path, announced
+):
     """The server sends 150 MB after the real bytes (HEAD still says the real size): the
     download stops within huggingface_hub's 10 MB read chunk of the limit, not after 150 MB."""
     spaces_hub.push(spaces, REPO)
@@ -309,17 +349,28 @@ def forged(data: bytes, **metadata: object) -> bytes:
 
 
 def listing(root: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def hostile_names(sandbox: Path) -> list[tuple[str, str]]:
-    return [(f"{sandbox}/victim/x", "./../model"), ("../../..", "eyes"), ("cat", "../../../x"),
-            ("cat/..", "eyes"), (".hidden", "eyes"), ("cat", "eyes\\..")]
+    return [
+        (f"{sandbox}/victim/x", "./../model"),
+        ("../../..", "eyes"),
+        ("cat", "../../../x"),
+        ("cat/..", "eyes"),
+        (".hidden", "eyes"),
+        ("cat", "eyes\\.."),
+    ]
 
 
 @pytest.mark.parametrize("liar", ["space file", "space file and index"])
 @pytest.mark.parametrize("case", range(6))
-def test_pull_out_refuses_hostile_names_and_writes_nothing(hub, spaces, tmp_path, capsys, liar, case):
+def test_pull_out_refuses_hostile_names_and_writes_nothing(
+    hub, spaces, tmp_path, capsys, liar, case
+):
     sandbox = tmp_path / "sandbox"
     (sandbox / "victim").mkdir(parents=True)
     (sandbox / "victim" / "model.safetensors").write_bytes(b"precious")
@@ -332,7 +383,9 @@ def test_pull_out_refuses_hostile_names_and_writes_nothing(hub, spaces, tmp_path
         entry.update(class_name=class_name, concept=concept)
     commit_files(hub, {SPACE_FILE: data, "spaces.json": json.dumps(index).encode()})
     before = listing(sandbox)
-    code = main(["hub", "pull", REPO, "--cache-dir", str(tmp_path / "cache"), "--out", str(sandbox / "out")])
+    code = main(
+        ["hub", "pull", REPO, "--cache-dir", str(tmp_path / "cache"), "--out", str(sandbox / "out")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("sxai: error:") and err.count("\n") == 1
     assert SPACE_FILE in err if liar == "space file" else "not a safe name" in err
@@ -346,7 +399,9 @@ def test_pull_out_does_not_follow_a_link_out_of_the_folder(hub, spaces, tmp_path
     (sandbox / "out" / "dog.eyes.safetensors").symlink_to(sandbox / "victim.safetensors")
     spaces_hub.push(spaces, REPO)
     before = listing(sandbox)
-    code = main(["hub", "pull", REPO, "--cache-dir", str(tmp_path / "cache"), "--out", str(sandbox / "out")])
+    code = main(
+        ["hub", "pull", REPO, "--cache-dir", str(tmp_path / "cache"), "--out", str(sandbox / "out")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "outside" in err and "dog.eyes.safetensors" in err
     assert listing(sandbox) == before
@@ -357,8 +412,26 @@ def test_safe_names_pass(name):
     assert check_name(name, "class name", "here") == name
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a..b", ".cat", "cat.", "a/b", "/abs", "a\\b", "a b",
-                                  "x" * 101, "caf\u00e9", "a\x00b", None, 3])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "..",
+        "a..b",
+        ".cat",
+        "cat.",
+        "a/b",
+        "/abs",
+        "a\\b",
+        "a b",
+        "x" * 101,
+        "caf\u00e9",
+        "a\x00b",
+        None,
+        3,
+    ],
+)
 def test_unsafe_names_are_refused_with_the_reason(name):
     with pytest.raises(spaces_hub.HubError, match="not a safe name"):
         check_name(name, "class name", "here")
@@ -370,7 +443,9 @@ def test_unknown_repo_and_missing_revision_are_one_line_errors(hub, spaces, tmp_
         spaces_hub.pull("sxai-test/nope", cache_dir=tmp_path / "cache")
     assert "\n" not in str(info.value)
     spaces_hub.push(spaces, REPO)
-    with pytest.raises(spaces_hub.HubRevisionNotFoundError, match=rf"{REPO}@v9.*no such revision") as info:
+    with pytest.raises(
+        spaces_hub.HubRevisionNotFoundError, match=rf"{REPO}@v9.*no such revision"
+    ) as info:
         spaces_hub.pull(REPO, revision="v9", cache_dir=tmp_path / "cache")
     assert "\n" not in str(info.value)
 
@@ -378,7 +453,9 @@ def test_unknown_repo_and_missing_revision_are_one_line_errors(hub, spaces, tmp_
 def test_a_repo_without_an_index_is_not_a_space_set(hub, tmp_path):
     HfApi(endpoint=hub.url).create_repo(REPO)
     commit_files(hub, {"config.json": b"{}"})
-    with pytest.raises(spaces_hub.SpacesIndexError, match=rf"{REPO}@main: the repository has no spaces.json"):
+    with pytest.raises(
+        spaces_hub.SpacesIndexError, match=rf"{REPO}@main: the repository has no spaces.json"
+    ):
         spaces_hub.pull(REPO, cache_dir=tmp_path / "cache")
 
 
@@ -416,7 +493,9 @@ def test_spaces_of_another_backbone_are_refused_unless_forced(hub, spaces, tmp_p
     assert served(hub, "cat.eyes.safetensors") == []  # refused before downloading any space
     assert len(spaces_hub.pull(REPO, cache_dir=tmp_path / "cache", model=other, force=True)) == 4
     with pytest.raises(SpaceError, match="trait channels"):
-        spaces_hub.pull(REPO, cache_dir=tmp_path / "cache", model=tiny_model(trait_dim=8), force=True)
+        spaces_hub.pull(
+            REPO, cache_dir=tmp_path / "cache", model=tiny_model(trait_dim=8), force=True
+        )
 
 
 def test_push_needs_write_credentials_when_the_hub_asks(hub, spaces, tmp_path):
@@ -439,9 +518,16 @@ def test_resolve_spaces_takes_local_files_folders_and_hub_sources(hub, spaces, m
     folder = tmp_path / "local"
     spaces[2].save(folder / "a.safetensors")
     spaces[3].save(tmp_path / "b.safetensors")
-    got = spaces_hub.resolve_spaces([str(folder), tmp_path / "b.safetensors", f"hf://{REPO}@main"],
-                                    model=model, cache_dir=tmp_path / "cache")
-    assert [s.key for s in got] == [spaces[2].key, spaces[3].key, *sorted(s.key for s in spaces[:2])]
+    got = spaces_hub.resolve_spaces(
+        [str(folder), tmp_path / "b.safetensors", f"hf://{REPO}@main"],
+        model=model,
+        cache_dir=tmp_path / "cache",
+    )
+    assert [s.key for s in got] == [
+        spaces[2].key,
+        spaces[3].key,
+        *sorted(s.key for s in spaces[:2]),
+    ]
     with pytest.raises(SpaceError):
         spaces_hub.resolve_spaces([str(folder)], model=tiny_model(seed=1))
     for bad in ("hf://datasets/a/b", "hf://a", f"hf://{REPO}/spaces.json"):
@@ -457,7 +543,9 @@ def test_card_lists_spaces_figures_plots_and_how_to_load(spaces, tmp_path):
     assert front["library_name"] == "sxai" and "tiny0" in front["tags"]
     assert "| accuracy | auc.concept |" in card and "0.9123" in card
     assert f'spaces_hub.pull("{REPO}", model=model)' in card
-    assert "![plots/cat.eyes.png](plots/cat.eyes.png)" in card and "[`notes.txt`](notes.txt)" in card
+    assert (
+        "![plots/cat.eyes.png](plots/cat.eyes.png)" in card and "[`notes.txt`](notes.txt)" in card
+    )
     assert "- masker: box" in card and "- seed: 0" in card
 
 
@@ -491,16 +579,41 @@ def test_header_check_accepts_real_space_files(spaces, tmp_path):
 
 
 def test_index_parser_ignores_unsafe_paths_and_rejects_malformed_entries():
-    good = {"path": SPACE_FILE, "sha256": "a" * 64, "size": 10, "class_name": "cat", "concept": "eyes"}
+    good = {
+        "path": SPACE_FILE,
+        "sha256": "a" * 64,
+        "size": 10,
+        "class_name": "cat",
+        "concept": "eyes",
+    }
     base = {"format_version": 1, "backbone": "b", "fingerprint": "f", "trait_dim": C}
-    index = parse_index(json.dumps({**base, "files": [good, {**good, "path": "../../etc/x.safetensors"},
-                                                      {**good, "path": "evil.pkl"}]}).encode(), "r")
+    index = parse_index(
+        json.dumps(
+            {
+                **base,
+                "files": [
+                    good,
+                    {**good, "path": "../../etc/x.safetensors"},
+                    {**good, "path": "evil.pkl"},
+                ],
+            }
+        ).encode(),
+        "r",
+    )
     assert [f.path for f in index.files] == [SPACE_FILE]
     assert index.ignored == ["../../etc/x.safetensors", "evil.pkl"]
-    for broken in ({**base, "files": [{**good, "sha256": "xyz"}]}, {**base, "files": []}, [1, 2], {**base},
-                   {**base, "files": [{**good, "class_name": "dog"}]}, {**base, "files": [{**good, "concept": 7}]}):
+    for broken in (
+        {**base, "files": [{**good, "sha256": "xyz"}]},
+        {**base, "files": []},
+        [1, 2],
+        {**base},
+        {**base, "files": [{**good, "class_name": "dog"}]},
+        {**base, "files": [{**good, "concept": 7}]},
+    ):
         with pytest.raises(spaces_hub.SpacesIndexError):
-            parse_index(json.dumps({**broken} if isinstance(broken, dict) else broken).encode(), "r")
+            parse_index(
+                json.dumps({**broken} if isinstance(broken, dict) else broken).encode(), "r"
+            )
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -511,11 +624,26 @@ def test_cli_push_and_pull(hub, spaces, tmp_path, capsys):
     assert main(["hub", "push", str(folder), "--repo", REPO, "--message", "first set"]) == 0
     assert REPO in capsys.readouterr().out
     out_dir = tmp_path / "pulled"
-    assert main(["hub", "pull", f"hf://{REPO}", "--cache-dir", str(tmp_path / "cache"),
-                 "--out", str(out_dir), "--json"]) == 0
+    assert (
+        main(
+            [
+                "hub",
+                "pull",
+                f"hf://{REPO}",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out_dir),
+                "--json",
+            ]
+        )
+        == 0
+    )
     records = json.loads(capsys.readouterr().out)
     assert sorted(r["key"] for r in records) == sorted(s.key for s in spaces)
-    assert_same_probabilities(spaces, [SemanticSpace.load(p) for p in sorted(out_dir.glob("*.safetensors"))])
+    assert_same_probabilities(
+        spaces, [SemanticSpace.load(p) for p in sorted(out_dir.glob("*.safetensors"))]
+    )
     assert main(["hub", "pull", "sxai-test/nope", "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sxai: error:") and "sxai-test/nope" in err and "\n" not in err
@@ -525,9 +653,26 @@ def test_cli_warnings_are_one_line_without_python_source(hub, spaces, tmp_path):
     spaces_hub.push(spaces, REPO)
     commit_files(hub, {"notes.bin": b"not listed in the index"})
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "sxai_plugins", "hub", "pull", REPO, "--cache-dir",
-                           str(tmp_path / "cache")], capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sxai_plugins",
+            "hub",
+            "pull",
+            REPO,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sxai: warning:") and "notes.bin" in lines[0]
@@ -535,13 +680,20 @@ def test_cli_warnings_are_one_line_without_python_source(hub, spaces, tmp_path):
 
 
 def test_errors_are_sxai_errors():
-    for cls in (spaces_hub.HubError, spaces_hub.IntegrityError, spaces_hub.SpacesIndexError,
-                spaces_hub.HubUnreachableError, spaces_hub.DownloadError):
+    for cls in (
+        spaces_hub.HubError,
+        spaces_hub.IntegrityError,
+        spaces_hub.SpacesIndexError,
+        spaces_hub.HubUnreachableError,
+        spaces_hub.DownloadError,
+    ):
         assert issubclass(cls, SxaiError)
 
 
 @pytest.mark.integration
-def test_default_spaces_round_trip_give_identical_probabilities_on_the_examples(hub, tmp_path, default_model) -> None:
+def test_default_spaces_round_trip_give_identical_probabilities_on_the_examples(
+    hub, tmp_path, default_model
+) -> None:
     """The eight bundled spaces, pushed and pulled into an empty cache, score the bundled example
     images exactly as the local files do (one forward pass, then each set's probabilities)."""
     from sxai_plugins.data.examples import example_images
@@ -563,15 +715,34 @@ def test_default_spaces_round_trip_give_identical_probabilities_on_the_examples(
     assert want.shape == (6, 8)
 
 
-@pytest.mark.parametrize("reference, message", [
-    ({"mu": float("nan"), "sigma": 1.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9}, "reference mu"),
-    ({"mu": 0.0, "sigma": 0.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9}, "sigma must be positive"),
-    ({"mu": 0.0, "sigma": -2.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9}, "sigma must be positive"),
-    ({"mu": "0", "sigma": 1.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9}, "must be a number"),
-    ({"mu": 0.0, "sigma": 1.0, "a_min": 1.0, "a_max": -1.0, "n": 10, "qq_r2": 0.9}, "must be below a_max"),
-])
-def test_pulled_spaces_with_bad_numbers_are_refused_and_nothing_is_written(hub, spaces, tmp_path, capsys,
-                                                                         reference, message):
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        (
+            {"mu": float("nan"), "sigma": 1.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9},
+            "reference mu",
+        ),
+        (
+            {"mu": 0.0, "sigma": 0.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9},
+            "sigma must be positive",
+        ),
+        (
+            {"mu": 0.0, "sigma": -2.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9},
+            "sigma must be positive",
+        ),
+        (
+            {"mu": "0", "sigma": 1.0, "a_min": -1.0, "a_max": 1.0, "n": 10, "qq_r2": 0.9},
+            "must be a number",
+        ),
+        (
+            {"mu": 0.0, "sigma": 1.0, "a_min": 1.0, "a_max": -1.0, "n": 10, "qq_r2": 0.9},
+            "must be below a_max",
+        ),
+    ],
+)
+def test_pulled_spaces_with_bad_numbers_are_refused_and_nothing_is_written(
+    hub, spaces, tmp_path, capsys, reference, message
+):
     """A hostile repo writes its own hashes: only loading can catch NaN, σ ≤ 0 or strings where
     numbers belong (which made ``explain`` print NaN or 'I am sure … obviously' before)."""
     spaces_hub.push(spaces, REPO)

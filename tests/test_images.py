@@ -23,8 +23,11 @@ from sxai_plugins.data.images import (
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA", "I;16", "1"])
 def test_modes_are_converted_to_rgb(tmp_path, mode: str) -> None:
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
-    image = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
-        np.arange(600, dtype=np.uint16).reshape(20, 30) * 50)
+    image = (
+        rgb.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30) * 50)
+    )
     suffix = ".tiff" if mode in ("CMYK", "I;16") else ".png"
     path = tmp_path / f"img{suffix}"
     image.save(path)
@@ -90,8 +93,12 @@ def test_image_folder_layout(tmp_path) -> None:
 def bomb_png(path, side: int = 20_000) -> None:
     """A valid PNG header claiming side × side pixels (400 Mpx), and no pixel data: 57 bytes."""
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
-                                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
 
@@ -101,7 +108,9 @@ def test_a_decompression_bomb_is_an_unreadable_file(tmp_path) -> None:
         load_image(tmp_path / "bomb.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     failures: list = []
-    batches = list(iter_batches([tmp_path / "bomb.png", tmp_path / "ok.png"], (8, 8), failures=failures))
+    batches = list(
+        iter_batches([tmp_path / "bomb.png", tmp_path / "ok.png"], (8, 8), failures=failures)
+    )
     assert [p.name for b in batches for p in b.paths] == ["ok.png"]
     assert [p.name for p, _ in failures] == ["bomb.png"]
 

@@ -19,8 +19,9 @@ TOL = dict(rtol=0, atol=1e-5)
 def tiny_timm_model() -> TraitModel:
     torch.manual_seed(0)
     body = timm.create_model("resnet10t", pretrained=False, num_classes=0, global_pool="")
-    return TraitModel(body, body.num_features, ["a", "b", "c"], name="resnet10t",
-                      input_size=(3, 64, 64)).eval()
+    return TraitModel(
+        body, body.num_features, ["a", "b", "c"], name="resnet10t", input_size=(3, 64, 64)
+    ).eval()
 
 
 def nchw(model: TraitModel, paths, batch_size: int):
@@ -110,7 +111,10 @@ def test_score_paths_and_errors(tmp_path) -> None:
 def test_default_model_matches_nchw_on_real_images(default_model, shared_data) -> None:
     from sxai_plugins.explain.trust import assess, assess_outputs, load_space_set
 
-    paths = list_images(shared_data / "train" / "cat")[:24] + list_images(shared_data / "train" / "dog")[:24]
+    paths = (
+        list_images(shared_data / "train" / "cat")[:24]
+        + list_images(shared_data / "train" / "dog")[:24]
+    )
     spaces = load_space_set(None, default_model)
     ref_paths, ref_logits, ref_traits = nchw(default_model, paths, 16)
     batches = list(iter_outputs(default_model, paths, 16))
@@ -119,7 +123,9 @@ def test_default_model_matches_nchw_on_real_images(default_model, shared_data) -
     assert [p for b in batches for p in b.paths] == ref_paths
     torch.testing.assert_close(logits, ref_logits, **TOL)
     torch.testing.assert_close(traits, ref_traits, **TOL)
-    torch.testing.assert_close(spaces.probabilities(traits), spaces.probabilities(ref_traits), **TOL)
+    torch.testing.assert_close(
+        spaces.probabilities(traits), spaces.probabilities(ref_traits), **TOL
+    )
     # explain's path: the same assessments as assess() on the images
     first = next(iter_batches(paths[:16], model_size(default_model), 16))
     with torch.no_grad():
@@ -127,4 +133,6 @@ def test_default_model_matches_nchw_on_real_images(default_model, shared_data) -
     got = assess_outputs(default_model, spaces, batches[0].output, batches[0].paths)
     for a, b in zip(ref, got):
         assert a.predicted == b.predicted
-        np.testing.assert_allclose([s.probability for s in a.spaces], [s.probability for s in b.spaces], atol=1e-5)
+        np.testing.assert_allclose(
+            [s.probability for s in a.spaces], [s.probability for s in b.spaces], atol=1e-5
+        )

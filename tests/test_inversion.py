@@ -22,15 +22,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def small_model(dtype: torch.dtype = torch.float32) -> TraitModel:
     torch.manual_seed(0)
-    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
-    return TraitModel(body, 16, ["cat", "dog"], name="small", input_size=(3, SIZE, SIZE)).to(dtype).eval()
+    body = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+    )
+    return (
+        TraitModel(body, 16, ["cat", "dog"], name="small", input_size=(3, SIZE, SIZE))
+        .to(dtype)
+        .eval()
+    )
 
 
 def block_images(k: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Images of 4×4-pixel colour blocks: far from the inverters' flat starting images."""
     g = torch.Generator().manual_seed(seed)
-    return F.interpolate(torch.rand(k, 3, 8, 8, generator=g), size=(SIZE, SIZE), mode="nearest").to(dtype)
+    return F.interpolate(torch.rand(k, 3, 8, 8, generator=g), size=(SIZE, SIZE), mode="nearest").to(
+        dtype
+    )
 
 
 def distance(model: TraitModel, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -54,7 +65,9 @@ def test_output_is_a_batch_of_images_in_unit_range(name):
     images = get_feature_inverter(name).invert(model, targets, steps=3, progress=False)
     assert images.shape == (2, 3, SIZE, SIZE)
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
-    other = get_feature_inverter(name).invert(model, targets, steps=2, size=(24, 40), progress=False)
+    other = get_feature_inverter(name).invert(
+        model, targets, steps=2, size=(24, 40), progress=False
+    )
     assert other.shape == (2, 3, 24, 40)
 
 
@@ -90,7 +103,9 @@ def test_tv_gives_the_same_images_batched_or_one_at_a_time():
     targets = model.traits(block_images(3, seed=2, dtype=torch.float64)).detach()
     inverter = get_feature_inverter("tv")
     together = inverter.invert(model, targets, steps=60, halve_every=20, progress=False)
-    alone = torch.cat([inverter.invert(model, t[None], steps=60, halve_every=20, progress=False) for t in targets])
+    alone = torch.cat(
+        [inverter.invert(model, t[None], steps=60, halve_every=20, progress=False) for t in targets]
+    )
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-9)
 
 
@@ -137,7 +152,9 @@ def test_rejects_targets_of_the_wrong_width_and_unknown_options(name):
     with pytest.raises(ValueError, match="16"):
         get_feature_inverter(name).invert(model, torch.rand(2, 5), steps=1, progress=False)
     with pytest.raises(TypeError, match="bogus"):
-        get_feature_inverter(name).invert(model, torch.rand(2, 16), steps=1, progress=False, bogus=1)
+        get_feature_inverter(name).invert(
+            model, torch.rand(2, 16), steps=1, progress=False, bogus=1
+        )
 
 
 def test_total_variation_of_known_images():
@@ -160,7 +177,10 @@ def test_save_png_writes_the_pixels(tmp_path):
     assert first.shape == (4, 5, 3)
     assert (first[..., 0] == 255).all() and (first[..., 1:] == 0).all()
     assert np.asarray(Image.open(paths[1]))[1, 2, 2] == 128
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pc1.png", "pc2.png"]  # no temp files
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "pc1.png",
+        "pc2.png",
+    ]  # no temp files
 
 
 def test_save_png_checks_names_and_shape(tmp_path):

@@ -18,8 +18,9 @@ def _textured(h: int = 64, w: int = 64) -> np.ndarray:
     """Smooth colour gradients plus a checker, so every masker has something to remove."""
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     checker = ((np.arange(h)[:, None] // 4 + np.arange(w)[None] // 4) % 2) * 0.3
-    image = np.stack([0.2 + 0.5 * xx + checker, 0.6 - 0.4 * yy + 0.2 * checker, 0.3 + 0.3 * xx * yy],
-                     axis=-1)
+    image = np.stack(
+        [0.2 + 0.5 * xx + checker, 0.6 - 0.4 * yy + 0.2 * checker, 0.3 + 0.3 * xx * yy], axis=-1
+    )
     return np.clip(image, 0, 1).astype(np.float32)
 
 
@@ -63,8 +64,8 @@ def test_shape_mismatch_is_a_clear_error(name):
 def _quadrant_segments(h: int = 48, w: int = 64) -> np.ndarray:
     """0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right (0 borders 2 over 32 px, 1 over 24)."""
     segments = np.zeros((h, w), np.int64)
-    segments[:, w // 2:] += 1
-    segments[h // 2:] += 2
+    segments[:, w // 2 :] += 1
+    segments[h // 2 :] += 2
     return segments
 
 

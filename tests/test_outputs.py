@@ -49,9 +49,22 @@ def commands(place: Path) -> dict[str, list]:
     return {
         "index --db": ["index", images, "--db", place / "out" / "index.db", "-b", BACKBONE],
         "explain --out": ["explain", images, "--out", place / "out" / "radar", "-b", BACKBONE],
-        "report --out": ["report", "--out", place / "out" / "report.html", "-b", BACKBONE, "--examples"],
-        "train-head --out": ["train-head", place / "data", "--out", place / "out" / "head.safetensors",
-                             "-b", BACKBONE],
+        "report --out": [
+            "report",
+            "--out",
+            place / "out" / "report.html",
+            "-b",
+            BACKBONE,
+            "--examples",
+        ],
+        "train-head --out": [
+            "train-head",
+            place / "data",
+            "--out",
+            place / "out" / "head.safetensors",
+            "-b",
+            BACKBONE,
+        ],
     }
 
 
@@ -65,7 +78,9 @@ def place(open_tmp_path) -> Path:
     return open_tmp_path
 
 
-@pytest.mark.parametrize("command", ["index --db", "explain --out", "report --out", "train-head --out"])
+@pytest.mark.parametrize(
+    "command", ["index --db", "explain --out", "report --out", "train-head --out"]
+)
 def test_a_read_only_output_folder_is_refused_before_any_work(place, as_nobody, command):
     (place / "out").chmod(0o555)
     status, outcome = as_nobody(cli, *commands(place)[command])
@@ -77,12 +92,15 @@ def test_a_read_only_output_folder_is_refused_before_any_work(place, as_nobody, 
     assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize("command, make, why", [
-    ("index --db", "folder", "is a folder"),
-    ("explain --out", "file", "exists and is a file"),
-    ("report --out", "folder", "is a folder"),
-    ("train-head --out", "folder", "is a folder"),
-])
+@pytest.mark.parametrize(
+    "command, make, why",
+    [
+        ("index --db", "folder", "is a folder"),
+        ("explain --out", "file", "exists and is a file"),
+        ("report --out", "folder", "is a folder"),
+        ("train-head --out", "folder", "is a folder"),
+    ],
+)
 def test_an_output_of_the_wrong_kind_is_refused_before_any_work(place, command, make, why):
     argv = commands(place)[command]
     target = Path(argv[argv.index(command.split()[1]) + 1])
@@ -92,4 +110,7 @@ def test_an_output_of_the_wrong_kind_is_refused_before_any_work(place, command, 
         target.write_text("a file in the way")
     code, err, built = cli(*argv)
     assert (code, built) == (2, 0)
-    assert err.startswith(f"sxai: error: {command.split()[1]} {target}: {why}") and err.count("\n") == 1
+    assert (
+        err.startswith(f"sxai: error: {command.split()[1]} {target}: {why}")
+        and err.count("\n") == 1
+    )

@@ -34,9 +34,15 @@ def test_matches_sklearn_pca_on_the_transposed_matrix(shape):
     # channels as samples, images as features: sklearn's column centring is our row centring
     reference = PCA(n_components=k, svd_solver="full").fit(x.T)
     scores = reference.transform(x.T).T  # k×C
-    np.testing.assert_allclose(ours.components_, align_sign(ours.components_, scores), rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(ours.explained_variance_[:k], reference.explained_variance_, rtol=1e-9)
-    np.testing.assert_allclose(ours.explained_variance_ratio_[:k], reference.explained_variance_ratio_, rtol=1e-9)
+    np.testing.assert_allclose(
+        ours.components_, align_sign(ours.components_, scores), rtol=1e-7, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        ours.explained_variance_[:k], reference.explained_variance_, rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        ours.explained_variance_ratio_[:k], reference.explained_variance_ratio_, rtol=1e-9
+    )
 
 
 def test_matches_numpy_svd():
@@ -45,8 +51,12 @@ def test_matches_numpy_svd():
     u, s, vt = np.linalg.svd(centred, full_matrices=False)
     ours = RowCentredPCA(n_components=4).fit(x)
     expected_scores = (vt[:4].T * s[:4]).T  # X̂ᵀU = VΣ
-    np.testing.assert_allclose(ours.components_, align_sign(ours.components_, expected_scores), atol=1e-9)
-    np.testing.assert_allclose(ours.explained_variance_, s**2 / (x.shape[1] - 1), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        ours.components_, align_sign(ours.components_, expected_scores), atol=1e-9
+    )
+    np.testing.assert_allclose(
+        ours.explained_variance_, s**2 / (x.shape[1] - 1), rtol=1e-9, atol=1e-12
+    )
     np.testing.assert_allclose(np.abs(ours.eigenvectors_), np.abs(u[:, :4]), atol=1e-9)
 
 
@@ -80,15 +90,22 @@ def test_sign_rule_makes_the_result_independent_of_image_order():
 
 def test_sign_rule_falls_back_to_the_largest_score_when_uncorrelated():
     # the mean trait of these rows is constant after row centring: no correlation to follow
-    x = np.array([[1.0, 0.0, -1.0, 0.0], [-1.0, 0.0, 1.0, 0.0], [0.0, 3.0, 0.0, -3.0], [0.0, -3.0, 0.0, 3.0]])
+    x = np.array(
+        [[1.0, 0.0, -1.0, 0.0], [-1.0, 0.0, 1.0, 0.0], [0.0, 3.0, 0.0, -3.0], [0.0, -3.0, 0.0, 3.0]]
+    )
     pca = RowCentredPCA(n_components=2).fit(x)
     for scores in pca.components_:
         assert scores[np.argmax(np.abs(scores))] > 0
 
 
 @settings(max_examples=30, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(2, 12), st.integers(3, 20)),
-              elements=st.floats(0, 10, allow_nan=False)))
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(2, 12), st.integers(3, 20)),
+        elements=st.floats(0, 10, allow_nan=False),
+    )
+)
 def test_information_ratios_sum_to_one_and_are_sorted(x):
     if np.allclose(row_centre(x), 0):
         return  # every row constant: no variance to share out
@@ -116,7 +133,11 @@ def test_default_variance_is_the_papers_85_percent():
     x = traits_matrix(20, 50, seed=6)
     pca = RowCentredPCA().fit(x)
     cumulative = np.cumsum(pca.explained_variance_ratio_)
-    assert cumulative[pca.n_components_ - 1] >= 0.85 > (cumulative[pca.n_components_ - 2] if pca.n_components_ > 1 else 0)
+    assert (
+        cumulative[pca.n_components_ - 1]
+        >= 0.85
+        > (cumulative[pca.n_components_ - 2] if pca.n_components_ > 1 else 0)
+    )
 
 
 def test_explicit_n_components_is_capped_at_the_rank_bound():
@@ -134,7 +155,9 @@ def test_first_pc_is_pc1():
 def test_accepts_torch_tensors():
     torch = pytest.importorskip("torch")
     x = traits_matrix(6, 12, seed=9)
-    np.testing.assert_allclose(first_pc(torch.from_numpy(x).float()), first_pc(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        first_pc(torch.from_numpy(x).float()), first_pc(x), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("bad", [np.zeros((1, 5)), np.zeros(5), np.zeros((2, 3, 4))])

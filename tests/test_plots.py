@@ -13,8 +13,11 @@ from pathlib import Path
 
 # A backend a notebook would have; when matplotlib-inline is not installed, "svg" stands in: any
 # non-Agg name shows a switch (an unloadable name would also fail as soon as someone used it).
-BACKEND = ("module://matplotlib_inline.backend_inline" if importlib.util.find_spec("matplotlib_inline")
-           else "svg")
+BACKEND = (
+    "module://matplotlib_inline.backend_inline"
+    if importlib.util.find_spec("matplotlib_inline")
+    else "svg"
+)
 
 # Every plotting function, called once with small inputs, in a fresh interpreter.
 SCRIPT = r"""
@@ -83,8 +86,14 @@ def test_plots_leave_the_backend_alone_and_never_load_pyplot(tmp_path):
     env = {**os.environ, "MPLBACKEND": BACKEND}
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["start"] == BACKEND
@@ -93,12 +102,16 @@ def test_plots_leave_the_backend_alone_and_never_load_pyplot(tmp_path):
     from sxai_plugins.viz import plots
 
     drawing = {name for name in plots.__all__ if inspect.isfunction(getattr(plots, name))}
-    assert drawing - {"new_figure", "save_figure", "radar_data", "radar_figure"} == set(seen["called"])
+    assert drawing - {"new_figure", "save_figure", "radar_data", "radar_figure"} == set(
+        seen["called"]
+    )
 
 
 def test_no_module_of_the_package_uses_pyplot():
     root = Path(__file__).resolve().parents[1] / "sxai_plugins"
     for path in root.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
-        assert "import matplotlib.pyplot" not in text and "from matplotlib import pyplot" not in text, path
+        assert (
+            "import matplotlib.pyplot" not in text and "from matplotlib import pyplot" not in text
+        ), path
         assert "matplotlib.use(" not in text, path

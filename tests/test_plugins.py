@@ -13,7 +13,7 @@ import sxai_plugins as sx
 from sxai_plugins._utils.errors import PluginNotFoundError
 from sxai_plugins.plugin import manager as registry
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 from functools import partial
 from sxai_plugins import BackboneSpec, hookimpl
 from sxai_plugins.models import build_timm_trait_model
@@ -30,7 +30,7 @@ class Shout:
 @hookimpl
 def sxai_explanation_templates():
     return [Shout()]
-'''
+"""
 
 
 def install_fake_distribution(site: Path, dist: str, module: str, source: str) -> None:
@@ -66,7 +66,9 @@ def test_installed_distribution_is_discovered_and_removed(site: Path) -> None:
 
 
 def test_broken_plugin_is_reported_and_the_rest_keeps_working(site: Path) -> None:
-    install_fake_distribution(site, "sxai-plugin-broken", "sxai_broken_plugin", "raise ImportError('boom')\n")
+    install_fake_distribution(
+        site, "sxai-plugin-broken", "sxai_broken_plugin", "raise ImportError('boom')\n"
+    )
     with pytest.warns(RuntimeWarning, match="sxai-plugin-broken.*boom"):
         registry.reload_plugins()
     assert [f.name for f in registry.plugin_failures()] == ["sxai-plugin-broken"]
@@ -76,8 +78,12 @@ def test_broken_plugin_is_reported_and_the_rest_keeps_working(site: Path) -> Non
 def test_missing_first_party_plugin_names_the_package(monkeypatch) -> None:
     real = importlib.metadata.entry_points
 
-    def without_vgg(**kwargs):  # what the environment looks like after `pip uninstall sxai-plugins-vgg`
-        return [ep for ep in real(**kwargs) if ep.dist is None or ep.dist.name != "sxai-plugins-vgg"]
+    def without_vgg(
+        **kwargs,
+    ):  # what the environment looks like after `pip uninstall sxai-plugins-vgg`
+        return [
+            ep for ep in real(**kwargs) if ep.dist is None or ep.dist.name != "sxai-plugins-vgg"
+        ]
 
     monkeypatch.setattr(registry.importlib.metadata, "entry_points", without_vgg)
     registry.reload_plugins()
@@ -87,7 +93,9 @@ def test_missing_first_party_plugin_names_the_package(monkeypatch) -> None:
             sx.create_model("vgg19", pretrained=False)
         # the distributions are not on PyPI: the message must not send people there
         assert "pip install sxai-plugins-vgg" not in str(info.value)
-        assert "`pip install ./sxai_plugins_vgg`" in str(info.value) and "checkout" in str(info.value)
+        assert "`pip install ./sxai_plugins_vgg`" in str(info.value) and "checkout" in str(
+            info.value
+        )
     finally:
         monkeypatch.undo()
         registry.reload_plugins()
@@ -111,13 +119,13 @@ def test_runtime_registration_of_a_plain_module(tmp_path) -> None:
         sx.get_plugin_manager().unregister(name="my_rules")
 
 
-MISSPELLED = '''
+MISSPELLED = """
 from sxai_plugins import hookimpl
 
 @hookimpl
 def sxai_backbone():  # the hook is sxai_backbones
     return []
-'''
+"""
 
 HELLO = Path(__file__).parent / "fixtures" / "hello_command" / "sxai_hello_command.py"
 
@@ -125,7 +133,9 @@ HELLO = Path(__file__).parent / "fixtures" / "hello_command" / "sxai_hello_comma
 def test_a_misspelled_hook_is_refused_with_its_name() -> None:
     module = type(sys)("typo_rules")
     exec(textwrap.dedent(MISSPELLED), module.__dict__)
-    with pytest.raises(sx.PluginError, match=r"typo_rules.*sxai_backbone\b.*did you mean sxai_backbones\?"):
+    with pytest.raises(
+        sx.PluginError, match=r"typo_rules.*sxai_backbone\b.*did you mean sxai_backbones\?"
+    ):
         sx.register_plugin(module, name="typo_rules")
     assert sx.get_plugin_manager().get_plugin("typo_rules") is None  # refused, not half-registered
 
@@ -151,7 +161,9 @@ def test_a_plugin_adds_a_command_to_the_cli(site: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = capsys.readouterr().out
-    assert "hello" in help_text and help_text.index("explain") < help_text.index("hello")  # core first
+    assert "hello" in help_text and help_text.index("explain") < help_text.index(
+        "hello"
+    )  # core first
 
 
 def test_a_plugin_command_runs_from_the_installed_console_script(site: Path) -> None:
@@ -159,9 +171,17 @@ def test_a_plugin_command_runs_from_the_installed_console_script(site: Path) -> 
     import subprocess
 
     install_fake_distribution(site, "sxai-hello-command", "sxai_hello_command", HELLO.read_text())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "sxai_plugins", "hello", "there"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sxai_plugins", "hello", "there"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("hello there; ")
 

@@ -31,8 +31,9 @@ C = 24
 CLASS_CHANNEL = 0  # high for cats
 CONCEPT_CHANNELS = (3, 11, 20)  # 20 falls when the concept is there
 ARTIFACT_CHANNELS = (5, 6)  # rise whenever anything is masked
-RECIPE = ProbeRecipe(train_maskings=("superpixel@15", "blur@20"), held_out_maskings=("inpaint@20",),
-                     n_ssn=4, folds=4)
+RECIPE = ProbeRecipe(
+    train_maskings=("superpixel@15", "blur@20"), held_out_maskings=("inpaint@20",), n_ssn=4, folds=4
+)
 
 
 def synthetic_bank(n_images: int, seed: int) -> ProbeFeatures:
@@ -44,7 +45,11 @@ def synthetic_bank(n_images: int, seed: int) -> ProbeFeatures:
     for i in range(n_images):
         cat = i % 2 == 0
         shows = rng.random() < 0.6
-        images.append(LabelledImage(Path(f"/synthetic/{seed}/{i}.png"), "cat" if cat else "dog", {"eyes": shows}))
+        images.append(
+            LabelledImage(
+                Path(f"/synthetic/{seed}/{i}.png"), "cat" if cat else "dog", {"eyes": shows}
+            )
+        )
         base = rng.normal(0.0, 1.0, C)
         base[CLASS_CHANNEL] += 2.5 if cat else -2.5
         strength = rng.normal(1.8, 0.5) if shows else 0.0
@@ -61,8 +66,13 @@ def synthetic_bank(n_images: int, seed: int) -> ProbeFeatures:
             traits.append(base + artifact + rng.normal(0, 0.1, C))
             rows.append(ProbeRow(i, CONTROL, "eyes", masking, 0.1))
             traits.append(original + artifact + rng.normal(0, 0.1, C))
-    return ProbeFeatures(images, rows, torch.tensor(np.array(traits), dtype=torch.float32), ("eyes",),
-                         RECIPE.train_maskings + RECIPE.held_out_maskings)
+    return ProbeFeatures(
+        images,
+        rows,
+        torch.tensor(np.array(traits), dtype=torch.float32),
+        ("eyes",),
+        RECIPE.train_maskings + RECIPE.held_out_maskings,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +119,9 @@ def test_without_control_copies_the_probe_reads_the_masking_artefact() -> None:
     recipe = ProbeRecipe(**{**RECIPE.__dict__, "control_weight": 0.0})
     probe = fit_probe(bank.traits, training_set(bank, "cat", "eyes", recipe), recipe)
     fresh = synthetic_bank(600, seed=3)
-    shift = space_metrics(fresh, "cat", "eyes", probe.probability(fresh.traits), recipe.held_out_maskings)
+    shift = space_metrics(
+        fresh, "cat", "eyes", probe.probability(fresh.traits), recipe.held_out_maskings
+    )
     assert shift["control_shift"] > 0.1
 
 
@@ -153,16 +165,33 @@ def make_v2(weight=None, slope=2.0, intercept=-0.5, **kw) -> SemanticSpace:
     from sxai_plugins.spaces.space import ProbeHead
 
     w = torch.linspace(-1, 1, 8) if weight is None else weight
-    return SemanticSpace("cat", "eyes", "tiny", "abc", 8, torch.tensor([7, 0]), torch.tensor([1.0, -1.0]),
-                         probe=ProbeHead(w, 0.25, slope, intercept), **kw)
+    return SemanticSpace(
+        "cat",
+        "eyes",
+        "tiny",
+        "abc",
+        8,
+        torch.tensor([7, 0]),
+        torch.tensor([1.0, -1.0]),
+        probe=ProbeHead(w, 0.25, slope, intercept),
+        **kw,
+    )
 
 
 def test_v1_and_v2_files_round_trip(tmp_path) -> None:
     from sxai_plugins.spaces.space import Reference
 
     v2 = make_v2(evaluation={"drop": 0.97, "auroc": float("nan")})
-    v1 = SemanticSpace("dog", "nose", "tiny", "abc", 8, torch.tensor([3, 1]), torch.tensor([2.0, -1.0]),
-                       reference=Reference(0.0, 1.0, -3.0, 3.0, 100, 0.99))
+    v1 = SemanticSpace(
+        "dog",
+        "nose",
+        "tiny",
+        "abc",
+        8,
+        torch.tensor([3, 1]),
+        torch.tensor([2.0, -1.0]),
+        reference=Reference(0.0, 1.0, -3.0, 3.0, 100, 0.99),
+    )
     v2.save(tmp_path / "cat.eyes.safetensors")
     v1.save(tmp_path / "dog.nose.safetensors")
     loaded = {s.key: s for s in load_spaces([tmp_path])}
@@ -188,20 +217,26 @@ def _rewrite(path: Path, change) -> None:
     save_file(tensors, str(path), metadata={"sxai.space": json.dumps(meta)})
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m, t: m["probe"]["calibration"].update(slope=float("nan")), "calibration slope"),
-    (lambda m, t: m["probe"]["calibration"].update(intercept=float("inf")), "calibration intercept"),
-    (lambda m, t: m["probe"]["calibration"].update(slope=-1.0), "slope must be positive"),
-    (lambda m, t: m["probe"]["calibration"].update(slope="1"), "calibration slope"),
-    (lambda m, t: m["probe"].update(bias=None), "probe bias"),
-    (lambda m, t: m["probe"].pop("calibration"), "calibration"),
-    (lambda m, t: t.update(weight=torch.full((8,), float("nan"))), "NaN"),
-    (lambda m, t: t.update(weight=torch.ones(5)), "5 values for 8"),
-    (lambda m, t: t.pop("weight"), "'weight' tensor"),
-    (lambda m, t: m.update(format_version=3), "newer"),
-    (lambda m, t: m.update(class_name="../../etc"), "not a valid name"),
-    (lambda m, t: m.update(concept="/abs/path"), "not a valid name"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m, t: m["probe"]["calibration"].update(slope=float("nan")), "calibration slope"),
+        (
+            lambda m, t: m["probe"]["calibration"].update(intercept=float("inf")),
+            "calibration intercept",
+        ),
+        (lambda m, t: m["probe"]["calibration"].update(slope=-1.0), "slope must be positive"),
+        (lambda m, t: m["probe"]["calibration"].update(slope="1"), "calibration slope"),
+        (lambda m, t: m["probe"].update(bias=None), "probe bias"),
+        (lambda m, t: m["probe"].pop("calibration"), "calibration"),
+        (lambda m, t: t.update(weight=torch.full((8,), float("nan"))), "NaN"),
+        (lambda m, t: t.update(weight=torch.ones(5)), "5 values for 8"),
+        (lambda m, t: t.pop("weight"), "'weight' tensor"),
+        (lambda m, t: m.update(format_version=3), "newer"),
+        (lambda m, t: m.update(class_name="../../etc"), "not a valid name"),
+        (lambda m, t: m.update(concept="/abs/path"), "not a valid name"),
+    ],
+)
 def test_v2_files_with_bad_numbers_or_names_are_refused(tmp_path, change, message) -> None:
     path = make_v2().save(tmp_path / "cat.eyes.safetensors")
     _rewrite(path, change)
@@ -218,7 +253,9 @@ def test_control_region_keeps_clear_of_the_concept_and_matches_its_size() -> Non
     concept = np.isin(segments, [9, 10])
     other_part = np.isin(segments, [54])
     for seed in range(5):
-        region = control_region(segments, concept, concept | other_part, np.random.default_rng(seed))
+        region = control_region(
+            segments, concept, concept | other_part, np.random.default_rng(seed)
+        )
         assert region is not None
         assert not (binary_dilation(concept | other_part, iterations=2) & region).any()
         assert 0.5 * concept.sum() <= region.sum() <= 2.0 * concept.sum()
@@ -227,7 +264,9 @@ def test_control_region_keeps_clear_of_the_concept_and_matches_its_size() -> Non
 
         assert label(region)[1] == 1
     # different seeds, different places; the same seed, the same place
-    regions = [control_region(segments, concept, concept, np.random.default_rng(s)) for s in (0, 0, 1)]
+    regions = [
+        control_region(segments, concept, concept, np.random.default_rng(s)) for s in (0, 0, 1)
+    ]
     assert np.array_equal(regions[0], regions[1]) and not np.array_equal(regions[0], regions[2])
     # nowhere to go: the concept and its surroundings cover the image
     everything = np.ones((64, 64), bool)
@@ -248,9 +287,13 @@ def test_names_of_maskings_and_stable_seeds() -> None:
 def test_expected_calibration_error_of_known_cases() -> None:
     p = np.array([0.1, 0.1, 0.9, 0.9])
     assert expected_calibration_error(p, np.array([0, 0, 1, 1])) == pytest.approx(0.1)
-    assert expected_calibration_error(np.full(10, 0.5), np.r_[np.ones(5), np.zeros(5)]) == pytest.approx(0.0)
+    assert expected_calibration_error(
+        np.full(10, 0.5), np.r_[np.ones(5), np.zeros(5)]
+    ) == pytest.approx(0.0)
     # weights count: one heavy miscalibrated sample dominates
-    assert expected_calibration_error(np.array([0.9, 0.1]), np.array([0, 0]), np.array([9.0, 1.0])) == pytest.approx(0.82)
+    assert expected_calibration_error(
+        np.array([0.9, 0.1]), np.array([0, 0]), np.array([9.0, 1.0])
+    ) == pytest.approx(0.82)
 
 
 def test_build_probe_spaces_refuses_too_little_data(tiny_model) -> None:
@@ -275,27 +318,42 @@ def _synthetic_dataset(root: Path) -> Path:
         visible = i % 6 not in (0, 1)
         x, y = int(rng.integers(8, 30)), int(rng.integers(8, 30))
         if visible:
-            pixels[y:y + 10, x:x + 10] = (250, 240, 30)
+            pixels[y : y + 10, x : x + 10] = (250, 240, 30)
         Image.fromarray(pixels).save(root / name / f"{name}{i}.png")
         images.append({"id": i, "file_name": f"{name}/{name}{i}.png", "width": 48, "height": 48})
-        annotations.append({"id": 100 + i, "image_id": i, "category_id": 1 if name == "cat" else 2,
-                            "keypoints": [x + 5, y + 5, 2 if visible else 0]})
-    coco = {"images": images, "annotations": annotations, "concepts": {"eyes": ["eye"]},
-            "categories": [{"id": 1, "name": "cat", "keypoints": ["eye"]},
-                           {"id": 2, "name": "dog", "keypoints": ["eye"]}]}
+        annotations.append(
+            {
+                "id": 100 + i,
+                "image_id": i,
+                "category_id": 1 if name == "cat" else 2,
+                "keypoints": [x + 5, y + 5, 2 if visible else 0],
+            }
+        )
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "concepts": {"eyes": ["eye"]},
+        "categories": [
+            {"id": 1, "name": "cat", "keypoints": ["eye"]},
+            {"id": 2, "name": "dog", "keypoints": ["eye"]},
+        ],
+    }
     (root / "coco.json").write_text(json.dumps(coco))
     return root / "coco.json"
 
 
 @pytest.fixture
 def tiny_backbone(backbone_plugin):
-    with backbone_plugin("tiny_probe_net", lambda **_: make_tiny_model(trait_dim=16), "tiny CNN") as name:
+    with backbone_plugin(
+        "tiny_probe_net", lambda **_: make_tiny_model(trait_dim=16), "tiny CNN"
+    ) as name:
         yield name
 
 
 @pytest.mark.parametrize("recipe", ["probe", "tuned", "paper"])
-def test_sxai_space_builds_every_recipe_and_replaces_the_folder(tmp_path, tiny_backbone, recipe, capsys,
-                                                                monkeypatch) -> None:
+def test_sxai_space_builds_every_recipe_and_replaces_the_folder(
+    tmp_path, tiny_backbone, recipe, capsys, monkeypatch
+) -> None:
     from sxai_plugins.cli.main import main
 
     monkeypatch.setenv("SXAI_CACHE", str(tmp_path / "cache"))
@@ -305,9 +363,26 @@ def test_sxai_space_builds_every_recipe_and_replaces_the_folder(tmp_path, tiny_b
     (out / "cat.nose.safetensors").write_bytes(b"a space of an earlier build")
     # a small regularisation grid and 2 inner folds keep the test quick; the CLI reads them from TOML
     config = tmp_path / "space.toml"
-    config.write_text("[recipe_options]\ncs = [0.01, 0.1]\nfolds = 2\n" if recipe == "probe" else "")
-    args = ["space", "--config", str(config), "--annotations", str(coco), "--out", str(out), "-b", tiny_backbone,
-            "--recipe", recipe, "--reference", str(tmp_path / "data"), "--no-plots", "--json"]
+    config.write_text(
+        "[recipe_options]\ncs = [0.01, 0.1]\nfolds = 2\n" if recipe == "probe" else ""
+    )
+    args = [
+        "space",
+        "--config",
+        str(config),
+        "--annotations",
+        str(coco),
+        "--out",
+        str(out),
+        "-b",
+        tiny_backbone,
+        "--recipe",
+        recipe,
+        "--reference",
+        str(tmp_path / "data"),
+        "--no-plots",
+        "--json",
+    ]
     # an untrained tiny model calls everything one class, so the v1 recipes (which fit a
     # reference distribution on the images predicted as the space's class) build cat spaces only
     classes = ["cat", "dog"] if recipe == "probe" else ["cat"]
@@ -352,7 +427,9 @@ def test_sxai_space_probe_errors_are_clear(tmp_path, tiny_backbone, capsys, monk
 
 # --------------------------------------------------------------------------------- integration
 @pytest.mark.integration
-def test_bundled_examples_that_the_model_is_sure_of_are_explained_by_their_own_concepts(default_model) -> None:
+def test_bundled_examples_that_the_model_is_sure_of_are_explained_by_their_own_concepts(
+    default_model,
+) -> None:
     """Each bundled example with P(class) > 0.99 gets a sentence that names at least one concept
     of that class as support (what the v1 spaces failed on: cat_18.jpg was 'not sure')."""
     from sxai_plugins import get_explanation_template
@@ -373,8 +450,11 @@ def test_bundled_examples_that_the_model_is_sure_of_are_explained_by_their_own_c
             continue
         sure += 1
         sentence = template.render(assessment)
-        supported = [c.concept for c in judge(assessment, template.rules).concepts
-                     if c.mentioned and not c.confusing]
+        supported = [
+            c.concept
+            for c in judge(assessment, template.rules).concepts
+            if c.mentioned and not c.confusing
+        ]
         assert supported, f"{path.name}: {sentence}"
         assert any(concept in sentence for concept in supported), f"{path.name}: {sentence}"
     assert sure >= 4  # the test means something only if most examples are confident
@@ -385,12 +465,24 @@ def test_v1_recipes_are_scored_out_of_fold_on_the_same_bank() -> None:
 
     bank = synthetic_bank(120, seed=6)
     originals = np.flatnonzero(bank.column("kind") == ORIGINAL)
-    reference = V1Material(bank.traits[originals], bank.image_column("class_name")[originals],
-                           [str(p) for p in bank.image_column("path")[originals]])
+    reference = V1Material(
+        bank.traits[originals],
+        bank.image_column("class_name")[originals],
+        [str(p) for p in bank.image_column("path")[originals]],
+    )
     for recipe in ("paper", "tuned"):
         qq: dict[str, list[float]] = {}
-        p = out_of_fold(bank, ["cat"], ["eyes"], recipe, RECIPE, folds=3, reference=reference,
-                        progress=False, qq_r2=qq)["cat.eyes"]
+        p = out_of_fold(
+            bank,
+            ["cat"],
+            ["eyes"],
+            recipe,
+            RECIPE,
+            folds=3,
+            reference=reference,
+            progress=False,
+            qq_r2=qq,
+        )["cat.eyes"]
         assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
         assert len(qq["cat.eyes"]) == 3  # one v1 space, with its own reference fit, per fold
     with pytest.raises(SpaceError, match="needs the reference"):

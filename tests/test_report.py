@@ -36,17 +36,32 @@ BACKBONE = "tiny_report_cnn"
 # the masker's name still come from the file: they must never reach the page unescaped.
 EVIL = "<img src=x onerror=alert(1)>"
 # (key, SSN indices, Δ): channel 1 is shared by cat.eyes and cat.nose
-SPACES = [("cat.eyes", [0, 1], [1.0, 0.5]), ("cat.nose", [1, 2], [0.8, -0.4]),
-          ("dog.ears", [3, 4], [-1.0, 0.7]), ("dog.eyes", [5, 6, 7], [0.9, 0.3, -0.2])]
-EVALUATION = {"n_eval": 8, "fraction_original_above_masked": 0.875, "auroc_original_vs_masked": 0.8125,
-              "auroc_visible_vs_not": float("nan"), "n_natural_negatives": 0, "qq_r2": 0.9731}
+SPACES = [
+    ("cat.eyes", [0, 1], [1.0, 0.5]),
+    ("cat.nose", [1, 2], [0.8, -0.4]),
+    ("dog.ears", [3, 4], [-1.0, 0.7]),
+    ("dog.eyes", [5, 6, 7], [0.9, 0.3, -0.2]),
+]
+EVALUATION = {
+    "n_eval": 8,
+    "fraction_original_above_masked": 0.875,
+    "auroc_original_vs_masked": 0.8125,
+    "auroc_visible_vs_not": float("nan"),
+    "n_natural_negatives": 0,
+    "qq_r2": 0.9731,
+}
 
 
-def build_tiny(pretrained: bool = True, weights=None, class_names=None, seed: int = 0) -> TraitModel:
+def build_tiny(
+    pretrained: bool = True, weights=None, class_names=None, seed: int = 0
+) -> TraitModel:
     torch.manual_seed(seed)
-    body = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2), nn.ReLU(), nn.Conv2d(6, TRAITS, 3), nn.ReLU())
-    return TraitModel(body, TRAITS, class_names or ["cat", "dog"], name=BACKBONE,
-                      input_size=(3, 32, 32)).eval()
+    body = nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2), nn.ReLU(), nn.Conv2d(6, TRAITS, 3), nn.ReLU()
+    )
+    return TraitModel(
+        body, TRAITS, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, 32, 32)
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -89,29 +104,57 @@ def write_spaces(folder: Path, model: TraitModel, with_extras: bool = True) -> P
     spaces = []
     for key, indices, delta in SPACES:
         class_name, concept = key.split(".", 1)
-        space = SemanticSpace(class_name, concept, BACKBONE, model.fingerprint(), TRAITS,
-                              torch.tensor(indices), torch.tensor(delta),
-                              masker=EVIL if key == "dog.ears" else "superpixel",
-                              n_images=12, recipe={"mode": "paper"}, evaluation=dict(EVALUATION))
+        space = SemanticSpace(
+            class_name,
+            concept,
+            BACKBONE,
+            model.fingerprint(),
+            TRAITS,
+            torch.tensor(indices),
+            torch.tensor(delta),
+            masker=EVIL if key == "dog.ears" else "superpixel",
+            n_images=12,
+            recipe={"mode": "paper"},
+            evaluation=dict(EVALUATION),
+        )
         space.with_reference(reference @ space.weight_vector()).save(folder / f"{key}.safetensors")
         spaces.append(space)
     if not with_extras:
         return folder
-    (folder / "report.json").write_text(json.dumps({
-        "backbone": BACKBONE, "fingerprint": model.fingerprint(), "recipe": "paper",
-        "annotations": "concepts.coco.json", "reference": "train",
-        "spaces": {s.key: {"ssn": s.indices.tolist(), "delta": s.delta.tolist(), **EVALUATION,
-                           "fraction_original_above_masked": 0.5 + 0.1 * i}
-                   for i, s in enumerate(spaces)},
-        "shared_channels": {"1": ["cat.eyes", "cat.nose"]},
-    }))
+    (folder / "report.json").write_text(
+        json.dumps(
+            {
+                "backbone": BACKBONE,
+                "fingerprint": model.fingerprint(),
+                "recipe": "paper",
+                "annotations": "concepts.coco.json",
+                "reference": "train",
+                "spaces": {
+                    s.key: {
+                        "ssn": s.indices.tolist(),
+                        "delta": s.delta.tolist(),
+                        **EVALUATION,
+                        "fraction_original_above_masked": 0.5 + 0.1 * i,
+                    }
+                    for i, s in enumerate(spaces)
+                },
+                "shared_channels": {"1": ["cat.eyes", "cat.nose"]},
+            }
+        )
+    )
     rng = np.random.default_rng(3)
     for i, space in enumerate(spaces):
         plot_png(folder / "plots" / f"{space.key}.distribution.png", space.key)
         for end in ("low", "high"):
-            save_png(rng.integers(0, 255, (40, 90, 3), dtype=np.uint8), folder / "plots" / f"{space.key}.{end}.png")
+            save_png(
+                rng.integers(0, 255, (40, 90, 3), dtype=np.uint8),
+                folder / "plots" / f"{space.key}.{end}.png",
+            )
         if i == 0:  # only one space has an inversion, as when --invert was not given for a rebuild
-            save_png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), folder / "plots" / f"{space.key}.inversion.png")
+            save_png(
+                rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                folder / "plots" / f"{space.key}.inversion.png",
+            )
     return folder
 
 
@@ -123,16 +166,32 @@ def spaces_dir(tmp_path_factory, model) -> Path:
 @pytest.fixture(scope="module")
 def traits_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("traits")
-    (folder / "summary.json").write_text(json.dumps({
-        "backbone": BACKBONE, "class": "cat <&> kitten", "n_used": 6, "seed": 0,
-        "genetic_search": None, "pc1_information_ratio": 0.4321, "n_components_85": 3,
-        "inverter": "fourier", "stability": {"spread_percent": {"5": 2.5, "20": 0.75}, "repeats": 3}}))
-    (folder / "pca.json").write_text(json.dumps({"information_ratio": [0.4321, 0.3, 0.2],
-                                                 "cumulative": [0.4321, 0.7321, 0.9321]}))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "backbone": BACKBONE,
+                "class": "cat <&> kitten",
+                "n_used": 6,
+                "seed": 0,
+                "genetic_search": None,
+                "pc1_information_ratio": 0.4321,
+                "n_components_85": 3,
+                "inverter": "fourier",
+                "stability": {"spread_percent": {"5": 2.5, "20": 0.75}, "repeats": 3},
+            }
+        )
+    )
+    (folder / "pca.json").write_text(
+        json.dumps(
+            {"information_ratio": [0.4321, 0.3, 0.2], "cumulative": [0.4321, 0.7321, 0.9321]}
+        )
+    )
     plot_png(folder / "information_ratio.png", "ratios")
     rng = np.random.default_rng(4)
     for k in (10, 2, 1):
-        save_png(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), folder / "inversions" / f"pc{k}.png")
+        save_png(
+            rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), folder / "inversions" / f"pc{k}.png"
+        )
     return folder
 
 
@@ -140,7 +199,9 @@ def traits_dir(tmp_path_factory) -> Path:
 def images(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("images")
     for i, image in enumerate(varied_images(3, seed=5)):
-        save_png((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), folder / f"pic{i}.png")
+        save_png(
+            (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), folder / f"pic{i}.png"
+        )
     (folder / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     return folder
 
@@ -148,8 +209,15 @@ def images(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, model, spaces_dir, traits_dir, images) -> tuple[Path, list]:
     failures: list = []
-    out = build_report(model, spaces_dir, tmp_path_factory.mktemp("out") / "sub" / "report.html",
-                       traits_dir=traits_dir, examples=[images], progress=False, failures=failures)
+    out = build_report(
+        model,
+        spaces_dir,
+        tmp_path_factory.mktemp("out") / "sub" / "report.html",
+        traits_dir=traits_dir,
+        examples=[images],
+        progress=False,
+        failures=failures,
+    )
     return out, failures
 
 
@@ -171,7 +239,7 @@ def test_report_shows_model_spaces_traits_and_examples(report, model, spaces_dir
         assert section.startswith(f"Space {html.escape(key)}</h2>")
         for channel, d in zip(indices, delta):
             assert f'<td class="n">{channel}</td><td class="n">{d:.4f}</td>' in section
-        assert f"<td class=\"n\">{0.5 + 0.1 * i:.3f}</td>" in section
+        assert f'<td class="n">{0.5 + 0.1 * i:.3f}</td>' in section
     assert "0.812" in page and "0.973" in page  # AUROC and Q-Q R² to 3 decimals; NaN shows as n/a
     assert "n/a" in page
     # the shared channel 1 (cat.eyes, cat.nose) is listed in the shared-channels table
@@ -180,7 +248,11 @@ def test_report_shows_model_spaces_traits_and_examples(report, model, spaces_dir
     # common traits: settings, stability, PCs; inversions ordered pc1, pc2, pc10
     traits = page.split('id="traits"')[1].split('id="space-0"')[0]
     assert "0.432" in traits and "2.50" in traits and "0.75" in traits
-    assert [m for m in re.findall(r"<figcaption>(PC\d+)</figcaption>", traits)] == ["PC1", "PC2", "PC10"]
+    assert [m for m in re.findall(r"<figcaption>(PC\d+)</figcaption>", traits)] == [
+        "PC1",
+        "PC2",
+        "PC10",
+    ]
     assert "No stability of PC1 plot" in traits and "No PC1 per layer plot" in traits
     # the inversion is shown for the first space only, the others carry a note
     assert page.count("inversion of the space&#x27;s SSN target</figcaption>") == 1
@@ -195,7 +267,12 @@ def test_report_shows_model_spaces_traits_and_examples(report, model, spaces_dir
     for name in ("pic0.png", "pic1.png", "pic2.png"):
         batch = to_tensor(load_image(images / name), (32, 32))[None]
         [assessment] = assess(model, spaces, batch)
-        sentence = template.render(assessment).replace("'", "&#x27;").replace("<", "&lt;").replace(">", "&gt;")
+        sentence = (
+            template.render(assessment)
+            .replace("'", "&#x27;")
+            .replace("<", "&lt;")
+            .replace(">", "&gt;")
+        )
         assert f'<p class="sentence">{sentence}</p>' in examples
         assert f"<b>{assessment.predicted}</b>" in examples
 
@@ -212,8 +289,14 @@ def test_report_is_self_contained(report):
 
 
 def test_report_is_deterministic(report, tmp_path, model, spaces_dir, traits_dir, images):
-    again = build_report(model, spaces_dir, tmp_path / "again.html", traits_dir=traits_dir,
-                         examples=[images], progress=False)
+    again = build_report(
+        model,
+        spaces_dir,
+        tmp_path / "again.html",
+        traits_dir=traits_dir,
+        examples=[images],
+        progress=False,
+    )
     assert again.read_bytes() == report[0].read_bytes()
 
 
@@ -236,7 +319,11 @@ def test_missing_optional_pieces_are_noted(tmp_path, model):
     assert "No example images given" in page
     assert page.count(".distribution.png is missing") == len(SPACES)
     # no reference sheets at all: no section of notes about them
-    assert "Reference images at both ends" not in page and ".low.png" not in page and ".high.png" not in page
+    assert (
+        "Reference images at both ends" not in page
+        and ".low.png" not in page
+        and ".high.png" not in page
+    )
     # the command the page suggests is one the CLI accepts
     suggested = re.search(r"run `(sxai traits [^`]*)`", page).group(1)
     assert suggested == "sxai traits --data DATA --class CLASS --out DIR"
@@ -255,8 +342,9 @@ def test_unreadable_plot_and_bad_json_are_noted(tmp_path, model, spaces_dir):
     (broken / "report.json").write_text("{ truncated")
     traits = tmp_path / "traits"
     traits.mkdir()
-    page = build_report(model, broken, tmp_path / "r.html", traits_dir=traits,
-                        progress=False).read_text(encoding="utf-8")
+    page = build_report(
+        model, broken, tmp_path / "r.html", traits_dir=traits, progress=False
+    ).read_text(encoding="utf-8")
     assert "cat.eyes.distribution.png is unreadable" in page
     assert "report.json could not be read" in page
     assert "summary.json is missing" in page and "information_ratio.png is missing" in page
@@ -272,7 +360,9 @@ def test_required_inputs_raise_clear_errors(tmp_path, model, spaces_dir):
     with pytest.raises(SpaceError, match="weights"):
         build_report(other, spaces_dir, tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
-    page = build_report(other, spaces_dir, tmp_path / "r.html", force=True).read_text(encoding="utf-8")
+    page = build_report(other, spaces_dir, tmp_path / "r.html", force=True).read_text(
+        encoding="utf-8"
+    )
     assert "report.json was written for weights" in page  # the mismatch is flagged in the page
 
 
@@ -292,8 +382,20 @@ def test_written_atomically(tmp_path, model, spaces_dir):
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_report(tmp_path, backbone, spaces_dir, images, capsys):
     out = tmp_path / "cli.html"
-    rc = main(["report", "--backbone", backbone, "--spaces", str(spaces_dir),
-               "--examples", str(images / "pic0.png"), str(images / "bad.jpg"), "--out", str(out)])
+    rc = main(
+        [
+            "report",
+            "--backbone",
+            backbone,
+            "--spaces",
+            str(spaces_dir),
+            "--examples",
+            str(images / "pic0.png"),
+            str(images / "bad.jpg"),
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0 and f"wrote {out}" in captured.out
     assert "skipped:" in captured.err and "bad.jpg" in captured.err
@@ -305,7 +407,9 @@ def test_cli_report_defaults_to_the_bundled_examples(tmp_path, backbone, spaces_
     assert main(["report", "-b", backbone, "-s", str(spaces_dir), "-o", str(out)]) == 0
     page = out.read_text(encoding="utf-8")
     assert page.count('class="example"') == len(example_images()) == 6
-    assert main(["report", "-b", backbone, "-s", str(spaces_dir), "-o", str(out), "--examples"]) == 0
+    assert (
+        main(["report", "-b", backbone, "-s", str(spaces_dir), "-o", str(out), "--examples"]) == 0
+    )
     assert "No example images given" in out.read_text(encoding="utf-8")
 
 
@@ -316,19 +420,38 @@ def test_cli_report_without_bundled_spaces_is_an_error(tmp_path, backbone, capsy
 
 # ------------------------------------------------------------------------------------- browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-MARK_DECODED = ("<script>window.addEventListener('load',()=>{for(const i of document.images)"
-                "i.setAttribute('data-decoded',i.complete&&i.naturalWidth>0?'yes':'no')});</script>")
+MARK_DECODED = (
+    "<script>window.addEventListener('load',()=>{for(const i of document.images)"
+    "i.setAttribute('data-decoded',i.complete&&i.naturalWidth>0?'yes':'no')});</script>"
+)
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", *args],
-        capture_output=True, text=True, timeout=120, check=True)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)"
+)
 def test_renders_in_headless_chromium(report, tmp_path):
     page = report[0].read_text(encoding="utf-8")
     n_images = len(img_sources(page))

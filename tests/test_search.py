@@ -33,7 +33,9 @@ CLASSES = ("cat", "dog")
 
 def tiny_model(seed: int = 0) -> TraitModel:
     torch.manual_seed(seed)
-    body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, TRAITS, 3), nn.ReLU())
+    body = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, TRAITS, 3), nn.ReLU()
+    )
     return TraitModel(body, TRAITS, list(CLASSES), name="tiny", input_size=(3, 32, 32)).eval()
 
 
@@ -44,8 +46,15 @@ def tiny_spaces(model: TraitModel, keys=tuple(SPACES)) -> SpaceSet:
     for i, key in enumerate(keys):
         class_name, concept = key.split(".")
         idx = torch.tensor([i % TRAITS, (i + 5) % TRAITS])
-        space = SemanticSpace(class_name, concept, model.name, model.fingerprint(), TRAITS, idx,
-                              torch.tensor([1.0, -0.7]) * (i + 1))
+        space = SemanticSpace(
+            class_name,
+            concept,
+            model.name,
+            model.fingerprint(),
+            TRAITS,
+            idx,
+            torch.tensor([1.0, -0.7]) * (i + 1),
+        )
         spaces.append(space.with_reference(reference @ space.weight_vector()))
     return SpaceSet(spaces)
 
@@ -75,43 +84,58 @@ def test_two_conditions_compile_to_parameterised_sql():
     assert q.spaces == ("dog.nose", "cat.legs")
 
 
-@pytest.mark.parametrize(("query", "where", "params"), [
-    ("cat.eyes >= 0.5 or dog.eyes <= .5 and not cat.legs = 1",
-     "(p0 >= ? OR (p3 <= ? AND (NOT p1 = ?)))", (0.5, 0.5, 1.0)),
-    ("(cat.eyes > 0.5 or dog.eyes > 0.5) and cat.legs != 0", "((p0 > ? OR p3 > ?) AND p1 != ?)",
-     (0.5, 0.5, 0.0)),
-    ("predicted = dog", "predicted = ?", ("dog",)),
-    ('predicted == "cat" AND NOT predicted <> \'cat\'', "(predicted = ? AND (NOT predicted != ?))",
-     ("cat", "cat")),
-    ("0.2 < dog.eyes", "? < p3", (0.2,)),
-    ("dog.eyes > cat.eyes", "p3 > p0", ()),
-    ("cat.eyes > -1e-3", "p0 > ?", (-0.001,)),
-    ("not not cat.eyes < 0.5", "(NOT (NOT p0 < ?))", (0.5,)),
-])
+@pytest.mark.parametrize(
+    ("query", "where", "params"),
+    [
+        (
+            "cat.eyes >= 0.5 or dog.eyes <= .5 and not cat.legs = 1",
+            "(p0 >= ? OR (p3 <= ? AND (NOT p1 = ?)))",
+            (0.5, 0.5, 1.0),
+        ),
+        (
+            "(cat.eyes > 0.5 or dog.eyes > 0.5) and cat.legs != 0",
+            "((p0 > ? OR p3 > ?) AND p1 != ?)",
+            (0.5, 0.5, 0.0),
+        ),
+        ("predicted = dog", "predicted = ?", ("dog",)),
+        (
+            "predicted == \"cat\" AND NOT predicted <> 'cat'",
+            "(predicted = ? AND (NOT predicted != ?))",
+            ("cat", "cat"),
+        ),
+        ("0.2 < dog.eyes", "? < p3", (0.2,)),
+        ("dog.eyes > cat.eyes", "p3 > p0", ()),
+        ("cat.eyes > -1e-3", "p0 > ?", (-0.001,)),
+        ("not not cat.eyes < 0.5", "(NOT (NOT p0 < ?))", (0.5,)),
+    ],
+)
 def test_grammar(query, where, params):
     q = compile_query(query, SPACES, CLASSES)
     assert (q.where, q.params) == (where, params)
 
 
-@pytest.mark.parametrize(("query", "position", "fragment"), [
-    ("dog.nose > ", 11, "end of query"),
-    ("dog.nose > 0.9 and", 18, "end of query"),
-    ("dog.nose 0.9", 9, "comparison operator"),
-    ("(dog.nose > 0.9", 15, "')' to close the '(' at position 0"),
-    ("dog.nose > 0.9)", 14, "'and', 'or'"),
-    ("dog.nose @ 0.9", 9, "unexpected character '@'"),
-    ("predicted = 'cat", 12, "unterminated string"),
-    ("dog.noze > 0.9", 0, "unknown space 'dog.noze'"),
-    ("nose > 0.9", 0, "unknown name 'nose'"),
-    ("predicted = horse", 12, "unknown class 'horse' (classes: cat, dog)"),
-    ("predicted > cat", 10, "= or != only"),
-    ("predicted = 0.5", 12, "compared with a class name"),
-    ("0.1 < 0.2", 0, "at least one space"),
-    ("dog.eyes > 'cat'", 11, "only be compared with 'predicted'"),
-    ("dog.eyes > cat", 11, "unknown name 'cat'"),
-    ("", 0, "empty query"),
-    ("and", 0, "expected a space name"),
-])
+@pytest.mark.parametrize(
+    ("query", "position", "fragment"),
+    [
+        ("dog.nose > ", 11, "end of query"),
+        ("dog.nose > 0.9 and", 18, "end of query"),
+        ("dog.nose 0.9", 9, "comparison operator"),
+        ("(dog.nose > 0.9", 15, "')' to close the '(' at position 0"),
+        ("dog.nose > 0.9)", 14, "'and', 'or'"),
+        ("dog.nose @ 0.9", 9, "unexpected character '@'"),
+        ("predicted = 'cat", 12, "unterminated string"),
+        ("dog.noze > 0.9", 0, "unknown space 'dog.noze'"),
+        ("nose > 0.9", 0, "unknown name 'nose'"),
+        ("predicted = horse", 12, "unknown class 'horse' (classes: cat, dog)"),
+        ("predicted > cat", 10, "= or != only"),
+        ("predicted = 0.5", 12, "compared with a class name"),
+        ("0.1 < 0.2", 0, "at least one space"),
+        ("dog.eyes > 'cat'", 11, "only be compared with 'predicted'"),
+        ("dog.eyes > cat", 11, "unknown name 'cat'"),
+        ("", 0, "empty query"),
+        ("and", 0, "expected a space name"),
+    ],
+)
 def test_malformed_queries_point_at_the_offending_token(query, position, fragment):
     with pytest.raises(QueryError) as info:
         compile_query(query, SPACES, CLASSES)
@@ -124,15 +148,18 @@ def test_malformed_queries_point_at_the_offending_token(query, position, fragmen
     assert message_lines[-1] == "  " + " " * position + "^"
 
 
-@pytest.mark.parametrize(("query", "order"), [
-    ("dog.nose > 0.9 and cat.legs < 0.1", ("dog.nose", True)),
-    ("cat.legs < 0.1 and dog.nose > 0.9", ("cat.legs", False)),
-    ("0.5 > cat.eyes", ("cat.eyes", False)),
-    ("0.5 <= cat.eyes", ("cat.eyes", True)),
-    ("not cat.eyes > 0.5", ("cat.eyes", False)),
-    ("not (predicted = cat or not dog.eyes < 0.2)", ("dog.eyes", False)),
-    ("predicted = cat", None),
-])
+@pytest.mark.parametrize(
+    ("query", "order"),
+    [
+        ("dog.nose > 0.9 and cat.legs < 0.1", ("dog.nose", True)),
+        ("cat.legs < 0.1 and dog.nose > 0.9", ("cat.legs", False)),
+        ("0.5 > cat.eyes", ("cat.eyes", False)),
+        ("0.5 <= cat.eyes", ("cat.eyes", True)),
+        ("not cat.eyes > 0.5", ("cat.eyes", False)),
+        ("not (predicted = cat or not dog.eyes < 0.2)", ("dog.eyes", False)),
+        ("predicted = cat", None),
+    ],
+)
 def test_matches_are_ordered_most_extreme_first_on_the_first_space(query, order):
     assert compile_query(query, SPACES, CLASSES).order == order
 
@@ -159,25 +186,66 @@ def fuzz_db(tmp_path_factory):
     meta = IndexMeta("tiny", "0" * 16, CLASSES, tuple(SPACES), "d" * 16)
     with SearchIndex(path, meta) as index:
         probs = torch.rand(20, len(SPACES), generator=torch.Generator().manual_seed(0))
-        index.add([(f"/x/{i}.png", 1, 1) for i in range(20)], torch.rand(20, 2).softmax(1), probs, probs)
+        index.add(
+            [(f"/x/{i}.png", 1, 1) for i in range(20)], torch.rand(20, 2).softmax(1), probs, probs
+        )
         index.commit()
         yield index
 
 
-PIECES = ["cat.eyes", "cat.legs", "dog.nose", "dog.eyes", "dog.tail", "predicted", "cat", "dog", "'dog'",
-          '"cat"', "0.5", "-1", "1e3", ".2", "<", "<=", ">", ">=", "=", "==", "!=", "<>", "and", "or",
-          "not", "AND", "(", ")", "'", '"', "@", ";", "--", "x"]
+PIECES = [
+    "cat.eyes",
+    "cat.legs",
+    "dog.nose",
+    "dog.eyes",
+    "dog.tail",
+    "predicted",
+    "cat",
+    "dog",
+    "'dog'",
+    '"cat"',
+    "0.5",
+    "-1",
+    "1e3",
+    ".2",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "=",
+    "==",
+    "!=",
+    "<>",
+    "and",
+    "or",
+    "not",
+    "AND",
+    "(",
+    ")",
+    "'",
+    '"',
+    "@",
+    ";",
+    "--",
+    "x",
+]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.text(max_size=60), st.lists(st.sampled_from(PIECES), max_size=14).map(" ".join)))
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.one_of(st.text(max_size=60), st.lists(st.sampled_from(PIECES), max_size=14).map(" ".join))
+)
 def test_fuzz_only_query_errors_and_valid_sql(fuzz_db, query):
     try:
         compiled = compile_query(query, SPACES, CLASSES)
     except QueryError:
         return
     # whatever compiles must be valid SQL that runs on a real index
-    fuzz_db.db.execute(f"SELECT count(*) FROM images WHERE {compiled.where}", compiled.params).fetchone()
+    fuzz_db.db.execute(
+        f"SELECT count(*) FROM images WHERE {compiled.where}", compiled.params
+    ).fetchone()
 
 
 def test_values_cannot_inject_sql(tmp_path):
@@ -185,7 +253,12 @@ def test_values_cannot_inject_sql(tmp_path):
     meta = IndexMeta("tiny", "0" * 16, ("cat", evil), tuple(SPACES), "d" * 16)
     with SearchIndex(tmp_path / "i.sqlite", meta) as index:
         probs = torch.full((2, len(SPACES)), 0.5)
-        index.add([("/a.png", 1, 1), ("/b.png", 1, 1)], torch.tensor([[0.1, 0.9], [0.9, 0.1]]), probs, probs)
+        index.add(
+            [("/a.png", 1, 1), ("/b.png", 1, 1)],
+            torch.tensor([[0.1, 0.9], [0.9, 0.1]]),
+            probs,
+            probs,
+        )
         index.commit()
         result = index.search(f'predicted = "{evil}"')
         assert [m.path for m in result.matches] == ["/a.png"]
@@ -213,11 +286,17 @@ def test_index_scores_every_image_once_and_skips_bad_files(setup):
     with SearchIndex(db) as index:
         assert len(index) == 10
         everything = index.search("predicted = cat or predicted = dog", limit=None)
-    assert [m.path for m in everything.matches] == sorted(str(p.resolve()) for p in paths)  # by path
+    assert [m.path for m in everything.matches] == sorted(
+        str(p.resolve()) for p in paths
+    )  # by path
     # the stored numbers are those of a direct forward pass
     first = everything.matches[0]
-    image = torch.from_numpy(np.asarray(Image.open(paths[0]).convert("RGB").resize((32, 32), Image.BILINEAR),
-                                        dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    image = torch.from_numpy(
+        np.asarray(
+            Image.open(paths[0]).convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.float32
+        )
+        / 255
+    ).permute(2, 0, 1)[None]
     with torch.no_grad():
         logits, traits = model(image)
     expected = spaces.probabilities(traits)[0]
@@ -240,8 +319,9 @@ def test_index_is_incremental(setup):
     assert (third.scored, third.unchanged, third.removed, len(calls)) == (1, 9, 1, 1)
     with SearchIndex(db) as index:
         assert len(index) == 9
-        stored = index.db.execute("SELECT mtime_ns FROM images WHERE path = ?",
-                                  (str(paths[3].resolve()),)).fetchone()
+        stored = index.db.execute(
+            "SELECT mtime_ns FROM images WHERE path = ?", (str(paths[3].resolve()),)
+        ).fetchone()
     assert stored == (1_000_000_000,)
 
 
@@ -258,7 +338,9 @@ def test_index_resumes_after_an_interruption_without_rescoring(setup):
 
     calls = count_forwards(model)
     with pytest.raises(Interrupted):
-        index_folder(model, spaces, folder, db, batch_size=3, progress=False, on_batch=stop_after_two)
+        index_folder(
+            model, spaces, folder, db, batch_size=3, progress=False, on_batch=stop_after_two
+        )
     assert len(calls) == 2
     with SearchIndex(db) as index:
         assert len(index) == 6  # both finished batches were committed
@@ -275,7 +357,9 @@ def test_index_refuses_other_spaces_or_model(setup):
     model, spaces, folder, _paths, db = setup
     index_folder(model, spaces, folder, db, batch_size=8, progress=False)
     with pytest.raises(SearchIndexError, match="spaces"):
-        index_folder(model, tiny_spaces(model, ("cat.eyes", "dog.eyes")), folder, db, progress=False)
+        index_folder(
+            model, tiny_spaces(model, ("cat.eyes", "dog.eyes")), folder, db, progress=False
+        )
     other = tiny_model(seed=3)
     with pytest.raises(SearchIndexError, match="model"):
         index_folder(other, tiny_spaces(other), folder, db, progress=False)
@@ -302,8 +386,10 @@ def test_search_limit_total_and_contact_sheet(setup, tmp_path):
         threshold = float(np.median([p["dog.nose"] for p in probs.values()]))
         result = index.search(f"dog.nose > {threshold!r}", limit=2)
     # most extreme first on the query's space, then by path
-    expected = sorted((p for p, v in probs.items() if v["dog.nose"] > threshold),
-                      key=lambda p: (-probs[p]["dog.nose"], p))
+    expected = sorted(
+        (p for p, v in probs.items() if v["dog.nose"] > threshold),
+        key=lambda p: (-probs[p]["dog.nose"], p),
+    )
     assert result.total == len(expected) and result.total >= 3
     assert [m.path for m in result.matches] == expected[:2]
     assert result.spaces == ("dog.nose",)
@@ -330,7 +416,9 @@ def test_a_file_name_that_is_not_utf8_is_indexed_found_and_rerun(setup):
     again = index_folder(model, spaces, folder, db, batch_size=4, progress=False)
     assert (again.scored, again.unchanged, again.failed) == (0, 13, [])
     with SearchIndex(db) as index:
-        paths = [m.path for m in index.search("predicted = cat or predicted = dog", limit=None).matches]
+        paths = [
+            m.path for m in index.search("predicted = cat or predicted = dog", limit=None).matches
+        ]
     assert str(odd.resolve()) in paths
     assert Path(next(p for p in paths if "caf" in p)).is_file()
 
@@ -353,7 +441,9 @@ def test_processes_creating_the_same_new_index_at_once_all_succeed(tmp_path):
     db = tmp_path / "fresh.sqlite"
     n = 6
     barrier, results = ctx.Barrier(n), ctx.Queue()
-    workers = [ctx.Process(target=_open_and_add, args=(db, meta, barrier, i, results)) for i in range(n)]
+    workers = [
+        ctx.Process(target=_open_and_add, args=(db, meta, barrier, i, results)) for i in range(n)
+    ]
     for w in workers:
         w.start()
     outcomes = [results.get(timeout=60) for _ in workers]
@@ -397,4 +487,7 @@ def test_a_damaged_index_is_a_clear_error_naming_the_file(setup, capsys):
 
     assert main(["search", "cat.eyes > 0", "--db", str(db)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"sxai: error: {db}: not an sxai index, or a damaged one") and err.count("\n") == 1
+    assert (
+        err.startswith(f"sxai: error: {db}: not an sxai index, or a damaged one")
+        and err.count("\n") == 1
+    )

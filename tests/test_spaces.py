@@ -24,8 +24,12 @@ from sxai_plugins.spaces.build import (
 from sxai_plugins.spaces.space import Reference, SemanticSpace, SpaceSet, load_spaces, select_ssn
 
 
-def make_space(indices=(3, 1), delta=(2.0, -1.0), trait_dim=8, reference=None, **kw) -> SemanticSpace:
-    space = SemanticSpace("cat", "eyes", "tiny", "abc123", trait_dim, torch.tensor(indices), torch.tensor(delta), **kw)
+def make_space(
+    indices=(3, 1), delta=(2.0, -1.0), trait_dim=8, reference=None, **kw
+) -> SemanticSpace:
+    space = SemanticSpace(
+        "cat", "eyes", "tiny", "abc123", trait_dim, torch.tensor(indices), torch.tensor(delta), **kw
+    )
     if reference is not None:
         space.reference = reference
     return space
@@ -60,15 +64,25 @@ def test_select_ssn_keeps_indices_and_signs_apart() -> None:
 
 def test_semantic_probability_on_a_known_normal() -> None:
     mu, sigma, a_min, a_max = 1.0, 0.5, 0.0, 2.5
-    space = make_space(indices=(0,), delta=(1.0,), trait_dim=2,
-                       reference=Reference(mu, sigma, a_min, a_max, 100, 0.99))
+    space = make_space(
+        indices=(0,),
+        delta=(1.0,),
+        trait_dim=2,
+        reference=Reference(mu, sigma, a_min, a_max, 100, 0.99),
+    )
     a = torch.tensor([[0.0, 9.0], [1.0, 9.0], [2.5, 9.0], [4.0, 9.0], [-1.0, 0.0]])
     expected = (stats.norm.cdf(a[:, 0].numpy(), mu, sigma) - stats.norm.cdf(a_min, mu, sigma)) / (
-        stats.norm.cdf(a_max, mu, sigma) - stats.norm.cdf(a_min, mu, sigma))
+        stats.norm.cdf(a_max, mu, sigma) - stats.norm.cdf(a_min, mu, sigma)
+    )
     raw = space.probability(a, clip=False).numpy()
     np.testing.assert_allclose(raw, expected, rtol=1e-5, atol=1e-6)
     clipped = space.probability(a).numpy()
-    assert clipped[0] == 0.0 and clipped[2] == pytest.approx(1.0) and clipped[3] == 1.0 and clipped[4] == 0.0
+    assert (
+        clipped[0] == 0.0
+        and clipped[2] == pytest.approx(1.0)
+        and clipped[3] == 1.0
+        and clipped[4] == 0.0
+    )
     assert raw[3] > 1.0 and raw[4] < 0.0  # kept unclipped for diagnosis
     assert 0 < clipped[1] < 1
 
@@ -90,8 +104,14 @@ def test_reference_fit_reports_qq_r2(rng) -> None:
 
 
 def test_many_spaces_score_in_one_matrix_product(rng) -> None:
-    spaces = [make_space(indices=rng.choice(8, 3, replace=False), delta=rng.normal(size=3),
-                         reference=Reference(0.0, 1.0, -2.0, 2.0, 50, 0.98)) for _ in range(5)]
+    spaces = [
+        make_space(
+            indices=rng.choice(8, 3, replace=False),
+            delta=rng.normal(size=3),
+            reference=Reference(0.0, 1.0, -2.0, 2.0, 50, 0.98),
+        )
+        for _ in range(5)
+    ]
     traits = torch.tensor(rng.normal(size=(7, 8)), dtype=torch.float32)
     together = SpaceSet(spaces).probabilities(traits)
     alone = torch.stack([s.probability(traits) for s in spaces], dim=1)
@@ -100,8 +120,13 @@ def test_many_spaces_score_in_one_matrix_product(rng) -> None:
 
 
 def test_save_load_round_trip(tmp_path) -> None:
-    space = make_space(reference=Reference(0.5, 0.2, 0.0, 1.0, 30, 0.98), masker="superpixel",
-                       n_images=70, recipe={"mode": "paper"}, evaluation={"auroc_visible_vs_not": 0.9})
+    space = make_space(
+        reference=Reference(0.5, 0.2, 0.0, 1.0, 30, 0.98),
+        masker="superpixel",
+        n_images=70,
+        recipe={"mode": "paper"},
+        evaluation={"auroc_visible_vs_not": 0.9},
+    )
     path = space.save(tmp_path / "cat.eyes.safetensors")
     loaded = SemanticSpace.load(path)
     assert loaded.indices.equal(space.indices) and loaded.delta.equal(space.delta)
@@ -112,7 +137,9 @@ def test_save_load_round_trip(tmp_path) -> None:
 
 
 def test_corrupted_and_foreign_files_are_clear_errors(tmp_path) -> None:
-    path = make_space(reference=Reference(0.5, 0.2, 0.0, 1.0, 30, 0.98)).save(tmp_path / "s.safetensors")
+    path = make_space(reference=Reference(0.5, 0.2, 0.0, 1.0, 30, 0.98)).save(
+        tmp_path / "s.safetensors"
+    )
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(path.read_bytes()[:-7])
     with pytest.raises(SpaceError, match="broken.safetensors"):
@@ -124,8 +151,11 @@ def test_corrupted_and_foreign_files_are_clear_errors(tmp_path) -> None:
         SemanticSpace.load(tmp_path / "other.safetensors")
     meta = make_space().metadata()
     meta["format_version"] = 99
-    save_file({"indices": torch.tensor([1]), "delta": torch.tensor([1.0])}, str(tmp_path / "new.safetensors"),
-              metadata={"sxai.space": json.dumps(meta)})
+    save_file(
+        {"indices": torch.tensor([1]), "delta": torch.tensor([1.0])},
+        str(tmp_path / "new.safetensors"),
+        metadata={"sxai.space": json.dumps(meta)},
+    )
     with pytest.raises(SpaceError, match="newer"):
         SemanticSpace.load(tmp_path / "new.safetensors")
     with pytest.raises(SpaceError, match="indices must lie"):
@@ -159,16 +189,28 @@ def write_synthetic_coco(root, n=16):
     images, annotations = [], []
     (root / "cat").mkdir(parents=True)
     for i in range(n):
-        pixels = np.full((48, 48, 3), 90, np.uint8) + rng.integers(0, 20, (48, 48, 3)).astype(np.uint8)
+        pixels = np.full((48, 48, 3), 90, np.uint8) + rng.integers(0, 20, (48, 48, 3)).astype(
+            np.uint8
+        )
         visible = i % 5 != 0
         if visible:
             pixels[10:20, 26:36] = (250, 240, 30)
         Image.fromarray(pixels).save(root / "cat" / f"c{i}.png")
         images.append({"id": i, "file_name": f"cat/c{i}.png", "width": 48, "height": 48})
-        annotations.append({"id": 100 + i, "image_id": i, "category_id": 1,
-                            "keypoints": [31, 15, 2 if visible else 0]})
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": "cat", "keypoints": ["eye"]}], "concepts": {"eyes": ["eye"]}}
+        annotations.append(
+            {
+                "id": 100 + i,
+                "image_id": i,
+                "category_id": 1,
+                "keypoints": [31, 15, 2 if visible else 0],
+            }
+        )
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "cat", "keypoints": ["eye"]}],
+        "concepts": {"eyes": ["eye"]},
+    }
     (root / "coco.json").write_text(json.dumps(coco))
     return root / "coco.json"
 
@@ -177,7 +219,9 @@ def write_synthetic_coco(root, n=16):
 def test_build_spaces_end_to_end(tmp_path, tiny_model, recipe) -> None:
     annotations = load_coco(write_synthetic_coco(tmp_path), tmp_path)
     reference = torch.rand(40, tiny_model.trait_dim), torch.randn(40, 2)
-    report = build_spaces(tiny_model, annotations, ["cat"], ["eyes"], reference, recipe, progress=False)
+    report = build_spaces(
+        tiny_model, annotations, ["cat"], ["eyes"], reference, recipe, progress=False
+    )
     (space,) = report.spaces
     assert space.key == "cat.eyes" and space.backbone == "tiny" and space.reference is not None
     assert space.fingerprint == tiny_model.fingerprint()
@@ -195,8 +239,15 @@ def test_a_masker_that_changes_nothing_is_a_clear_error(tmp_path, tiny_model) ->
     reference = torch.rand(40, tiny_model.trait_dim), torch.randn(40, 2)
     # a 2-pixel disc inside a uniform square is inpainted with the square's own colour
     with pytest.raises(SpaceError, match="changed no trait"):
-        build_spaces(tiny_model, annotations, ["cat"], ["eyes"], reference,
-                     SpaceRecipe.tuned(region="disc", masker="inpaint"), progress=False)
+        build_spaces(
+            tiny_model,
+            annotations,
+            ["cat"],
+            ["eyes"],
+            reference,
+            SpaceRecipe.tuned(region="disc", masker="inpaint"),
+            progress=False,
+        )
 
 
 def test_welch_t_from_scipy_selects_the_same_channels_as_the_hand_written_one(rng) -> None:
@@ -215,13 +266,18 @@ def test_welch_t_from_scipy_selects_the_same_channels_as_the_hand_written_one(rn
         unmasked = torch.tensor(rng.gamma(2.0, 1.0, (n, c)))
         masked = unmasked - torch.tensor(rng.normal(0.3, 0.5, (n, c)))
         negatives = torch.tensor(rng.gamma(2.0, 0.9, (12, c)))
-        np.testing.assert_allclose(welch_t(unmasked, negatives), hand_written(unmasked, negatives), rtol=1e-9)
+        np.testing.assert_allclose(
+            welch_t(unmasked, negatives), hand_written(unmasked, negatives), rtol=1e-9
+        )
         score = tuned_scores(unmasked, masked, negatives, min_negatives=5)
         natural = hand_written(unmasked, negatives)
         _mean, effect = paired_effect(unmasked, masked)
         unit = lambda x: x / np.abs(x).max()  # noqa: E731
-        old = np.where(np.sign(effect) == np.sign(natural),
-                       np.sign(effect) * np.minimum(np.abs(unit(effect)), np.abs(unit(natural))), 0.0)
+        old = np.where(
+            np.sign(effect) == np.sign(natural),
+            np.sign(effect) * np.minimum(np.abs(unit(effect)), np.abs(unit(natural))),
+            0.0,
+        )
         assert select_ssn(score, 5)[0].tolist() == select_ssn(old, 5)[0].tolist()
     dead = torch.zeros(10, 3)
     dead[:, 0] = torch.arange(10.0)
@@ -241,6 +297,8 @@ def test_tuned_scores_drop_channels_that_natural_negatives_contradict(rng) -> No
     negatives = torch.tensor(rng.normal(5, 0.3, (12, c)))
     negatives[:, 1] += 2.0
     with_negatives = tuned_scores(unmasked, masked, negatives, min_negatives=5)
-    assert np.argmax(np.abs(with_negatives)) == 4 and with_negatives[1] == pytest.approx(0.0, abs=0.05)
+    assert np.argmax(np.abs(with_negatives)) == 4 and with_negatives[1] == pytest.approx(
+        0.0, abs=0.05
+    )
     masking_only = tuned_scores(unmasked, masked, negatives[:3], min_negatives=5)
     assert set(np.argsort(-np.abs(masking_only))[:2].tolist()) == {1, 4}

@@ -27,7 +27,11 @@ def test_frozen_restores_grads_and_modes_even_when_the_body_raises(eval_mode: bo
     before = state(model)
     with pytest.raises(RuntimeError, match="boom"), frozen(model, eval_mode=eval_mode):
         assert not any(p.requires_grad for p in model.parameters())
-        assert all(not m.training for m in model.modules()) if eval_mode else state(model)[1] == before[1]
+        assert (
+            all(not m.training for m in model.modules())
+            if eval_mode
+            else state(model)[1] == before[1]
+        )
         raise RuntimeError("boom")
     assert state(model) == before
     with frozen(model, eval_mode=eval_mode):

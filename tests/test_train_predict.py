@@ -30,7 +30,9 @@ def test_train_head_writes_weights_and_card(tmp_path) -> None:
     (data / "dark" / "broken.jpg").write_text("oops")
     model = sx.create_model("resnet10t", pretrained=False)
     out = tmp_path / "head.safetensors"
-    result = train_head(model, data, out, epochs=30, lr=1e-2, heldout_fraction=0.25, seed=1, progress=False)
+    result = train_head(
+        model, data, out, epochs=30, lr=1e-2, heldout_fraction=0.25, seed=1, progress=False
+    )
     card = json.loads(result.card.read_text())
     assert card["classes"] == ["bright", "dark"] and card["seed"] == 1
     assert card["n_images"] == 24 and len(card["heldout"]) == 6
@@ -98,25 +100,58 @@ def test_every_command_has_help(command, capsys) -> None:
     assert info.value.code == 0 and "usage: sxai" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train-head", "d", "--out", "h", "--heldout", "-0.5"], "--heldout: expected a fraction between 0 and 1"),
-    (["train-head", "d", "--out", "h", "--heldout", "1.0"], "--heldout: expected a fraction between 0 and 1"),
-    (["train-head", "d", "--out", "h", "--heldout", "0"], "--heldout: expected a fraction between 0 and 1"),
-    (["train-head", "d", "--out", "h", "--epochs", "-1"], "--epochs: expected a positive integer, got '-1'"),
-    (["train-head", "d", "--out", "h", "--epochs", "0"], "--epochs: expected a positive integer, got '0'"),
-    (["train-head", "d", "--out", "h", "--batch-size", "0"], "--batch-size: expected a positive integer"),
-    (["train-head", "d", "--out", "h", "--lr", "nan"], "--lr: expected a finite number, got 'nan'"),
-    (["train-head", "d", "--out", "h", "--lr", "inf"], "--lr: expected a finite number, got 'inf'"),
-    (["train-head", "d", "--out", "h", "--lr", "-0.1"], "--lr: expected a positive number"),
-    (["train-head", "d", "--out", "h", "--lr", "fast"], "--lr: expected a number, got 'fast'"),
-    (["predict", "x.jpg", "--top", "-1"], "--top: expected a positive integer, got '-1'"),
-    (["predict", "x.jpg", "--batch-size", "2.5"], "--batch-size: expected an integer, got '2.5'"),
-    (["explain", "x.jpg", "--top", "0"], "--top: expected a positive integer, got '0'"),
-    (["search", "cat.eyes > 0", "--db", "i.db", "--limit", "-5"], "--limit: expected 0 or a positive integer"),
-    (["predict", "x.jpg", "--device", "mps"], "--device: 'mps': sxai runs on cpu or cuda"),
-    (["predict", "x.jpg", "--device", "meta"], "--device: 'meta': sxai runs on cpu or cuda"),
-    (["predict", "x.jpg", "--device", "gpu0"], "--device: 'gpu0' is not a device torch knows"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train-head", "d", "--out", "h", "--heldout", "-0.5"],
+            "--heldout: expected a fraction between 0 and 1",
+        ),
+        (
+            ["train-head", "d", "--out", "h", "--heldout", "1.0"],
+            "--heldout: expected a fraction between 0 and 1",
+        ),
+        (
+            ["train-head", "d", "--out", "h", "--heldout", "0"],
+            "--heldout: expected a fraction between 0 and 1",
+        ),
+        (
+            ["train-head", "d", "--out", "h", "--epochs", "-1"],
+            "--epochs: expected a positive integer, got '-1'",
+        ),
+        (
+            ["train-head", "d", "--out", "h", "--epochs", "0"],
+            "--epochs: expected a positive integer, got '0'",
+        ),
+        (
+            ["train-head", "d", "--out", "h", "--batch-size", "0"],
+            "--batch-size: expected a positive integer",
+        ),
+        (
+            ["train-head", "d", "--out", "h", "--lr", "nan"],
+            "--lr: expected a finite number, got 'nan'",
+        ),
+        (
+            ["train-head", "d", "--out", "h", "--lr", "inf"],
+            "--lr: expected a finite number, got 'inf'",
+        ),
+        (["train-head", "d", "--out", "h", "--lr", "-0.1"], "--lr: expected a positive number"),
+        (["train-head", "d", "--out", "h", "--lr", "fast"], "--lr: expected a number, got 'fast'"),
+        (["predict", "x.jpg", "--top", "-1"], "--top: expected a positive integer, got '-1'"),
+        (
+            ["predict", "x.jpg", "--batch-size", "2.5"],
+            "--batch-size: expected an integer, got '2.5'",
+        ),
+        (["explain", "x.jpg", "--top", "0"], "--top: expected a positive integer, got '0'"),
+        (
+            ["search", "cat.eyes > 0", "--db", "i.db", "--limit", "-5"],
+            "--limit: expected 0 or a positive integer",
+        ),
+        (["predict", "x.jpg", "--device", "mps"], "--device: 'mps': sxai runs on cpu or cuda"),
+        (["predict", "x.jpg", "--device", "meta"], "--device: 'meta': sxai runs on cpu or cuda"),
+        (["predict", "x.jpg", "--device", "gpu0"], "--device: 'gpu0' is not a device torch knows"),
+    ],
+)
 def test_numeric_and_device_arguments_are_checked_when_parsed(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)

@@ -32,9 +32,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def build_tiny(pretrained: bool = True, weights=None, class_names=None) -> TraitModel:
     torch.manual_seed(0)
-    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
-    return TraitModel(body, 16, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, SIZE, SIZE)).eval()
+    body = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+    )
+    return TraitModel(
+        body, 16, class_names or ["cat", "dog"], name=BACKBONE, input_size=(3, SIZE, SIZE)
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,9 @@ def data(tmp_path_factory) -> Path:
         folder.mkdir()
         for i in range(count):
             small = (rng.random((5, 5, 3)) * 255).astype(np.uint8)
-            Image.fromarray(small).resize((40, 40), Image.BILINEAR).save(folder / f"{name}.{i:02d}.png")
+            Image.fromarray(small).resize((40, 40), Image.BILINEAR).save(
+                folder / f"{name}.{i:02d}.png"
+            )
     (root / "cat" / "cat.99.jpg").write_bytes(b"this is not a jpeg")
     return root
 
@@ -74,7 +83,9 @@ def test_common_traits_without_the_search(data):
     found = common_traits(model, cats(data), "cat", n=8, seed=0, use_ga=False, progress=False)
     assert len(found.paths) == 8 and len(set(found.paths)) == 8
     assert all(p.parent.name == "cat" for p in found.paths)
-    torch.testing.assert_close(found.traits, direct_traits(model, found.paths), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        found.traits, direct_traits(model, found.paths), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(found.pca.pc1, first_pc(found.traits), rtol=1e-6)
     assert found.masks.shape == (8, SIZE, SIZE) and found.masks.all()
     with torch.no_grad():
@@ -104,15 +115,21 @@ def test_genetic_search_keeps_superpixels_that_raise_the_class(data):
     model = build_tiny()
     config = GAConfig(mode="fast", n_segments=8, generations=4, batch_size=64)
     plain = common_traits(model, cats(data), "cat", n=5, seed=0, use_ga=False, progress=False)
-    searched = common_traits(model, cats(data), "cat", n=5, seed=0, ga_config=config, progress=False)
+    searched = common_traits(
+        model, cats(data), "cat", n=5, seed=0, ga_config=config, progress=False
+    )
     assert searched.paths == plain.paths
     assert searched.masks.shape == (5, SIZE, SIZE) and searched.masks.dtype == bool
     # fast mode seeds the population with the whole image and keeps its best: never worse
     assert np.all(searched.fitness >= plain.fitness - 1e-5)
     removed = ~searched.masks
-    assert np.all(searched.images[removed] == 0.0)  # removed superpixels are black (the paper's fill)
+    assert np.all(
+        searched.images[removed] == 0.0
+    )  # removed superpixels are black (the paper's fill)
     torch.testing.assert_close(
-        searched.traits, model.traits(torch.from_numpy(searched.images).permute(0, 3, 1, 2)).detach())
+        searched.traits,
+        model.traits(torch.from_numpy(searched.images).permute(0, 3, 1, 2)).detach(),
+    )
 
 
 def test_class_not_in_the_model(data):
@@ -125,7 +142,9 @@ def test_class_not_in_the_model(data):
 
 def test_class_images_layouts(data, tmp_path):
     assert [p.parent.name for p in class_images(data, "dog")] == ["dog"] * 6
-    assert class_images(data / "dog", "dog") == class_images(data, "dog")  # a plain folder of images
+    assert class_images(data / "dog", "dog") == class_images(
+        data, "dog"
+    )  # a plain folder of images
     with pytest.raises(ImageLoadError, match="cat, dog"):
         class_images(data, "horse")
     with pytest.raises(ImageLoadError):
@@ -135,7 +154,9 @@ def test_class_images_layouts(data, tmp_path):
 # ---------------------------------------------------------------------------------------- stability
 def test_stability_spreads_match_an_independent_computation(data):
     model = build_tiny()
-    result = stability(model, cats(data), "cat", sizes=(4, 8), repeats=3, seed=5, use_ga=False, progress=False)
+    result = stability(
+        model, cats(data), "cat", sizes=(4, 8), repeats=3, seed=5, use_ga=False, progress=False
+    )
     assert result.sizes == [4, 8]
     for size in (4, 8):
         samples = result.samples[size]
@@ -143,7 +164,9 @@ def test_stability_spreads_match_an_independent_computation(data):
         pcs = np.stack([first_pc(direct_traits(model, s)) for s in samples])
         np.testing.assert_allclose(result.pc1[size], pcs, rtol=1e-5, atol=1e-6)
         assert result.spreads[size] == pytest.approx(spread(pcs), rel=1e-5)
-    assert result.samples[8][0][:4] == result.samples[4][0]  # a repeat's small sample nests in its large one
+    assert (
+        result.samples[8][0][:4] == result.samples[4][0]
+    )  # a repeat's small sample nests in its large one
     assert len({tuple(s) for s in result.samples[8]}) == 3  # repeats draw different images
     assert [p.name for p, _ in result.failures] == ["cat.99.jpg"]
 
@@ -152,10 +175,20 @@ def test_stability_reuses_the_common_traits_search(data):
     model = build_tiny()
     config = GAConfig(n_segments=6, population=6, generations=2)
     found = common_traits(model, cats(data), "cat", n=5, seed=2, ga_config=config, progress=False)
-    fresh = stability(model, cats(data), "cat", sizes=(3, 5), repeats=2, seed=2, ga_config=config,
-                      progress=False)
-    reused = stability(model, cats(data), "cat", sizes=(3, 5), repeats=2, seed=2, ga_config=config,
-                       progress=False, known=found)
+    fresh = stability(
+        model, cats(data), "cat", sizes=(3, 5), repeats=2, seed=2, ga_config=config, progress=False
+    )
+    reused = stability(
+        model,
+        cats(data),
+        "cat",
+        sizes=(3, 5),
+        repeats=2,
+        seed=2,
+        ga_config=config,
+        progress=False,
+        known=found,
+    )
     assert reused.samples == fresh.samples
     assert reused.samples[5][0] == found.paths  # repeat 0 starts with the known sample: reused
     for size in (3, 5):
@@ -189,7 +222,9 @@ def test_per_layer_ratios_match_per_position_pca():
     model = build_tiny()
     images = torch.rand(12, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     # 12 images: the first conv (8 channels ≤ 12) takes the C×C path, the second (16 > 12) the N×N one
-    results = {r.name: r for r in layer_information_ratios(model, images, batch_size=5, progress=False)}
+    results = {
+        r.name: r for r in layer_information_ratios(model, images, batch_size=5, progress=False)
+    }
     assert list(results) == ["0", "2", "3", "output", "gap"]  # conv, pool, conv, body output, GAP
     with torch.no_grad():
         first = model.body[0]((images - model.mean) / model.std)
@@ -219,10 +254,14 @@ def test_positions_without_variance_are_left_out():
     body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), HalfDead())
     model = TraitModel(body, 4, ["a", "b"], name="half", input_size=(3, 8, 8)).eval()
     images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    (output,) = [r for r in layer_information_ratios(model, images, progress=False) if r.name == "output"]
+    (output,) = [
+        r for r in layer_information_ratios(model, images, progress=False) if r.name == "output"
+    ]
     assert output.positions_used == 8 * 4
     with torch.no_grad():
-        assert output.ratio_mean == pytest.approx(reference_ratio(model.feature_map(images)), rel=1e-6)
+        assert output.ratio_mean == pytest.approx(
+            reference_ratio(model.feature_map(images)), rel=1e-6
+        )
 
 
 def test_block_selection_on_timm_models():
@@ -250,9 +289,31 @@ def test_per_layer_from_files_skips_bad_images(data, tmp_path):
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_end_to_end_with_a_timm_model(data, tmp_path, capsys, caplog):
     out = tmp_path / "results"
-    code = main(["traits", "--backbone", "test_resnet", "--no-pretrained", "--data", str(data),
-                 "--class", "cat", "--n", "8", "--out", str(out), "--no-ga", "--invert", "tv",
-                 "--inversion-steps", "3", "--stability", "4,6", "--per-layer", "--json"])
+    code = main(
+        [
+            "traits",
+            "--backbone",
+            "test_resnet",
+            "--no-pretrained",
+            "--data",
+            str(data),
+            "--class",
+            "cat",
+            "--n",
+            "8",
+            "--out",
+            str(out),
+            "--no-ga",
+            "--invert",
+            "tv",
+            "--inversion-steps",
+            "3",
+            "--stability",
+            "4,6",
+            "--per-layer",
+            "--json",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
@@ -260,7 +321,9 @@ def test_cli_end_to_end_with_a_timm_model(data, tmp_path, capsys, caplog):
     assert [s["path"] for s in summary["skipped"]] == [str(data / "cat" / "cat.99.jpg")]
     # reported once: the "skipped:" line, not also a logged warning
     assert captured.err.count("cat.99.jpg") == 1
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "cat.99.jpg" in r.getMessage()]
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.WARNING and "cat.99.jpg" in r.getMessage()
+    ]
     for name in summary["files"]:
         assert (out / name).is_file(), name
     with safe_open(str(out / "traits.safetensors"), "pt") as f:
@@ -282,9 +345,29 @@ def test_cli_end_to_end_with_a_timm_model(data, tmp_path, capsys, caplog):
 
 def test_cli_with_the_genetic_search_and_fourier(backbone, data, tmp_path, capsys):
     out = tmp_path / "ga"
-    code = main(["traits", "--backbone", backbone, "--data", str(data), "--class", "cat", "--n", "4",
-                 "--out", str(out), "--ga-mode", "fast", "--invert", "fourier", "--inversion-steps", "3",
-                 "--pcs", "2"])
+    code = main(
+        [
+            "traits",
+            "--backbone",
+            backbone,
+            "--data",
+            str(data),
+            "--class",
+            "cat",
+            "--n",
+            "4",
+            "--out",
+            str(out),
+            "--ga-mode",
+            "fast",
+            "--invert",
+            "fourier",
+            "--inversion-steps",
+            "3",
+            "--pcs",
+            "2",
+        ]
+    )
     assert code == 0
     assert "PC1" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -297,8 +380,22 @@ def test_cli_refuses_to_overwrite_and_replaces_when_asked(backbone, data, tmp_pa
     out = tmp_path / "res"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    args = ["traits", "--backbone", backbone, "--data", str(data), "--class", "cat", "--n", "3",
-            "--out", str(out), "--no-ga", "--invert", "none"]
+    args = [
+        "traits",
+        "--backbone",
+        backbone,
+        "--data",
+        str(data),
+        "--class",
+        "cat",
+        "--n",
+        "3",
+        "--out",
+        str(out),
+        "--no-ga",
+        "--invert",
+        "none",
+    ]
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "old.txt").exists()
@@ -309,12 +406,43 @@ def test_cli_refuses_to_overwrite_and_replaces_when_asked(backbone, data, tmp_pa
 
 
 def test_cli_errors_name_the_fix(data, tmp_path, capsys):
-    code = main(["traits", "--backbone", "test_resnet", "--no-pretrained", "--data", str(data),
-                 "--class", "cat", "--n", "3", "--out", str(tmp_path / "x"), "--invert", "none"])
+    code = main(
+        [
+            "traits",
+            "--backbone",
+            "test_resnet",
+            "--no-pretrained",
+            "--data",
+            str(data),
+            "--class",
+            "cat",
+            "--n",
+            "3",
+            "--out",
+            str(tmp_path / "x"),
+            "--invert",
+            "none",
+        ]
+    )
     assert code == 2
     assert "--head" in capsys.readouterr().err  # the GA needs a model that knows the class
-    code = main(["traits", "--backbone", "test_resnet", "--no-pretrained", "--data", str(data),
-                 "--class", "horse", "--n", "3", "--out", str(tmp_path / "y"), "--no-ga"])
+    code = main(
+        [
+            "traits",
+            "--backbone",
+            "test_resnet",
+            "--no-pretrained",
+            "--data",
+            str(data),
+            "--class",
+            "horse",
+            "--n",
+            "3",
+            "--out",
+            str(tmp_path / "y"),
+            "--no-ga",
+        ]
+    )
     assert code == 2
     assert "horse" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

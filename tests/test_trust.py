@@ -25,11 +25,15 @@ TRAITS = 12
 
 def tiny_model(seed: int = 0, classes=("cat", "dog")) -> TraitModel:
     torch.manual_seed(seed)
-    body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, TRAITS, 3), nn.ReLU())
+    body = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, TRAITS, 3), nn.ReLU()
+    )
     return TraitModel(body, TRAITS, list(classes), name="tiny", input_size=(3, 32, 32)).eval()
 
 
-def tiny_spaces(model: TraitModel, keys=("cat.eyes", "cat.nose", "dog.eyes", "dog.nose")) -> list[SemanticSpace]:
+def tiny_spaces(
+    model: TraitModel, keys=("cat.eyes", "cat.nose", "dog.eyes", "dog.nose")
+) -> list[SemanticSpace]:
     g = torch.Generator().manual_seed(1)
     reference = model.traits(torch.rand(24, 3, 32, 32, generator=g)).detach()
     spaces = []
@@ -37,7 +41,9 @@ def tiny_spaces(model: TraitModel, keys=("cat.eyes", "cat.nose", "dog.eyes", "do
         class_name, concept = key.split(".")
         idx = torch.tensor([i % TRAITS, (i + 3) % TRAITS, (i + 7) % TRAITS])
         delta = torch.tensor([1.0, -0.5, 0.8]) * (1 + i)
-        space = SemanticSpace(class_name, concept, model.name, model.fingerprint(), TRAITS, idx, delta)
+        space = SemanticSpace(
+            class_name, concept, model.name, model.fingerprint(), TRAITS, idx, delta
+        )
         spaces.append(space.with_reference(reference @ space.weight_vector()))
     return spaces
 
@@ -79,12 +85,19 @@ def test_assess_uses_one_forward_pass_and_matches_the_spaces(model, spaces):
 
 
 def test_delta_p_is_against_the_best_other_class_for_the_same_concept():
-    a = assessment_from_probabilities("bird", {
-        "bird.eyes": 0.9, "cat.eyes": 0.3, "dog.eyes": 0.6,
-        "bird.legs": 0.4, "cat.legs": 0.5, "dog.legs": 0.1,
-        "bird.wings": 0.7,  # no other class has wings: compared with 0
-        "cat.nose": 0.99,  # the predicted class has no nose space: not a concept of this assessment
-    })
+    a = assessment_from_probabilities(
+        "bird",
+        {
+            "bird.eyes": 0.9,
+            "cat.eyes": 0.3,
+            "dog.eyes": 0.6,
+            "bird.legs": 0.4,
+            "cat.legs": 0.5,
+            "dog.legs": 0.1,
+            "bird.wings": 0.7,  # no other class has wings: compared with 0
+            "cat.nose": 0.99,  # the predicted class has no nose space: not a concept of this assessment
+        },
+    )
     by_concept = {c.concept: c for c in a.concepts}
     assert set(by_concept) == {"eyes", "legs", "wings"}
     assert by_concept["eyes"].delta == pytest.approx(0.3)
@@ -177,18 +190,27 @@ def test_radar_map_fills_a_missing_space_with_zero():
     assert series == {"cat": [0.8, 0.6], "dog": [0.3, 0.0]}
 
 
-@pytest.mark.parametrize("n_concepts, kind", [(1, "rectilinear"), (2, "rectilinear"), (3, "polar"), (6, "polar")])
+@pytest.mark.parametrize(
+    "n_concepts, kind", [(1, "rectilinear"), (2, "rectilinear"), (3, "polar"), (6, "polar")]
+)
 def test_radar_legend_stays_inside_the_image_and_few_concepts_get_bars(n_concepts, kind):
     from sxai_plugins.viz.plots import radar_figure
 
     concepts = ["eyes", "nose", "ears", "legs", "tail", "fur"][:n_concepts]
-    probabilities = {f"{c}.{k}": 0.1 + 0.1 * i for i, (c, k) in
-                     enumerate((c, k) for c in ("cat", "dog", "fox") for k in concepts)}
+    probabilities = {
+        f"{c}.{k}": 0.1 + 0.1 * i
+        for i, (c, k) in enumerate((c, k) for c in ("cat", "dog", "fox") for k in concepts)
+    }
     fig = radar_figure(assessment_from_probabilities("cat", probabilities))
     [ax] = fig.axes
     assert ax.name == kind
     renderer = fig.canvas.get_renderer()
     legend = ax.get_legend().get_window_extent(renderer)
     image = fig.bbox
-    assert legend.x0 >= image.x0 and legend.x1 <= image.x1 and legend.y0 >= image.y0 and legend.y1 <= image.y1
+    assert (
+        legend.x0 >= image.x0
+        and legend.x1 <= image.x1
+        and legend.y0 >= image.y0
+        and legend.y1 <= image.y1
+    )
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cat", "dog", "fox"]

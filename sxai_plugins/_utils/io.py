@@ -21,9 +21,13 @@ def _escape_unprintable(exc: UnicodeError) -> tuple[str, int]:
     surrogate escape, U+DC80..U+DCFF) becomes \\xNN, anything else unprintable \\uNNNN."""
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
-    chunk = exc.object[exc.start:exc.end]
-    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
-                   else c.encode("ascii", "backslashreplace").decode("ascii") for c in chunk), exc.end
+    chunk = exc.object[exc.start : exc.end]
+    return "".join(
+        f"\\x{ord(c) - 0xDC00:02x}"
+        if 0xDC80 <= ord(c) <= 0xDCFF
+        else c.encode("ascii", "backslashreplace").decode("ascii")
+        for c in chunk
+    ), exc.end
 
 
 ESCAPE_ERRORS = "sxai.escape"
@@ -87,7 +91,9 @@ def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+def write_safetensors(
+    path: str | Path, tensors: dict, metadata: dict[str, str] | None = None
+) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -128,11 +134,15 @@ def _check_can_create_in(folder: Path, flag: str, target: Path) -> None:
 
     existing = _nearest_existing(folder.absolute())
     if not existing.is_dir():
-        raise SxaiError(f"{flag} {target}: {existing} is a file, so no folder can be made there; "
-                        "choose another path")
+        raise SxaiError(
+            f"{flag} {target}: {existing} is a file, so no folder can be made there; "
+            "choose another path"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SxaiError(f"{flag} {target}: cannot write in {existing} (read-only folder or no permission); "
-                        "choose a writable place")
+        raise SxaiError(
+            f"{flag} {target}: cannot write in {existing} (read-only folder or no permission); "
+            "choose a writable place"
+        )
 
 
 def check_output_file(path: str | Path, flag: str = "--out") -> Path:
@@ -147,7 +157,9 @@ def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     if path.is_dir():
         raise SxaiError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'out'}")
     if path.exists() and not os.access(path, os.W_OK):
-        raise SxaiError(f"{flag} {path}: the file is read-only; make it writable or choose another path")
+        raise SxaiError(
+            f"{flag} {path}: the file is read-only; make it writable or choose another path"
+        )
     _check_can_create_in(path.parent, flag, path)
     return path
 

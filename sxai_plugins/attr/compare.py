@@ -9,8 +9,14 @@ import numpy as np
 import torch
 
 
-def comparison_panels(model, space, image: np.ndarray, methods: Sequence[str],
-                      semantic_methods: Sequence[str], options: dict) -> list[tuple[str, torch.Tensor]]:
+def comparison_panels(
+    model,
+    space,
+    image: np.ndarray,
+    methods: Sequence[str],
+    semantic_methods: Sequence[str],
+    options: dict,
+) -> list[tuple[str, torch.Tensor]]:
     """(title, ``3×H×W`` attribution) per class method, then per semantic method, for one image;
     ``options`` as :func:`~.semantic.compare_attributions` takes them."""
     from ..data.images import to_tensor
@@ -29,9 +35,13 @@ def comparison_panels(model, space, image: np.ndarray, methods: Sequence[str],
     label = model.class_names[int(target[0])]
     panels = []
     for method in methods:
-        attr = ClassAttribution(model, method).attribute(x, target=target, **comparison_options(method, options, mask))
+        attr = ClassAttribution(model, method).attribute(
+            x, target=target, **comparison_options(method, options, mask)
+        )
         panels.append((f"{method}: logit '{label}'", attr[0]))
     for method in semantic_methods:
-        attr = SemanticAttribution(model, space, method).attribute(x, **comparison_options(method, options, mask))
+        attr = SemanticAttribution(model, space, method).attribute(
+            x, **comparison_options(method, options, mask)
+        )
         panels.append((f"{method}: A_s {space.key}", attr[0]))
     return panels

@@ -89,9 +89,15 @@ def infidelity_score(
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return infidelity(forward_func, _noise_perturbation(noise_std, generator), inputs.detach(),
-                          attributions.detach(), target=target, n_perturb_samples=n_perturb_samples,
-                          normalize=True)
+        return infidelity(
+            forward_func,
+            _noise_perturbation(noise_std, generator),
+            inputs.detach(),
+            attributions.detach(),
+            target=target,
+            n_perturb_samples=n_perturb_samples,
+            normalize=True,
+        )
 
 
 def sensitivity_score(
@@ -121,5 +127,10 @@ def sensitivity_score(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return sensitivity_max(single, inputs.detach(), perturb_radius=perturb_radius,
-                               n_perturb_samples=n_perturb_samples, **kwargs)
+        return sensitivity_max(
+            single,
+            inputs.detach(),
+            perturb_radius=perturb_radius,
+            n_perturb_samples=n_perturb_samples,
+            **kwargs,
+        )

@@ -95,12 +95,19 @@ PERTURBATIONS_PER_EVAL = 8  # occlusions evaluated per forward pass (memory vs. 
 OCCLUSIONS = ("occlusion", "window")  # the named methods that occlude (baselines "blur" by default)
 
 _CAPTUM: dict[str, type[Attribution]] = {
-    "occlusion": FeatureAblation, "window": Occlusion, "ig": IntegratedGradients, "saliency": Saliency,
-    "input_x_gradient": InputXGradient, "gradcam": LayerGradCam,
+    "occlusion": FeatureAblation,
+    "window": Occlusion,
+    "ig": IntegratedGradients,
+    "saliency": Saliency,
+    "input_x_gradient": InputXGradient,
+    "gradcam": LayerGradCam,
 }
 # sxai's own keywords of the named methods, and the methods that take them
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "feature_mask": ("occlusion",), "n_segments": ("occlusion",), "window": ("window",), "n_steps": ("ig",),
+    "feature_mask": ("occlusion",),
+    "n_segments": ("occlusion",),
+    "window": ("window",),
+    "n_steps": ("ig",),
 }
 _WITH_BASELINES = (*OCCLUSIONS, "ig")
 
@@ -115,7 +122,8 @@ class SpaceActivation(nn.Module):
         super().__init__()
         if space.trait_dim != model.trait_dim:
             raise ValueError(
-                f"space {space.key} has {space.trait_dim} trait channels, the model {model.trait_dim}")
+                f"space {space.key} has {space.trait_dim} trait channels, the model {model.trait_dim}"
+            )
         self.model = model
         self.space_key = space.key
         self.register_buffer("weights", space.weight_vector())
@@ -157,21 +165,28 @@ def predicted_class(model: TraitModel, inputs: torch.Tensor) -> torch.Tensor:
         return model.logits(inputs.to(_device(model))).argmax(1)
 
 
-def _captum_method(method: str | type[Attribution], forward_func: Callable,
-                   layer: nn.Module | None) -> Attribution:
+def _captum_method(
+    method: str | type[Attribution], forward_func: Callable, layer: nn.Module | None
+) -> Attribution:
     if isinstance(method, str):
         if method not in METHODS:
-            raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+            raise ValueError(
+                f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}"
+            )
         cls = _CAPTUM[method]
     elif isinstance(method, type) and issubclass(method, Attribution):
         cls = method
     else:
-        raise TypeError(f"method must be one of {', '.join(METHODS)} or a Captum attribution class, "
-                        f"got {method!r}")
+        raise TypeError(
+            f"method must be one of {', '.join(METHODS)} or a Captum attribution class, "
+            f"got {method!r}"
+        )
     if issubclass(cls, (LayerAttribution, NeuronAttribution)):
         if layer is None:
-            raise ValueError(f"method {method if isinstance(method, str) else cls.__name__!r} needs a "
-                             "layer (the model's last conv block)")
+            raise ValueError(
+                f"method {method if isinstance(method, str) else cls.__name__!r} needs a "
+                "layer (the model's last conv block)"
+            )
         return cls(forward_func, layer)
     return cls(forward_func)
 
@@ -197,8 +212,12 @@ class PixelAttribution(Attribution):
     True
     """
 
-    def __init__(self, forward_func: Callable[[torch.Tensor], torch.Tensor],
-                 method: str | type[Attribution] = "occlusion", layer: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        forward_func: Callable[[torch.Tensor], torch.Tensor],
+        method: str | type[Attribution] = "occlusion",
+        layer: nn.Module | None = None,
+    ) -> None:
         super().__init__(forward_func)
         self.method = method
         self.layer = layer
@@ -211,14 +230,17 @@ class PixelAttribution(Attribution):
     def has_convergence_delta(self) -> bool:
         return self.captum.has_convergence_delta()
 
-    def compute_convergence_delta(self, attributions: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def compute_convergence_delta(
+        self, attributions: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """The wrapped Captum method's convergence delta (where :meth:`has_convergence_delta`)."""
         if not self.has_convergence_delta():
             raise NotImplementedError(f"{type(self.captum).__name__} gives no convergence delta")
         return self.captum.compute_convergence_delta(attributions, *args, **kwargs)
 
-    def attribute(self, inputs: torch.Tensor, baselines: Any = None, target: Any = None,
-                  **kwargs: Any) -> Any:
+    def attribute(
+        self, inputs: torch.Tensor, baselines: Any = None, target: Any = None, **kwargs: Any
+    ) -> Any:
         """Attributions shaped like ``inputs`` (detached), as Captum's ``attribute``.
 
         Args:
@@ -237,22 +259,29 @@ class PixelAttribution(Attribution):
         owner = _owner(self.forward_func)
         inputs = inputs.detach().to(_device(owner) or inputs.device)
         if isinstance(self.captum, GradientAttribution):
-            inputs = inputs.requires_grad_()  # ask for input gradients up front (Captum warns when it has to)
+            inputs = (
+                inputs.requires_grad_()
+            )  # ask for input gradients up front (Captum warns when it has to)
         with _frozen(owner) if owner is not None else nullcontext():
             if self.method == "gradcam":
                 return _detached(self._gradcam(inputs, target, **kwargs))
-            return _detached(self.captum.attribute(inputs, **self._arguments(inputs, baselines, target, kwargs)))
+            return _detached(
+                self.captum.attribute(inputs, **self._arguments(inputs, baselines, target, kwargs))
+            )
 
     def _check(self, baselines: Any, kwargs: Mapping[str, Any]) -> None:
         for name, methods in _OPTIONS.items():
             if name in kwargs and self.method not in methods:
-                raise ValueError(f"{name} only applies to method {' or '.join(map(repr, methods))}, "
-                                 f"not {self.method!r}")
+                raise ValueError(
+                    f"{name} only applies to method {' or '.join(map(repr, methods))}, "
+                    f"not {self.method!r}"
+                )
         if baselines is not None and self.method not in _WITH_BASELINES:
             raise ValueError(f"method {self.method!r} takes no baselines")
 
-    def _arguments(self, inputs: torch.Tensor, baselines: Any, target: Any,
-                   kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _arguments(
+        self, inputs: torch.Tensor, baselines: Any, target: Any, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
         """The Captum method's keywords, with sxai's defaults and conveniences resolved."""
         kw = dict(kwargs, target=target)
         if self.method in OCCLUSIONS:
@@ -262,7 +291,9 @@ class PixelAttribution(Attribution):
             kw["baselines"] = _baselines(inputs, baselines)
         if self.method == "occlusion":
             mask, n_segments = kw.pop("feature_mask", None), kw.pop("n_segments", N_SEGMENTS)
-            kw["feature_mask"] = superpixel_mask(inputs, n_segments) if mask is None else mask.long()
+            kw["feature_mask"] = (
+                superpixel_mask(inputs, n_segments) if mask is None else mask.long()
+            )
         elif self.method == "window":
             side = kw.pop("window", None) or max(1, int(np.ceil(min(inputs.shape[2:]) / 4)))
             stride = max(1, side // 2)
@@ -273,10 +304,15 @@ class PixelAttribution(Attribution):
             kw.setdefault("internal_batch_size", max(1, kw["n_steps"]))
         return kw
 
-    def _gradcam(self, inputs: torch.Tensor, target: Any, relu_attributions: bool = True,
-                 **kwargs: Any) -> torch.Tensor:
-        cam = self.captum.attribute(inputs, target=target, relu_attributions=relu_attributions, **kwargs)
-        cam = LayerAttribution.interpolate(cam, tuple(inputs.shape[2:]), interpolate_mode="bilinear")
+    def _gradcam(
+        self, inputs: torch.Tensor, target: Any, relu_attributions: bool = True, **kwargs: Any
+    ) -> torch.Tensor:
+        cam = self.captum.attribute(
+            inputs, target=target, relu_attributions=relu_attributions, **kwargs
+        )
+        cam = LayerAttribution.interpolate(
+            cam, tuple(inputs.shape[2:]), interpolate_mode="bilinear"
+        )
         return (cam / inputs.shape[1]).expand_as(inputs).contiguous()
 
 
@@ -292,8 +328,13 @@ class SemanticAttribution(PixelAttribution):
     pooled from.
     """
 
-    def __init__(self, model: TraitModel, space: SemanticSpace, method: str | type[Attribution] = "occlusion",
-                 layer: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        model: TraitModel,
+        space: SemanticSpace,
+        method: str | type[Attribution] = "occlusion",
+        layer: nn.Module | None = None,
+    ) -> None:
         forward = SpaceActivation(model, space).to(_device(model))
         super().__init__(forward, method, layer if layer is not None else model.body)
         self.model = model
@@ -303,16 +344,25 @@ class SemanticAttribution(PixelAttribution):
 class ClassAttribution(PixelAttribution):
     """The same methods on ``model.logits``: the usual class attribution, for comparison."""
 
-    def __init__(self, model: TraitModel, method: str | type[Attribution] = "ig",
-                 layer: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        model: TraitModel,
+        method: str | type[Attribution] = "ig",
+        layer: nn.Module | None = None,
+    ) -> None:
         super().__init__(model.logits, method, layer if layer is not None else model.body)
         self.model = model
 
     def predicted(self, inputs: torch.Tensor) -> torch.Tensor:
         return predicted_class(self.model, inputs)
 
-    def attribute(self, inputs: torch.Tensor, baselines: Any = None,
-                  target: int | Sequence[int] | torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def attribute(
+        self,
+        inputs: torch.Tensor,
+        baselines: Any = None,
+        target: int | Sequence[int] | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Attributions of the ``target`` logit (default: each image's predicted class)."""
         if target is None:
             target = self.predicted(inputs)
@@ -358,6 +408,7 @@ class ComparisonReport:
 
     def table(self) -> str:
         """A plain-text (Markdown) table of the rows."""
+
         def num(value: float | None, fmt: str) -> str:
             return "–" if value is None or value != value else format(value, fmt)
 
@@ -371,10 +422,13 @@ class ComparisonReport:
         for r in self.rows:
             lines.append(
                 f"| {r.target} | {r.method} | {num(r.mass_in_region, '.3f')} | {num(r.pointing, '.3f')} "
-                f"| {num(r.infidelity, '.3g')} | {num(r.sensitivity, '.3g')} | {r.seconds_per_image:.2f} |")
+                f"| {num(r.infidelity, '.3g')} | {num(r.sensitivity, '.3g')} | {r.seconds_per_image:.2f} |"
+            )
         if self.rows and self.rows[0].n_robustness:
-            lines.append(f"\ninfidelity and sensitivity_max over the first {self.rows[0].n_robustness} "
-                         "image(s) only (costly).")
+            lines.append(
+                f"\ninfidelity and sensitivity_max over the first {self.rows[0].n_robustness} "
+                "image(s) only (costly)."
+            )
         return "\n".join(lines)
 
 
@@ -382,18 +436,24 @@ def _parse_methods(methods: Sequence[str]) -> list[str]:
     methods = [m.strip() for m in methods if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown attribution method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(
+            f"unknown attribution method(s) {unknown}; choose from {', '.join(METHODS)}"
+        )
     return methods
 
 
-def comparison_options(method: str, options: Mapping[str, Any], mask: torch.Tensor | None = None) -> dict[str, Any]:
+def comparison_options(
+    method: str, options: Mapping[str, Any], mask: torch.Tensor | None = None
+) -> dict[str, Any]:
     """The keywords a named ``method`` takes from a comparison's shared ``options``: ``fill`` is
     the occlusions' baseline (IG keeps Captum's black one); ``n_segments``, ``window`` and
     ``n_steps`` go to the method they belong to. ``mask``, the image's superpixels, becomes the
     occlusion's ``feature_mask`` (one SLIC per image: class and semantic see the same parts)."""
     unknown = set(options) - {"n_steps", "n_segments", "window", "fill"}
     if unknown:
-        raise ValueError(f"unknown comparison option(s) {sorted(unknown)}; use n_steps, n_segments, fill, window")
+        raise ValueError(
+            f"unknown comparison option(s) {sorted(unknown)}; use n_steps, n_segments, fill, window"
+        )
     kw = {k: v for k, v in options.items() if method in _OPTIONS.get(k, ())}
     if method in OCCLUSIONS and "fill" in options:
         kw["baselines"] = options["fill"]
@@ -415,8 +475,15 @@ class _Tally:
     sensitivity: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, x: torch.Tensor, region: np.ndarray, target: torch.Tensor, kw: dict[str, Any],
-            n_perturb_samples: int | None, seed: int) -> None:
+    def add(
+        self,
+        x: torch.Tensor,
+        region: np.ndarray,
+        target: torch.Tensor,
+        kw: dict[str, Any],
+        n_perturb_samples: int | None,
+        seed: int,
+    ) -> None:
         """Score one image; with ``n_perturb_samples``, its infidelity and sensitivity_max too."""
         t = target if isinstance(self.engine, ClassAttribution) else None
         start = time.perf_counter()
@@ -426,13 +493,27 @@ class _Tally:
         self.mass.append(mass_in_region(heat, region))
         self.hits.append(float(pointing_hit(heat, region)))
         if n_perturb_samples is not None:
-            self.infidelity.append(float(infidelity_score(
-                self.engine.forward_func, x, attr, target=t, n_perturb_samples=n_perturb_samples, seed=seed)[0]))
-            self.sensitivity.append(float(_sensitivity(self.engine, x, t, kw, n_perturb_samples, seed)[0]))
+            self.infidelity.append(
+                float(
+                    infidelity_score(
+                        self.engine.forward_func,
+                        x,
+                        attr,
+                        target=t,
+                        n_perturb_samples=n_perturb_samples,
+                        seed=seed,
+                    )[0]
+                )
+            )
+            self.sensitivity.append(
+                float(_sensitivity(self.engine, x, t, kw, n_perturb_samples, seed)[0])
+            )
 
     def row(self, n: int) -> MethodScore:
         return MethodScore(
-            target=self.target, method=self.method, n_images=n,
+            target=self.target,
+            method=self.method,
+            n_images=n,
             mass_in_region=float(np.nanmean(self.mass)) if n else float("nan"),
             pointing=float(np.mean(self.hits)) if n else float("nan"),
             infidelity=float(np.mean(self.infidelity)) if self.infidelity else None,
@@ -442,8 +523,14 @@ class _Tally:
         )
 
 
-def _sensitivity(engine: PixelAttribution, x: torch.Tensor, target: Any, kw: dict[str, Any],
-                 n_perturb_samples: int, seed: int) -> torch.Tensor:
+def _sensitivity(
+    engine: PixelAttribution,
+    x: torch.Tensor,
+    target: Any,
+    kw: dict[str, Any],
+    n_perturb_samples: int,
+    seed: int,
+) -> torch.Tensor:
     """sensitivity_max of one method; the superpixels stay those of the clean image, so the score
     measures the model's explanation, not SLIC's own instability."""
     mask = kw.get("feature_mask")
@@ -459,8 +546,9 @@ def _sensitivity(engine: PixelAttribution, x: torch.Tensor, target: Any, kw: dic
     return sensitivity_score(explain, x, n_perturb_samples=n_perturb_samples, seed=seed, **targets)
 
 
-def _annotated_example(ann: Any, concept: str, size: tuple[int, int], region_mode: str,
-                       skipped: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+def _annotated_example(
+    ann: Any, concept: str, size: tuple[int, int], region_mode: str, skipped: list[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
     """The image squashed to ``size`` and the concept's region in it; None (and why, in
     ``skipped``) when the image is unreadable or does not show the concept."""
     from .._utils.errors import ImageLoadError
@@ -514,11 +602,14 @@ def compare_attributions(
     options = dict(options or {})
     comparison_options("occlusion", options)  # refuse unknown options before any work
     size = (model.input_size[1], model.input_size[2])
-    tallies = ([_Tally("class", m, ClassAttribution(model, m)) for m in methods]
-               + [_Tally(space.key, m, SemanticAttribution(model, space, m)) for m in semantic_methods])
+    tallies = [_Tally("class", m, ClassAttribution(model, m)) for m in methods] + [
+        _Tally(space.key, m, SemanticAttribution(model, space, m)) for m in semantic_methods
+    ]
     fractions: list[float] = []
     skipped: list[str] = []
-    for index, ann in enumerate(tqdm(annotations, desc="comparing", unit="img", disable=not progress)):
+    for index, ann in enumerate(
+        tqdm(annotations, desc="comparing", unit="img", disable=not progress)
+    ):
         example = _annotated_example(ann, concept, size, region_mode, skipped)
         if example is None:
             continue
@@ -529,12 +620,26 @@ def compare_attributions(
         mask = superpixel_mask(x, options.get("n_segments", N_SEGMENTS))
         robust = n_perturb_samples if len(fractions) <= robustness_n else None
         for tally in tallies:
-            tally.add(x, region, target, comparison_options(tally.method, options, mask), robust, index)
+            tally.add(
+                x, region, target, comparison_options(tally.method, options, mask), robust, index
+            )
     n = len(fractions)
-    settings = {"methods": methods, "semantic_methods": semantic_methods,
-                "robustness_n": robustness_n, "n_perturb_samples": n_perturb_samples,
-                "infidelity_noise_std": INFIDELITY_NOISE_STD, "sensitivity_radius": SENSITIVITY_RADIUS,
-                **options}
-    return ComparisonReport(space.key, concept, region_mode, n,
-                            float(np.mean(fractions)) if n else float("nan"), [t.row(n) for t in tallies],
-                            skipped, settings)
+    settings = {
+        "methods": methods,
+        "semantic_methods": semantic_methods,
+        "robustness_n": robustness_n,
+        "n_perturb_samples": n_perturb_samples,
+        "infidelity_noise_std": INFIDELITY_NOISE_STD,
+        "sensitivity_radius": SENSITIVITY_RADIUS,
+        **options,
+    }
+    return ComparisonReport(
+        space.key,
+        concept,
+        region_mode,
+        n,
+        float(np.mean(fractions)) if n else float("nan"),
+        [t.row(n) for t in tallies],
+        skipped,
+        settings,
+    )

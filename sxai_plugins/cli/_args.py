@@ -23,7 +23,9 @@ def positive_list(kind: type[int] | type[float]) -> Callable[[str], list]:
         try:
             values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from exc
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {noun}, got {text!r}"
+            ) from exc
         if not values or any(v <= 0 for v in values):
             raise argparse.ArgumentTypeError(f"expected one or more positive {noun}, got {text!r}")
         return values
@@ -36,7 +38,8 @@ def _number(kind: type[int] | type[float], text: str) -> int | float:
         value = kind(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(
-            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from exc
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from exc
     if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
@@ -70,7 +73,9 @@ def fraction(text: str) -> float:
     """argparse ``type``: a number strictly between 0 and 1 (a held-out share)."""
     value = _number(float, text)
     if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (exclusive), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction between 0 and 1 (exclusive), got {text!r}"
+        )
     return value
 
 
@@ -86,31 +91,52 @@ def device_name(text: str) -> str:
     try:
         device = torch.device(text)
     except RuntimeError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device torch knows (try cpu, cuda or cuda:0)") from exc
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device torch knows (try cpu, cuda or cuda:0)"
+        ) from exc
     if device.type not in DEVICE_TYPES:
-        raise argparse.ArgumentTypeError(f"{text!r}: sxai runs on cpu or cuda (cuda:N), or auto; "
-                                         f"{device.type} is not supported")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: sxai runs on cpu or cuda (cuda:N), or auto; {device.type} is not supported"
+        )
     return text
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", "-b", default=DEFAULT_BACKBONE,
-                        help=f"backbone name (see `sxai backbones`; default {DEFAULT_BACKBONE})")
-    parser.add_argument("--weights", help="local backbone weights (.safetensors/.pth) instead of downloading")
+    parser.add_argument(
+        "--backbone",
+        "-b",
+        default=DEFAULT_BACKBONE,
+        help=f"backbone name (see `sxai backbones`; default {DEFAULT_BACKBONE})",
+    )
+    parser.add_argument(
+        "--weights", help="local backbone weights (.safetensors/.pth) instead of downloading"
+    )
     parser.add_argument("--head", help="a head file written by `sxai train-head`")
     parser.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
-    parser.add_argument("--device", default="cpu", type=device_name,
-                        help="where the model runs: cpu (default), cuda, cuda:1, … or auto (cuda when "
-                             "available, else cpu)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        type=device_name,
+        help="where the model runs: cpu (default), cuda, cuda:1, … or auto (cuda when "
+        "available, else cpu)",
+    )
 
 
 def add_space_args(parser: argparse.ArgumentParser, batch_size: bool = False) -> None:
     """``--spaces`` (repeatable: files, folders, hf:// sources), ``--force`` and optionally ``--batch-size``."""
-    parser.add_argument("--spaces", "-s", action="append", metavar="PATH|hf://owner/name@rev",
-                        help="a space file, a folder of them, or a hub source (repeatable); default: "
-                             "the spaces bundled with the backbone, if any")
-    parser.add_argument("--force", action="store_true",
-                        help="use spaces built on other weights of the same architecture")
+    parser.add_argument(
+        "--spaces",
+        "-s",
+        action="append",
+        metavar="PATH|hf://owner/name@rev",
+        help="a space file, a folder of them, or a hub source (repeatable); default: "
+        "the spaces bundled with the backbone, if any",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="use spaces built on other weights of the same architecture",
+    )
     if batch_size:
         parser.add_argument("--batch-size", type=positive_int, default=32)
 
@@ -124,13 +150,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise SxaiError(f"--device {name!r} is not a device torch knows (try cpu, cuda or cuda:0)") from exc
+        raise SxaiError(
+            f"--device {name!r} is not a device torch knows (try cpu, cuda or cuda:0)"
+        ) from exc
     if device.type not in DEVICE_TYPES:
-        raise SxaiError(f"--device {name}: sxai runs on cpu or cuda (cuda:N), or auto; {device.type} is not supported")
+        raise SxaiError(
+            f"--device {name}: sxai runs on cpu or cuda (cuda:N), or auto; {device.type} is not supported"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SxaiError(f"--device {name}: this torch sees no CUDA GPU; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SxaiError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise SxaiError(
+            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return device
 
 
@@ -138,7 +174,9 @@ def model_from_args(args: argparse.Namespace):
     from .. import create_model
 
     device = resolve_device(getattr(args, "device", "cpu"))  # before the slow part: fail fast
-    model = create_model(args.backbone, pretrained=not args.no_pretrained, weights=args.weights, head=args.head)
+    model = create_model(
+        args.backbone, pretrained=not args.no_pretrained, weights=args.weights, head=args.head
+    )
     return model.to(device)
 
 
@@ -147,9 +185,13 @@ def add_inference_args(parser: argparse.ArgumentParser, precision: bool = True) 
     ``--precision`` (autocast on CUDA)."""
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     if precision:
-        parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                            help="forward-pass precision: fp32 (default), or bf16/fp16 autocast on a "
-                                 "CUDA device (slightly different numbers, much faster)")
+        parser.add_argument(
+            "--precision",
+            choices=("fp32", "bf16", "fp16"),
+            default="fp32",
+            help="forward-pass precision: fp32 (default), or bf16/fp16 autocast on a "
+            "CUDA device (slightly different numbers, much faster)",
+        )
 
 
 def show_progress(args: argparse.Namespace, count: int, small: int = 64) -> bool:

@@ -11,10 +11,15 @@ from .._utils.io import dumps_json
 
 # ---------------------------------------------------------------------------------------- backbones
 def _backbones(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("backbones", help="list installed backbones and the plugin providing each",
-                       description="List the backbones installed plugins provide. Any timm CNN name "
-                                   "also works through the core's generic adapter.")
-    p.add_argument("--json", action="store_true", help="print [{name, plugin, description, weights}]")
+    p = sub.add_parser(
+        "backbones",
+        help="list installed backbones and the plugin providing each",
+        description="List the backbones installed plugins provide. Any timm CNN name "
+        "also works through the core's generic adapter.",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print [{name, plugin, description, weights}]"
+    )
     p.set_defaults(handler=_run_backbones)
 
 
@@ -22,7 +27,12 @@ def _run_backbones(args: argparse.Namespace) -> int:
     from ..plugin.manager import backbone_table, plugin_failures
 
     rows = [
-        {"name": name, "plugin": plugin, "description": spec.description, "weights": spec.pretrained_source}
+        {
+            "name": name,
+            "plugin": plugin,
+            "description": spec.description,
+            "weights": spec.pretrained_source,
+        }
         for name, (plugin, spec) in sorted(backbone_table().items())
     ]
     if args.json:

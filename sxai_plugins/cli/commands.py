@@ -23,7 +23,18 @@ from . import (
     traits,
 )
 
-PIPELINE_ORDER = (backbones, predict, train_head, traits, spaces, explain, search, report, compare, adversarial)
+PIPELINE_ORDER = (
+    backbones,
+    predict,
+    train_head,
+    traits,
+    spaces,
+    explain,
+    search,
+    report,
+    compare,
+    adversarial,
+)
 
 
 @hookimpl(tryfirst=True)

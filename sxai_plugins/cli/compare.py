@@ -31,9 +31,10 @@ def _methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+        )
     return methods
-
 
 
 # ------------------------------------------------------------------------------------ compare
@@ -41,7 +42,8 @@ def _compare(sub: argparse._SubParsersAction) -> None:
     from ..attr import METHODS
 
     p = sub.add_parser(
-        "compare", help="class attributions (Captum) beside the semantic attribution of a space",
+        "compare",
+        help="class attributions (Captum) beside the semantic attribution of a space",
         description=(
             "One image: Captum attributions of the predicted class's logit (--methods) beside "
             "attributions of the space's A_s (--semantic-methods), drawn in one figure (--out). "
@@ -57,30 +59,73 @@ def _compare(sub: argparse._SubParsersAction) -> None:
             "image prints {path, predicted, space, activation, probability, figure, methods}; "
             "an annotated set prints {space, concept, region_mode, n_images, region_fraction, "
             "rows: [{target, method, n_images, mass_in_region, pointing, infidelity, sensitivity, "
-            "n_robustness, seconds_per_image}], skipped, settings}."),
+            "n_robustness, seconds_per_image}], skipped, settings}."
+        ),
     )
     p.add_argument("image", nargs="?", help="an image file (or use --annotations)")
-    p.add_argument("--space", required=True, help="the space to attribute, as class.concept (e.g. cat.eyes)")
+    p.add_argument(
+        "--space", required=True, help="the space to attribute, as class.concept (e.g. cat.eyes)"
+    )
     add_model_args(p)
     add_space_args(p)
-    p.add_argument("--methods", type=_methods, default=["ig", "occlusion", "gradcam", "saliency"],
-                   help="class attributions (default ig,occlusion,gradcam,saliency)")
-    p.add_argument("--semantic-methods", type=_methods, default=["occlusion"],
-                   help="attributions of the space's A_s (default occlusion)")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=["ig", "occlusion", "gradcam", "saliency"],
+        help="class attributions (default ig,occlusion,gradcam,saliency)",
+    )
+    p.add_argument(
+        "--semantic-methods",
+        type=_methods,
+        default=["occlusion"],
+        help="attributions of the space's A_s (default occlusion)",
+    )
     p.add_argument("--annotations", help="a COCO concept annotation file: score over its images")
-    p.add_argument("--image-root", help="folder the annotation file's image paths are relative to "
-                                        "(default: the file's folder)")
-    p.add_argument("--limit", type=non_negative_int, default=0, help="at most this many annotated images (0: all)")
+    p.add_argument(
+        "--image-root",
+        help="folder the annotation file's image paths are relative to "
+        "(default: the file's folder)",
+    )
+    p.add_argument(
+        "--limit",
+        type=non_negative_int,
+        default=0,
+        help="at most this many annotated images (0: all)",
+    )
     p.add_argument("--region", choices=("disc", "superpixel"), default="disc", help="region mode")
-    p.add_argument("--robustness-n", type=non_negative_int, default=2,
-                   help="images for infidelity and sensitivity_max (default 2; 0: skip)")
-    p.add_argument("--perturbations", type=positive_int, default=4, help="perturbations per image for both (default 4)")
-    p.add_argument("--ig-steps", type=positive_int, default=16, help="integration steps of 'ig' (default 16)")
-    p.add_argument("--n-segments", type=positive_int, default=40, help="SLIC superpixels for 'occlusion' (default 40)")
-    p.add_argument("--fill", choices=("blur", "mean", "black"), default="blur",
-                   help="what occluded pixels become (default blur)")
-    p.add_argument("--out", "-o", help="figure PNG (one image: default sxai-out/<stem>.compare.png; "
-                                        "annotations: the first image's figure, only when given)")
+    p.add_argument(
+        "--robustness-n",
+        type=non_negative_int,
+        default=2,
+        help="images for infidelity and sensitivity_max (default 2; 0: skip)",
+    )
+    p.add_argument(
+        "--perturbations",
+        type=positive_int,
+        default=4,
+        help="perturbations per image for both (default 4)",
+    )
+    p.add_argument(
+        "--ig-steps", type=positive_int, default=16, help="integration steps of 'ig' (default 16)"
+    )
+    p.add_argument(
+        "--n-segments",
+        type=positive_int,
+        default=40,
+        help="SLIC superpixels for 'occlusion' (default 40)",
+    )
+    p.add_argument(
+        "--fill",
+        choices=("blur", "mean", "black"),
+        default="blur",
+        help="what occluded pixels become (default blur)",
+    )
+    p.add_argument(
+        "--out",
+        "-o",
+        help="figure PNG (one image: default sxai-out/<stem>.compare.png; "
+        "annotations: the first image's figure, only when given)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     p.set_defaults(handler=_run_compare)
@@ -94,10 +139,6 @@ def _pick_space(args: argparse.Namespace, model):
         if space.key == args.space:
             return space
     raise SxaiError(f"no space {args.space!r} among the loaded spaces: {', '.join(spaces.keys)}")
-
-
-
-
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -122,20 +163,34 @@ def _run_compare(args: argparse.Namespace) -> int:
     probs = out.logits.softmax(1)[0].cpu()
     predicted = model.class_names[int(probs.argmax())]
     activation = float(space.activation(out.traits.cpu())[0])
-    probability = float(space.probability(out.traits.cpu())[0]) if space.reference or space.probe else None
+    probability = (
+        float(space.probability(out.traits.cpu())[0]) if space.reference or space.probe else None
+    )
     panels = comparison_panels(model, space, image, args.methods, args.semantic_methods, options)
     figure = Path(args.out or Path("sxai-out") / f"{Path(args.image).stem}.compare.png")
-    comparison_figure(image, panels, figure,
-                      title=f"{Path(args.image).name}: predicted {predicted} ({float(probs.max()):.3f}); "
-                            f"{space.key} P={probability if probability is None else round(probability, 3)}")
-    record = {"path": args.image, "predicted": predicted, "space": space.key,
-              "activation": rounded(activation), "probability": rounded(probability), "figure": str(figure),
-              "methods": [name for name, _ in panels]}
+    comparison_figure(
+        image,
+        panels,
+        figure,
+        title=f"{Path(args.image).name}: predicted {predicted} ({float(probs.max()):.3f}); "
+        f"{space.key} P={probability if probability is None else round(probability, 3)}",
+    )
+    record = {
+        "path": args.image,
+        "predicted": predicted,
+        "space": space.key,
+        "activation": rounded(activation),
+        "probability": rounded(probability),
+        "figure": str(figure),
+        "methods": [name for name, _ in panels],
+    }
     if args.json:
         print(dumps_json(record))
     else:
-        print(f"{args.image}: predicted {predicted} ({float(probs.max()):.3f}); {space.key}: "
-              f"A_s {activation:.4f}, P_s {'–' if probability is None else f'{probability:.3f}'}")
+        print(
+            f"{args.image}: predicted {predicted} ({float(probs.max()):.3f}); {space.key}: "
+            f"A_s {activation:.4f}, P_s {'–' if probability is None else f'{probability:.3f}'}"
+        )
         print(f"figure: {figure}")
     return 0
 
@@ -155,25 +210,47 @@ def _compare_annotations(args, model, space, options: dict, size: tuple[int, int
     for w in caught:
         print(f"skipped: {w.message}", file=sys.stderr)
     if space.concept not in annotations.concepts:
-        raise SxaiError(f"{args.annotations}: no concept {space.concept!r} (has "
-                        f"{', '.join(annotations.concepts)}); pick another --space")
-    chosen = [a for a in annotations.annotations if a.class_name == space.class_name and a.has(space.concept)]
+        raise SxaiError(
+            f"{args.annotations}: no concept {space.concept!r} (has "
+            f"{', '.join(annotations.concepts)}); pick another --space"
+        )
+    chosen = [
+        a
+        for a in annotations.annotations
+        if a.class_name == space.class_name and a.has(space.concept)
+    ]
     if args.limit:
         chosen = chosen[: args.limit]
     if not chosen:
-        raise SxaiError(f"{args.annotations}: no image of class {space.class_name!r} shows {space.concept!r}")
+        raise SxaiError(
+            f"{args.annotations}: no image of class {space.class_name!r} shows {space.concept!r}"
+        )
     report = compare_attributions(
-        model, space, chosen, methods=args.methods, semantic_methods=args.semantic_methods,
-        region_mode=args.region, robustness_n=args.robustness_n, n_perturb_samples=args.perturbations,
-        options=options, progress=not (args.quiet or args.json))
+        model,
+        space,
+        chosen,
+        methods=args.methods,
+        semantic_methods=args.semantic_methods,
+        region_mode=args.region,
+        robustness_n=args.robustness_n,
+        n_perturb_samples=args.perturbations,
+        options=options,
+        progress=not (args.quiet or args.json),
+    )
     for why in report.skipped:
         print(f"skipped: {why}", file=sys.stderr)
     if args.out:
         first = chosen[0]
         image = first.load(size)
-        region = concept_region(image, first.geometry(space.concept, image.shape[:2]), mode=args.region)
-        panels = comparison_panels(model, space, image, args.methods, args.semantic_methods, options)
-        comparison_figure(image, panels, args.out, region, title=f"{first.image_path.name}: {space.key}")
+        region = concept_region(
+            image, first.geometry(space.concept, image.shape[:2]), mode=args.region
+        )
+        panels = comparison_panels(
+            model, space, image, args.methods, args.semantic_methods, options
+        )
+        comparison_figure(
+            image, panels, args.out, region, title=f"{first.image_path.name}: {space.key}"
+        )
     if args.json:
         print(dumps_json(report.to_dict()))
     else:

@@ -29,30 +29,40 @@ EXPLAIN_JSON = (
 )
 
 
-
 # ------------------------------------------------------------------------------------ explain
 def _explain(sub: argparse._SubParsersAction) -> None:
     from ._args import add_inference_args
 
     p = sub.add_parser(
-        "explain", help="prediction, semantic probabilities, explanation sentence and radar map",
+        "explain",
+        help="prediction, semantic probabilities, explanation sentence and radar map",
         description="Assess each image (files or folders) with the semantic spaces: print the "
-                    "prediction, the class probabilities, every space's P_s and the explanation "
-                    "sentence, and write a radar map PNG per image to --out. " + EXPLAIN_JSON +
-                    " Unreadable files are reported on stderr and skipped.",
+        "prediction, the class probabilities, every space's P_s and the explanation "
+        "sentence, and write a radar map PNG per image to --out. "
+        + EXPLAIN_JSON
+        + " Unreadable files are reported on stderr and skipped.",
     )
     p.add_argument("images", nargs="+", help="image files or folders")
     add_model_args(p)
     add_space_args(p, batch_size=True)
-    p.add_argument("--template", "-t", default="english",
-                   help="explanation template by name (default english; an unknown name lists the installed ones)")
-    p.add_argument("--out", "-o", default="sxai-out", help="folder for the radar maps (default sxai-out/)")
-    p.add_argument("--top", type=positive_int, default=5,
-                   help="classes shown per image in text output (default 5; --json lists all)")
+    p.add_argument(
+        "--template",
+        "-t",
+        default="english",
+        help="explanation template by name (default english; an unknown name lists the installed ones)",
+    )
+    p.add_argument(
+        "--out", "-o", default="sxai-out", help="folder for the radar maps (default sxai-out/)"
+    )
+    p.add_argument(
+        "--top",
+        type=positive_int,
+        default=5,
+        help="classes shown per image in text output (default 5; --json lists all)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     add_inference_args(p)
     p.set_defaults(handler=_run_explain)
-
 
 
 def _record(assessment, sentence: str, radar: Path) -> dict:
@@ -66,18 +76,33 @@ def _record(assessment, sentence: str, radar: Path) -> dict:
         "concept_max": assessment.concept_max,
         "delta_max_p": rounded(assessment.delta_max_p),
         "concepts": [
-            {"concept": c.concept, "probability": rounded(c.probability), "delta": rounded(c.delta),
-             "rival": c.rival, "rival_probability": rounded(c.rival_probability)}
+            {
+                "concept": c.concept,
+                "probability": rounded(c.probability),
+                "delta": rounded(c.delta),
+                "rival": c.rival,
+                "rival_probability": rounded(c.rival_probability),
+            }
             for c in assessment.concepts
         ],
         "spaces": [
-            {"space": s.key, "class": s.class_name, "concept": s.concept,
-             "activation": rounded(s.activation), "probability": rounded(s.probability)}
+            {
+                "space": s.key,
+                "class": s.class_name,
+                "concept": s.concept,
+                "activation": rounded(s.activation),
+                "probability": rounded(s.probability),
+            }
             for s in assessment.spaces
         ],
-        "detection": None if assessment.detection is None else {
-            "flag": assessment.detection["flag"], "score": rounded(assessment.detection["score"]),
-            "threshold": rounded(assessment.detection["threshold"]), "fpr": rounded(assessment.detection["fpr"])},
+        "detection": None
+        if assessment.detection is None
+        else {
+            "flag": assessment.detection["flag"],
+            "score": rounded(assessment.detection["score"]),
+            "threshold": rounded(assessment.detection["threshold"]),
+            "fpr": rounded(assessment.detection["fpr"]),
+        },
     }
 
 
@@ -112,9 +137,15 @@ def _run_explain(args: argparse.Namespace) -> int:
     failures: list[tuple[Path, str]] = []
     records = []
     taken: set[str] = set()
-    with tqdm(total=len(paths), desc="explaining", unit="img", disable=not show_progress(args, len(paths))) as bar:
-        for batch in iter_outputs(model, paths, args.batch_size, failures, precision=args.precision):
-            for assessment in assess_outputs(model, spaces, batch.output, batch.paths, detector=detector):
+    with tqdm(
+        total=len(paths), desc="explaining", unit="img", disable=not show_progress(args, len(paths))
+    ) as bar:
+        for batch in iter_outputs(
+            model, paths, args.batch_size, failures, precision=args.precision
+        ):
+            for assessment in assess_outputs(
+                model, spaces, batch.output, batch.paths, detector=detector
+            ):
                 sentence = template.render(assessment)
                 radar = radar_map(assessment, out / _radar_name(Path(assessment.path), taken))
                 records.append(_record(assessment, sentence, radar))
@@ -133,8 +164,10 @@ def _run_explain(args: argparse.Namespace) -> int:
             print(f"  {r['sentence']}")
             d = r["detection"]
             if d is not None and d["flag"]:
-                print(f"  {FLAG_SENTENCE} (detection score {d['score']:.3f} > threshold "
-                      f"{d['threshold']:.3f}; {d['fpr']:.0%} of clean images are flagged too).")
+                print(
+                    f"  {FLAG_SENTENCE} (detection score {d['score']:.3f} > threshold "
+                    f"{d['threshold']:.3f}; {d['fpr']:.0%} of clean images are flagged too)."
+                )
             print(f"  radar map: {r['radar']}")
     return 0 if records or not paths else 1
 

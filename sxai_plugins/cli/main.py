@@ -18,15 +18,19 @@ from .._utils.io import ESCAPE_ERRORS
 def build_parser() -> argparse.ArgumentParser:
     from ..plugin.manager import get_plugin_manager
 
-    parser = argparse.ArgumentParser(prog="sxai", description="Semantic explanations (S-XAI) for timm CNNs.")
+    parser = argparse.ArgumentParser(
+        prog="sxai", description="Semantic explanations (S-XAI) for timm CNNs."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     try:
         get_plugin_manager().hook.sxai_add_commands(subparsers=sub)
     except argparse.ArgumentError as exc:
-        raise SxaiError(f"a plugin adds a command that already exists: {exc}; uninstall one of the "
-                        "two plugins (`sxai backbones` lists what is installed)") from exc
+        raise SxaiError(
+            f"a plugin adds a command that already exists: {exc}; uninstall one of the "
+            "two plugins (`sxai backbones` lists what is installed)"
+        ) from exc
     return parser
 
 
@@ -48,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
         return args.handler(args)
     except SxaiError as exc:
         print(f"sxai: error: {exc}", file=sys.stderr)

@@ -12,19 +12,24 @@ from ._args import add_model_args, add_space_args, model_from_args, non_negative
 # -------------------------------------------------------------------------------------- index
 def _index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "index", help="score a folder of images into a search index (SQLite)",
+        "index",
+        help="score a folder of images into a search index (SQLite)",
         description="Score every image under DIR (prediction and every space's P_s, one forward pass "
-                    "per batch) into the SQLite file --db. Incremental: files already indexed with "
-                    "the same mtime and size are skipped; after an interruption, run it again to "
-                    "finish. Unreadable files are reported and recorded, and retried once they change.",
+        "per batch) into the SQLite file --db. Incremental: files already indexed with "
+        "the same mtime and size are skipped; after an interruption, run it again to "
+        "finish. Unreadable files are reported and recorded, and retried once they change.",
     )
     p.add_argument("folder", help="folder of images (searched recursively)")
     p.add_argument("--db", required=True, help="the index file (created if missing)")
     add_model_args(p)
     add_space_args(p, batch_size=True)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="forward-pass precision: fp32 (default), or bf16/fp16 autocast on a CUDA device")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="forward-pass precision: fp32 (default), or bf16/fp16 autocast on a CUDA device",
+    )
     p.set_defaults(handler=_run_index)
 
 
@@ -35,32 +40,44 @@ def _run_index(args: argparse.Namespace) -> int:
     check_output_file(args.db, "--db")
     model = model_from_args(args)
     spaces = load_space_set(args.spaces, model, force=args.force)
-    report = index_folder(model, spaces, args.folder, args.db, batch_size=args.batch_size,
-                          progress=not args.quiet, precision=args.precision)
+    report = index_folder(
+        model,
+        spaces,
+        args.folder,
+        args.db,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        precision=args.precision,
+    )
     for _path, why in report.failed:
         print(f"skipped: {why}", file=sys.stderr)
-    print(f"{args.db}: {report.found} images found, {report.scored} scored, {report.unchanged} "
-          f"unchanged, {len(report.failed)} unreadable, {report.removed} removed")
+    print(
+        f"{args.db}: {report.found} images found, {report.scored} scored, {report.unchanged} "
+        f"unchanged, {len(report.failed)} unreadable, {report.removed} removed"
+    )
     return 0
 
 
 # ------------------------------------------------------------------------------------- search
 def _search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "search", help="find indexed images by semantic probabilities",
+        "search",
+        help="find indexed images by semantic probabilities",
         description='Find images in an index built by `sxai index`, e.g. "dog.nose > 0.9 and '
-                    'cat.legs < 0.1" or "predicted = cat and not (cat.eyes < 0.5)". Names: indexed '
-                    "spaces class.concept (their P_s) and predicted (the predicted class, compared "
-                    "with = or != to a class name); operators < <= > >= = == != <>; and, or, not, "
-                    "parentheses. Matches come most extreme first on the query's first space (descending "
-                    "for > >= = !=, ascending for < <=), then by path; a query without a space is "
-                    "ordered by path. The exit status is 1 when "
-                    'nothing matches. With --json, print {"query", "total", "matches": [{"path", "predicted", "class_probabilities", '
-                    '"probabilities": {space: P_s}}]}.',
+        'cat.legs < 0.1" or "predicted = cat and not (cat.eyes < 0.5)". Names: indexed '
+        "spaces class.concept (their P_s) and predicted (the predicted class, compared "
+        "with = or != to a class name); operators < <= > >= = == != <>; and, or, not, "
+        "parentheses. Matches come most extreme first on the query's first space (descending "
+        "for > >= = !=, ascending for < <=), then by path; a query without a space is "
+        "ordered by path. The exit status is 1 when "
+        'nothing matches. With --json, print {"query", "total", "matches": [{"path", "predicted", "class_probabilities", '
+        '"probabilities": {space: P_s}}]}.',
     )
     p.add_argument("query", help="the search query (quote it in the shell)")
     p.add_argument("--db", required=True, help="an index written by `sxai index`")
-    p.add_argument("--limit", type=non_negative_int, default=50, help="matches shown (default 50; 0: all)")
+    p.add_argument(
+        "--limit", type=non_negative_int, default=50, help="matches shown (default 50; 0: all)"
+    )
     p.add_argument("--sheet", help="write a contact sheet PNG of the matches shown")
     p.add_argument("--json", action="store_true", help="machine-readable output (see above)")
     p.set_defaults(handler=_run_search)
@@ -75,13 +92,25 @@ def _run_search(args: argparse.Namespace) -> int:
     with SearchIndex(args.db) as index:
         result = index.search(args.query, limit=args.limit or None)
     if args.json:
-        print(dumps_json({
-            "query": result.query, "total": result.total,
-            "matches": [{"path": m.path, "predicted": m.predicted,
-                         "class_probabilities": {k: rounded(v) for k, v in m.class_probabilities.items()},
-                         "probabilities": {k: rounded(v) for k, v in m.probabilities.items()}}
-                        for m in result.matches],
-        }))
+        print(
+            dumps_json(
+                {
+                    "query": result.query,
+                    "total": result.total,
+                    "matches": [
+                        {
+                            "path": m.path,
+                            "predicted": m.predicted,
+                            "class_probabilities": {
+                                k: rounded(v) for k, v in m.class_probabilities.items()
+                            },
+                            "probabilities": {k: rounded(v) for k, v in m.probabilities.items()},
+                        }
+                        for m in result.matches
+                    ],
+                }
+            )
+        )
     else:
         for m in result.matches:
             shown = "  ".join(f"{k} {m.probabilities[k]:.3f}" for k in result.spaces)

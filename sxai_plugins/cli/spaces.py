@@ -11,50 +11,98 @@ from pathlib import Path
 from .._utils.errors import SxaiError
 from ._args import add_model_args, model_from_args, positive_int
 
-CONFIG_KEYS = {"annotations", "image_root", "visibility", "reference", "classes", "concepts", "out",
-               "recipe", "recipe_options", "backbone", "head", "weights", "invert", "inversion_steps",
-               "plots", "contact_sheets", "evaluate", "folds"}
+CONFIG_KEYS = {
+    "annotations",
+    "image_root",
+    "visibility",
+    "reference",
+    "classes",
+    "concepts",
+    "out",
+    "recipe",
+    "recipe_options",
+    "backbone",
+    "head",
+    "weights",
+    "invert",
+    "inversion_steps",
+    "plots",
+    "contact_sheets",
+    "evaluate",
+    "folds",
+}
 RECIPES = ("probe", "tuned", "paper")
 
 
 def _space(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "space", help="build semantic spaces from concept annotations",
+        "space",
+        help="build semantic spaces from concept annotations",
         description="Build one semantic space per (class, concept) from annotated images (COCO "
-                    "keypoints/polygons/boxes; --visibility adds images labelled without points), "
-                    "evaluate it on images it was not built from, and write "
-                    "OUT/<class>.<concept>.safetensors, OUT/report.json and OUT/plots/ (OUT is "
-                    "replaced whole). The default recipe 'probe' trains a calibrated concept probe "
-                    "on the traits of originals, concept-masked and control-masked copies and "
-                    "reports out-of-fold validity; 'paper' and 'tuned' build the SSN spaces of "
-                    "format v1. Options can come from a TOML file (--config; paths in it are "
-                    "relative to the file); command-line options override it.",
+        "keypoints/polygons/boxes; --visibility adds images labelled without points), "
+        "evaluate it on images it was not built from, and write "
+        "OUT/<class>.<concept>.safetensors, OUT/report.json and OUT/plots/ (OUT is "
+        "replaced whole). The default recipe 'probe' trains a calibrated concept probe "
+        "on the traits of originals, concept-masked and control-masked copies and "
+        "reports out-of-fold validity; 'paper' and 'tuned' build the SSN spaces of "
+        "format v1. Options can come from a TOML file (--config; paths in it are "
+        "relative to the file); command-line options override it.",
     )
     p.add_argument("--config", help="TOML file with the keys: " + ", ".join(sorted(CONFIG_KEYS)))
     p.add_argument("--annotations", help="COCO annotation file")
     p.add_argument("--image-root", help="folder the annotation file's image paths are relative to")
-    p.add_argument("--visibility", help="JSON of images labelled with visible parts, without points "
-                                        "(probe recipe: more natural positives and negatives)")
-    p.add_argument("--reference", help="folder of reference images (searched recursively; needed by "
-                                       "paper and tuned, optional for probe: distribution plots)")
+    p.add_argument(
+        "--visibility",
+        help="JSON of images labelled with visible parts, without points "
+        "(probe recipe: more natural positives and negatives)",
+    )
+    p.add_argument(
+        "--reference",
+        help="folder of reference images (searched recursively; needed by "
+        "paper and tuned, optional for probe: distribution plots)",
+    )
     p.add_argument("--class", dest="classes", action="append", help="class name (repeatable)")
     p.add_argument("--concept", dest="concepts", action="append", help="concept name (repeatable)")
     p.add_argument("--out", "-o", help="output folder")
-    p.add_argument("--recipe", choices=RECIPES,
-                   help="probe (default): calibrated concept probes (format v2); tuned: SSNs ranked by "
-                        "paired masking effect and natural negatives; paper: the paper's PC1 difference")
-    p.add_argument("--folds", type=positive_int, help="probe: out-of-fold evaluation folds, at least 2 (default 5)")
-    p.add_argument("--no-evaluate", action="store_true",
-                   help="probe: skip the out-of-fold evaluation (faster; the files carry no figures)")
-    p.add_argument("--n-ssn", type=positive_int, help="number of SSNs (kept for display by probe; default 5)")
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="probe (default): calibrated concept probes (format v2); tuned: SSNs ranked by "
+        "paired masking effect and natural negatives; paper: the paper's PC1 difference",
+    )
+    p.add_argument(
+        "--folds",
+        type=positive_int,
+        help="probe: out-of-fold evaluation folds, at least 2 (default 5)",
+    )
+    p.add_argument(
+        "--no-evaluate",
+        action="store_true",
+        help="probe: skip the out-of-fold evaluation (faster; the files carry no figures)",
+    )
+    p.add_argument(
+        "--n-ssn", type=positive_int, help="number of SSNs (kept for display by probe; default 5)"
+    )
     p.add_argument("--masker", help="paper/tuned: masker plugin name (default superpixel)")
-    p.add_argument("--region", choices=["superpixel", "disc"], help="paper/tuned: how points grow into a region")
+    p.add_argument(
+        "--region",
+        choices=["superpixel", "disc"],
+        help="paper/tuned: how points grow into a region",
+    )
     p.add_argument("--seed", type=int, help="seed of splits, folds and control regions (default 0)")
-    p.add_argument("--invert", help="feature inverter for the space pictures: fourier, tv or none (default none)")
+    p.add_argument(
+        "--invert",
+        help="feature inverter for the space pictures: fourier, tv or none (default none)",
+    )
     p.add_argument("--inversion-steps", type=int)
-    p.add_argument("--no-plots", action="store_true", help="skip distribution plots and contact sheets")
-    p.add_argument("--no-contact-sheets", action="store_true",
-                   help="skip the sheets of reference images (they copy the data set's images)")
+    p.add_argument(
+        "--no-plots", action="store_true", help="skip distribution plots and contact sheets"
+    )
+    p.add_argument(
+        "--no-contact-sheets",
+        action="store_true",
+        help="skip the sheets of reference images (they copy the data set's images)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_model_args(p)
     p.set_defaults(handler=_run_space, backbone=None)
@@ -71,64 +119,110 @@ def _load_config(args: argparse.Namespace) -> dict:
         unknown = set(config) - CONFIG_KEYS
         if unknown:
             raise SxaiError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
-        for key in ("annotations", "image_root", "visibility", "reference", "out", "head", "weights"):
+        for key in (
+            "annotations",
+            "image_root",
+            "visibility",
+            "reference",
+            "out",
+            "head",
+            "weights",
+        ):
             if key in config:
                 config[key] = str((path.parent / config[key]).resolve())
     overrides = {
-        "annotations": args.annotations, "image_root": args.image_root, "reference": args.reference,
-        "visibility": args.visibility, "folds": args.folds,
-        "classes": args.classes, "concepts": args.concepts, "out": args.out, "recipe": args.recipe,
-        "invert": args.invert, "inversion_steps": args.inversion_steps, "backbone": args.backbone,
-        "head": args.head, "weights": args.weights,
+        "annotations": args.annotations,
+        "image_root": args.image_root,
+        "reference": args.reference,
+        "visibility": args.visibility,
+        "folds": args.folds,
+        "classes": args.classes,
+        "concepts": args.concepts,
+        "out": args.out,
+        "recipe": args.recipe,
+        "invert": args.invert,
+        "inversion_steps": args.inversion_steps,
+        "backbone": args.backbone,
+        "head": args.head,
+        "weights": args.weights,
     }
     config.update({k: v for k, v in overrides.items() if v is not None})
     if args.no_evaluate:
         config["evaluate"] = False
     if int(config.get("folds", 5)) < 2:
-        raise SxaiError(f"--folds must be at least 2 (every image is scored by spaces built without it), got {config['folds']}")
+        raise SxaiError(
+            f"--folds must be at least 2 (every image is scored by spaces built without it), got {config['folds']}"
+        )
     if config.get("recipe", "probe") not in RECIPES:
         raise SxaiError(f"unknown recipe {config['recipe']!r}; use one of {', '.join(RECIPES)}")
     options = dict(config.get("recipe_options", {}))
-    for key, value in (("n_ssn", args.n_ssn), ("masker", args.masker), ("region", args.region), ("seed", args.seed)):
+    for key, value in (
+        ("n_ssn", args.n_ssn),
+        ("masker", args.masker),
+        ("region", args.region),
+        ("seed", args.seed),
+    ):
         if value is not None:
             options[key] = value
     config["recipe_options"] = options
-    needed = ("annotations", "out") if config.get("recipe", "probe") == "probe" else ("annotations", "reference", "out")
+    needed = (
+        ("annotations", "out")
+        if config.get("recipe", "probe") == "probe"
+        else ("annotations", "reference", "out")
+    )
     missing = [k for k in needed if not config.get(k)]
     if missing:
-        raise SxaiError(f"sxai space needs {', '.join('--' + k for k in missing)} (or a --config with them)")
+        raise SxaiError(
+            f"sxai space needs {', '.join('--' + k for k in missing)} (or a --config with them)"
+        )
     return config
 
 
-
-
 def _fmt(value, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def format_table(spaces) -> str:
     """The spaces' evaluation figures, one row each (out-of-fold figures for probe spaces)."""
     if spaces and "drop" in spaces[0].evaluation:
-        columns = [("drop", "drop"), ("auroc", "AUROC"), ("auroc_natural", "AUROC nat"),
-                   ("control_shift", "ctrl |ΔP|"), ("rival_auroc", "rival AUROC"), ("ece", "ECE")]
-        head = f"{'space':<12}{'pos':>5}{'nat':>5}" + "".join(f"{label:>13}" for _, label in columns)
+        columns = [
+            ("drop", "drop"),
+            ("auroc", "AUROC"),
+            ("auroc_natural", "AUROC nat"),
+            ("control_shift", "ctrl |ΔP|"),
+            ("rival_auroc", "rival AUROC"),
+            ("ece", "ECE"),
+        ]
+        head = f"{'space':<12}{'pos':>5}{'nat':>5}" + "".join(
+            f"{label:>13}" for _, label in columns
+        )
         rows = [head, "-" * len(head)]
         for s in spaces:
             e = s.evaluation
-            rows.append(f"{s.key:<12}{e.get('n_positive', 0):>5}{e.get('n_natural', 0):>5}"
-                        + "".join(f"{_fmt(e.get(name)):>13}" for name, _ in columns))
+            rows.append(
+                f"{s.key:<12}{e.get('n_positive', 0):>5}{e.get('n_natural', 0):>5}"
+                + "".join(f"{_fmt(e.get(name)):>13}" for name, _ in columns)
+            )
         return "\n".join(rows + ["(out of fold: each image scored by probes that never saw it)"])
-    head = (f"{'space':<12}{'SSNs':>5}{'P(orig)>P(masked)':>19}{'AUROC vis/not':>15}{'(neg)':>6}"
-            f"{'AUROC orig/mask':>17}{'Q-Q R²':>8}")
+    head = (
+        f"{'space':<12}{'SSNs':>5}{'P(orig)>P(masked)':>19}{'AUROC vis/not':>15}{'(neg)':>6}"
+        f"{'AUROC orig/mask':>17}{'Q-Q R²':>8}"
+    )
     rows = [head, "-" * len(head)]
     for s in spaces:
         e = s.evaluation
         if not e:
             rows.append(f"{s.key:<12}{s.n_ssn:>5}  (not evaluated)")
             continue
-        rows.append(f"{s.key:<12}{s.n_ssn:>5}{_fmt(e['fraction_original_above_masked']):>19}"
-                    f"{_fmt(e['auroc_visible_vs_not']):>15}{e['n_natural_negatives']:>6}"
-                    f"{_fmt(e['auroc_original_vs_masked']):>17}{_fmt(e['qq_r2']):>8}")
+        rows.append(
+            f"{s.key:<12}{s.n_ssn:>5}{_fmt(e['fraction_original_above_masked']):>19}"
+            f"{_fmt(e['auroc_visible_vs_not']):>15}{e['n_natural_negatives']:>6}"
+            f"{_fmt(e['auroc_original_vs_masked']):>17}{_fmt(e['qq_r2']):>8}"
+        )
     return "\n".join(rows)
 
 
@@ -147,7 +241,9 @@ def _run_space(args: argparse.Namespace) -> int:
     if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
         raise SxaiError(f"{out.parent}: cannot write there; choose another --out")
     model = model_from_args(args)
-    annotations = load_coco(config["annotations"], config.get("image_root") or Path(config["annotations"]).parent)
+    annotations = load_coco(
+        config["annotations"], config.get("image_root") or Path(config["annotations"]).parent
+    )
     classes = config.get("classes") or list(model.class_names)
     concepts = config.get("concepts") or list(annotations.concepts)
     mode = config.get("recipe", "probe")
@@ -157,11 +253,20 @@ def _run_space(args: argparse.Namespace) -> int:
     else:
         spaces, shared = _build_v1(model, annotations, config, classes, concepts, reference, mode)
     summary = {
-        "backbone": model.name, "fingerprint": model.fingerprint(), "recipe": mode,
-        "annotations": str(config["annotations"]), "visibility": config.get("visibility"),
+        "backbone": model.name,
+        "fingerprint": model.fingerprint(),
+        "recipe": mode,
+        "annotations": str(config["annotations"]),
+        "visibility": config.get("visibility"),
         "reference": config.get("reference"),
-        "spaces": {s.key: {"ssn": s.indices.tolist(), "delta": [round(float(d), 6) for d in s.delta],
-                           **s.evaluation} for s in spaces},
+        "spaces": {
+            s.key: {
+                "ssn": s.indices.tolist(),
+                "delta": [round(float(d), 6) for d in s.delta],
+                **s.evaluation,
+            }
+            for s in spaces
+        },
         "shared_channels": {str(c): keys for c, keys in shared.items()},
     }
     with atomic_folder(out) as tmp:
@@ -175,8 +280,10 @@ def _run_space(args: argparse.Namespace) -> int:
     else:
         print(format_table(spaces))
         if shared:
-            print("channels shared between spaces: " + "; ".join(
-                f"{c}: {', '.join(keys)}" for c, keys in shared.items()))
+            print(
+                "channels shared between spaces: "
+                + "; ".join(f"{c}: {', '.join(keys)}" for c, keys in shared.items())
+            )
         print(f"wrote {len(spaces)} spaces to {out}")
     return 0
 
@@ -191,26 +298,34 @@ def _build_probes(model, annotations, config, classes, concepts, reference):
     seed = int(options.pop("seed", 0))
     for key in ("masker", "region"):
         if key in options:
-            raise SxaiError(f"--{key} belongs to the paper and tuned recipes; the probe recipe masks "
-                            "with its train_maskings (recipe_options in the config)")
+            raise SxaiError(
+                f"--{key} belongs to the paper and tuned recipes; the probe recipe masks "
+                "with its train_maskings (recipe_options in the config)"
+            )
     for key in ("train_maskings", "held_out_maskings", "cs"):
         if key in options:
             options[key] = tuple(options[key])
     try:
         recipe = ProbeRecipe(**options)
     except TypeError as exc:
-        raise SxaiError(f"unknown probe recipe option ({exc}); see sxai_plugins.spaces.probes.ProbeRecipe") from exc
+        raise SxaiError(
+            f"unknown probe recipe option ({exc}); see sxai_plugins.spaces.probes.ProbeRecipe"
+        ) from exc
     labelled = load_labelled(annotations, config.get("visibility"), config.get("image_root"))
     maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
     bank = cached_probe_features(model, labelled, concepts, maskings, seed=seed)
     spaces = build_probe_spaces(model, bank, classes, concepts, recipe)
     if config.get("evaluate", True):
         folds = int(config.get("folds", 5))
-        results = evaluate_recipes(bank, classes, concepts, ["probe"], recipe, folds=folds, seed=seed)["probe"]
+        results = evaluate_recipes(
+            bank, classes, concepts, ["probe"], recipe, folds=folds, seed=seed
+        )["probe"]
         for space in spaces:
-            space.evaluation = {"protocol": f"out-of-fold, {folds} folds grouped by image, seed {seed}; "
-                                            f"held-out maskings {', '.join(recipe.held_out_maskings)}",
-                                **results[space.key]}
+            space.evaluation = {
+                "protocol": f"out-of-fold, {folds} folds grouped by image, seed {seed}; "
+                f"held-out maskings {', '.join(recipe.held_out_maskings)}",
+                **results[space.key],
+            }
     if reference is not None:
         _paths, traits, logits = reference
         for space in spaces:
@@ -241,7 +356,11 @@ def _plots(model, spaces, config, reference, folder: Path, args) -> None:
                 continue
             keep = predicted == model.class_names.index(space.class_name)
             own = traits[keep]
-            distribution_plot(space, space.activation(own).detach().numpy(), folder / f"{space.key}.distribution.png")
+            distribution_plot(
+                space,
+                space.activation(own).detach().numpy(),
+                folder / f"{space.key}.distribution.png",
+            )
             if config.get("contact_sheets", True) and not args.no_contact_sheets:
                 own_paths = [p for p, k in zip(paths, keep.tolist()) if k]
                 extreme_sheets(space, own_paths, space.probability(own).numpy(), folder)

@@ -76,8 +76,10 @@ class AnnotationProblem:
     annotation_id: int | str | None = None
 
     def __str__(self) -> str:
-        where = [f"image {self.image_id}" if self.image_id is not None else "",
-                 f"annotation {self.annotation_id}" if self.annotation_id is not None else ""]
+        where = [
+            f"image {self.image_id}" if self.image_id is not None else "",
+            f"annotation {self.annotation_id}" if self.annotation_id is not None else "",
+        ]
         label = ", ".join(w for w in where if w)
         return f"{self.source}: {label + ': ' if label else ''}{self.message}"
 
@@ -103,7 +105,9 @@ class ConceptGeometry:
     def merged(self, other: ConceptGeometry) -> ConceptGeometry:
         """Both geometries' elements together (same frame)."""
         if tuple(other.size) != tuple(self.size):
-            raise ConceptAnnotationError(f"cannot merge geometries of sizes {self.size} and {other.size}")
+            raise ConceptAnnotationError(
+                f"cannot merge geometries of sizes {self.size} and {other.size}"
+            )
         return ConceptGeometry(
             self.size,
             np.concatenate([self.points, other.points]).reshape(-1, 2),
@@ -127,7 +131,10 @@ class ConceptGeometry:
             self.points * factor,
             [poly * factor for poly in self.polygons],
             masks,
-            [(x * factor[0], y * factor[1], w * factor[0], h * factor[1]) for x, y, w, h in self.boxes],
+            [
+                (x * factor[0], y * factor[1], w * factor[0], h * factor[1])
+                for x, y, w, h in self.boxes
+            ],
         )
 
     def area_mask(self) -> np.ndarray:
@@ -224,21 +231,32 @@ class AnnotationSet:
     def images_with(self, concept: str, class_name: str | None = None) -> list[ConceptAnnotation]:
         """Annotated images (of ``class_name`` if given) where ``concept`` is visible."""
         self._check(concept, class_name)
-        return [a for a in self.annotations
-                if a.has(concept) and (class_name is None or a.class_name == class_name)]
+        return [
+            a
+            for a in self.annotations
+            if a.has(concept) and (class_name is None or a.class_name == class_name)
+        ]
 
-    def images_without(self, concept: str, class_name: str | None = None) -> list[ConceptAnnotation]:
+    def images_without(
+        self, concept: str, class_name: str | None = None
+    ) -> list[ConceptAnnotation]:
         """Annotated, complete images (of ``class_name`` if given) where ``concept`` is not visible."""
         self._check(concept, class_name)
-        return [a for a in self.annotations
-                if a.complete and not a.has(concept)
-                and (class_name is None or a.class_name == class_name)]
+        return [
+            a
+            for a in self.annotations
+            if a.complete
+            and not a.has(concept)
+            and (class_name is None or a.class_name == class_name)
+        ]
 
     def counts(self) -> dict[str, dict[str, tuple[int, int]]]:
         """class -> concept -> (visible, not visible)."""
         return {
-            cls: {c: (len(self.images_with(c, cls)), len(self.images_without(c, cls)))
-                  for c in self.concepts}
+            cls: {
+                c: (len(self.images_with(c, cls)), len(self.images_without(c, cls)))
+                for c in self.concepts
+            }
             for cls in self.class_names
         }
 
@@ -312,7 +330,9 @@ def _inside(xy: np.ndarray, size: Size) -> bool:
     return bool(((xy[:, 0] >= 0) & (xy[:, 0] <= w) & (xy[:, 1] >= 0) & (xy[:, 1] <= h)).all())
 
 
-def _keypoint_table(ann: Mapping[str, Any], names: Sequence[str]) -> dict[str, tuple[float, float, int]]:
+def _keypoint_table(
+    ann: Mapping[str, Any], names: Sequence[str]
+) -> dict[str, tuple[float, float, int]]:
     """name -> (x, y, v) from a standard flat list or the non-standard dict form."""
     raw = ann["keypoints"]
     if isinstance(raw, Mapping):
@@ -322,8 +342,10 @@ def _keypoint_table(ann: Mapping[str, Any], names: Sequence[str]) -> dict[str, t
         return {k: (float(v[0]), float(v[1]), int(v[2])) for k, v in raw.items()}
     if len(raw) != 3 * len(names):
         raise ValueError(f"{len(raw)} keypoint values, expected 3 × {len(names)} ({list(names)})")
-    return {n: (float(raw[3 * i]), float(raw[3 * i + 1]), int(raw[3 * i + 2]))
-            for i, n in enumerate(names)}
+    return {
+        n: (float(raw[3 * i]), float(raw[3 * i + 1]), int(raw[3 * i + 2]))
+        for i, n in enumerate(names)
+    }
 
 
 def _segmentation(ann: Mapping[str, Any], size: Size) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -333,7 +355,9 @@ def _segmentation(ann: Mapping[str, Any], size: Size) -> tuple[list[np.ndarray],
         return [], []
     if isinstance(seg, Mapping):
         if tuple(int(v) for v in seg["size"]) != tuple(size):
-            raise ValueError(f"RLE size {list(seg['size'])} differs from the image's (H, W) {list(size)}")
+            raise ValueError(
+                f"RLE size {list(seg['size'])} differs from the image's (H, W) {list(size)}"
+            )
         mask = decode_rle(seg)
         return ([], [mask]) if mask.any() else ([], [])
     polygons = []
@@ -383,15 +407,20 @@ def load_coco(
             continue
         classes = sorted(set(class_votes.get(image_id, [])))
         if len(classes) != 1:
-            why = (f"animals of several classes {classes}" if classes
-                   else "concept annotations but no animal (class) annotation")
+            why = (
+                f"animals of several classes {classes}"
+                if classes
+                else "concept annotations but no animal (class) annotation"
+            )
             report(f"{why}; cannot tell the image's class", image_id=image_id)
             continue
         record.class_name = classes[0]
         record.complete = image_id not in incomplete
         record.concepts = {c: g for c, g in record.concepts.items() if g.visible}
         result.append(record)
-    return AnnotationSet(str(path), result, tuple(vocabulary.concepts), report.problems, unannotated)
+    return AnnotationSet(
+        str(path), result, tuple(vocabulary.concepts), report.problems, unannotated
+    )
 
 
 def _read_coco_json(path: Path) -> Mapping[str, Any]:
@@ -416,8 +445,12 @@ class _CocoConcepts:
     concepts: list[str]  # every concept, in the map's order then the categories'
 
     @classmethod
-    def read(cls, data: Mapping[str, Any], concept_map: Mapping[str, Sequence[str]] | None,
-             report: _Reporter) -> _CocoConcepts:
+    def read(
+        cls,
+        data: Mapping[str, Any],
+        concept_map: Mapping[str, Sequence[str]] | None,
+        report: _Reporter,
+    ) -> _CocoConcepts:
         categories = {c["id"]: c for c in data.get("categories", [])}
         keypoint_names = sorted({n for c in categories.values() for n in c.get("keypoints") or []})
         if concept_map is None:
@@ -427,10 +460,13 @@ class _CocoConcepts:
             unknown = [n for n in names if n not in keypoint_names]
             # A pure polygon/box file has no keypoints at all: then the map just names the concepts.
             if unknown and keypoint_names:
-                report(f"concept {concept!r} names unknown keypoint(s) {unknown}; "
-                       f"keypoints in the file: {keypoint_names}")
+                report(
+                    f"concept {concept!r} names unknown keypoint(s) {unknown}; "
+                    f"keypoints in the file: {keypoint_names}"
+                )
         concept_categories = {
-            cid for cid, c in categories.items()
+            cid
+            for cid, c in categories.items()
             if c.get("name") in concept_map or c.get("supercategory") == "concept"
         }
         concepts = list(concept_map)
@@ -440,8 +476,9 @@ class _CocoConcepts:
         return cls(categories, concept_map, concept_categories, concepts)
 
 
-def _coco_images(entries: Sequence[Mapping[str, Any]], image_root: Path, check_images: bool,
-                 report: _Reporter) -> dict[Any, ConceptAnnotation]:
+def _coco_images(
+    entries: Sequence[Mapping[str, Any]], image_root: Path, check_images: bool, report: _Reporter
+) -> dict[Any, ConceptAnnotation]:
     """An empty record per usable image entry (the others reported), by image id."""
     images: dict[Any, ConceptAnnotation] = {}
     for entry in entries:
@@ -454,8 +491,10 @@ def _coco_images(entries: Sequence[Mapping[str, Any]], image_root: Path, check_i
                     raise ValueError(f"image file {image_path} is missing")
                 actual = _display_size(image_path)
                 if size is not None and actual != size:
-                    raise ValueError(f"{image_path} is {actual[1]}×{actual[0]}, the file says "
-                                     f"{size[1]}×{size[0]}")
+                    raise ValueError(
+                        f"{image_path} is {actual[1]}×{actual[0]}, the file says "
+                        f"{size[1]}×{size[0]}"
+                    )
                 size = actual
         except (ValueError, KeyError, OSError) as exc:
             report(str(exc), image_id=image_id)
@@ -465,7 +504,9 @@ def _coco_images(entries: Sequence[Mapping[str, Any]], image_root: Path, check_i
 
 
 def _attach_annotations(
-    data: Mapping[str, Any], images: dict[Any, ConceptAnnotation], vocabulary: _CocoConcepts,
+    data: Mapping[str, Any],
+    images: dict[Any, ConceptAnnotation],
+    vocabulary: _CocoConcepts,
     report: _Reporter,
 ) -> tuple[set[Any], set[Any], dict[Any, list[str]]]:
     """Add every annotation's concept geometry to its image's record; returns the ids of the
@@ -485,8 +526,9 @@ def _attach_annotations(
                 raise ValueError(f"refers to image id {image_id}, which is not in 'images'")
             if category is None:
                 raise ValueError(f"unknown category id {ann.get('category_id')}")
-            class_name, geometries = _read_annotation(ann, category, vocabulary.concept_map,
-                                                      vocabulary.concept_categories, record.size)
+            class_name, geometries = _read_annotation(
+                ann, category, vocabulary.concept_map, vocabulary.concept_categories, record.size
+            )
         except (ValueError, KeyError, TypeError) as exc:
             report(str(exc), image_id=image_id, annotation_id=ann_id)
             if record is not None:
@@ -521,8 +563,9 @@ def _read_annotation(
         geometries[str(concept)] = ConceptGeometry(size, np.zeros((0, 2)), polygons, masks, boxes)
     if ann.get("keypoints"):
         table = _keypoint_table(ann, category.get("keypoints") or [])
-        outside = [n for n, (x, y, v) in table.items()
-                   if v > 0 and not _inside(np.array([[x, y]]), size)]
+        outside = [
+            n for n, (x, y, v) in table.items() if v > 0 and not _inside(np.array([[x, y]]), size)
+        ]
         if outside:
             raise ValueError(f"keypoint(s) {outside} outside the {size[1]}×{size[0]} image")
         for name, names in concept_map.items():
@@ -572,7 +615,9 @@ def load_mask_folder(
             continue
         found[stem][concept] = png
 
-    names = list(concepts) if concepts is not None else sorted({c for d in found.values() for c in d})
+    names = (
+        list(concepts) if concepts is not None else sorted({c for d in found.values() for c in d})
+    )
     result = []
     for stem, files in sorted(found.items()):
         candidates = by_stem.get(stem, [])
@@ -582,14 +627,18 @@ def load_mask_folder(
             continue
         image_path = candidates[0]
         size = _display_size(image_path)
-        record = ConceptAnnotation(image_path, stem, class_name or image_path.parent.name,
-                                   size[1], size[0])
+        record = ConceptAnnotation(
+            image_path, stem, class_name or image_path.parent.name, size[1], size[0]
+        )
         for concept, png in files.items():
             with Image.open(png) as im:
                 mask = np.asarray(im.convert("L"))
             if mask.shape != size:
-                report(f"mask {png.name} is {mask.shape[1]}×{mask.shape[0]}, image is "
-                       f"{size[1]}×{size[0]}", image_id=stem)
+                report(
+                    f"mask {png.name} is {mask.shape[1]}×{mask.shape[0]}, image is "
+                    f"{size[1]}×{size[0]}",
+                    image_id=stem,
+                )
                 record.complete = False
                 continue
             # Masks saved as 0/1 and as 0/255 are both common.
@@ -660,4 +709,3 @@ def concept_region(
         if not (fraction > min_overlap).any():
             chosen.add(int(labels[np.argmax(covered)]))
     return np.isin(segments, sorted(chosen))
-

@@ -66,7 +66,9 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> Image.I
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{path}: refused, too many pixels to decode safely ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{path}: not an image PIL can read (wrong extension or corrupt)") from exc
+        raise ImageLoadError(
+            f"{path}: not an image PIL can read (wrong extension or corrupt)"
+        ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageLoadError(f"{path}: unreadable image ({exc}); re-save or remove it") from exc
 
@@ -101,7 +103,9 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     if not folder.is_dir():
         raise ImageLoadError(f"{folder}: not a folder")
     if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(
+            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
     # Path.glob("**") does not enter symlinked folders (Python 3.11); os.walk does when asked, and
     # remembering each folder's (device, inode) stops link loops and double visits
     found: list[Path] = []
@@ -113,7 +117,9 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         dirs.sort()
-        found.extend(Path(root) / name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        found.extend(
+            Path(root) / name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES
+        )
     return sorted(p for p in found if p.is_file())
 
 
@@ -127,8 +133,10 @@ def expand_paths(items: Iterable[str | Path], require: bool = False) -> list[Pat
         paths.extend(list_images(item) if item.is_dir() else [item])
     if require and not paths:
         shown = ", ".join(str(i) for i in items[:3]) + (", …" if len(items) > 3 else "")
-        raise ImageLoadError(f"no images found in {shown} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
-                             "in sub-folders too)")
+        raise ImageLoadError(
+            f"no images found in {shown} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
+            "in sub-folders too)"
+        )
     return paths
 
 
@@ -192,7 +200,9 @@ def class_images(data: str | Path, target_class: str) -> list[Path]:
     if (data / target_class).is_dir():
         paths = list_images(data / target_class)
     else:
-        subfolders = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
+        subfolders = sorted(
+            d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
         paths = list_images(data, recursive=False)
         if not paths and subfolders:
             raise ImageLoadError(

@@ -117,7 +117,9 @@ class Rules:
                 raise ValueError(f"Rules.{name} needs at least one band")
             lowers = [b.lower for b in bands]
             if lowers != sorted(lowers) or len(set(lowers)) != len(lowers):
-                raise ValueError(f"Rules.{name}: band lower bounds must strictly increase, got {lowers}")
+                raise ValueError(
+                    f"Rules.{name}: band lower bounds must strictly increase, got {lowers}"
+                )
 
 
 def pick(bands: Sequence[Band[T]], value: float) -> tuple[int, T]:
@@ -197,7 +199,9 @@ class RuleTemplate:
 
     def _words(self, cls: str, concepts: Sequence[str]) -> dict[str, str]:
         r = self.rules
-        with_articles = [c if c.endswith(r.plural_suffix) else self._with_article(c) for c in concepts]
+        with_articles = [
+            c if c.endswith(r.plural_suffix) else self._with_article(c) for c in concepts
+        ]
         return {
             "cls": cls,
             "a_cls": self._with_article(cls),
@@ -211,28 +215,39 @@ class RuleTemplate:
     def reasons(self, assessment: Assessment, judgement: Judgement) -> tuple[list[str], list[str]]:
         """(reason clauses, confusing concepts) in the order they are said."""
         cells: dict[tuple[int, int], list[str]] = {}
-        position_rank = {band.value.key: i for i, band in enumerate(self.rules.position)
-                         if band.value is not None}
+        position_rank = {
+            band.value.key: i
+            for i, band in enumerate(self.rules.position)
+            if band.value is not None
+        }
         confusing = []
         for c in judgement.concepts:
             if c.confusing:
                 confusing.append(c.concept)
             elif c.mentioned:
-                cells.setdefault((position_rank[c.position], c.semanteme_band), []).append(c.concept)
-        positions = {band.value.key: band.value for band in self.rules.position if band.value is not None}
+                cells.setdefault((position_rank[c.position], c.semanteme_band), []).append(
+                    c.concept
+                )
+        positions = {
+            band.value.key: band.value for band in self.rules.position if band.value is not None
+        }
         rank_to_key = {v: k for k, v in position_rank.items()}
         clauses = []
         # strongest cells first: vivid before plain, then by semantic support
-        for (p_rank, s_band), concepts in sorted(cells.items(), key=lambda kv: (-kv[0][0], -kv[0][1])):
+        for (p_rank, s_band), concepts in sorted(
+            cells.items(), key=lambda kv: (-kv[0][0], -kv[0][1])
+        ):
             words = self._words(assessment.predicted, concepts)
             position = positions[rank_to_key[p_rank]]
             pattern = self.rules.semanteme[s_band].value
             owner = self.rules.owner.format(**words)
-            clauses.append(self.rules.clause.format(
-                subject=position.subject.format(**words),
-                semanteme=pattern.format(x=owner, **words),
-                **words,
-            ))
+            clauses.append(
+                self.rules.clause.format(
+                    subject=position.subject.format(**words),
+                    semanteme=pattern.format(x=owner, **words),
+                    **words,
+                )
+            )
         return clauses, confusing
 
     def render(self, assessment: Assessment) -> str:
@@ -244,22 +259,39 @@ class RuleTemplate:
             return verdict.text.format(reasons="", **base)
         clauses, confusing = self.reasons(assessment, judgement)
         if clauses:
-            reasons = self._join(clauses, self.rules.clause_separator, self.rules.last_clause_separator)
+            reasons = self._join(
+                clauses, self.rules.clause_separator, self.rules.last_clause_separator
+            )
             text = verdict.text.format(reasons=reasons, **base)
         else:
             text = (verdict.text_without_reasons or verdict.text).format(reasons="", **base)
         if confusing:
-            text += " " + self.rules.confusing.format(**self._words(assessment.predicted, confusing))
+            text += " " + self.rules.confusing.format(
+                **self._words(assessment.predicted, confusing)
+            )
         return text
 
 
 ENGLISH_RULES = Rules(
     verdict=(
         Band(-math.inf, Verdict("unsure", "It may be {a_cls}, but I am not sure.", explain=False)),
-        Band(0.2, Verdict("probably", "It is probably {a_cls} mainly because {reasons}.",
-                          text_without_reasons="It is probably {a_cls}.")),
-        Band(0.5, Verdict("sure", "I am sure it is {a_cls} mainly because {reasons}.",
-                          text_without_reasons="I am sure it is {a_cls}."), inclusive=False),
+        Band(
+            0.2,
+            Verdict(
+                "probably",
+                "It is probably {a_cls} mainly because {reasons}.",
+                text_without_reasons="It is probably {a_cls}.",
+            ),
+        ),
+        Band(
+            0.5,
+            Verdict(
+                "sure",
+                "I am sure it is {a_cls} mainly because {reasons}.",
+                text_without_reasons="I am sure it is {a_cls}.",
+            ),
+            inclusive=False,
+        ),
     ),
     position=(
         Band(-math.inf, None),
@@ -274,7 +306,9 @@ ENGLISH_RULES = Rules(
     ),
 )
 
-english = RuleTemplate("english", ENGLISH_RULES, "the paper's rules (Extended Data Table 1), in English")
+english = RuleTemplate(
+    "english", ENGLISH_RULES, "the paper's rules (Extended Data Table 1), in English"
+)
 DEFAULT_TEMPLATE = "english"
 
 

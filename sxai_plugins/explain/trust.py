@@ -70,7 +70,9 @@ class Assessment:
         for score in self.spaces:
             if score.key == key:
                 return score
-        raise KeyError(f"no space {key!r} in this assessment; spaces: {[s.key for s in self.spaces]}")
+        raise KeyError(
+            f"no space {key!r} in this assessment; spaces: {[s.key for s in self.spaces]}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data: every field, spaces and concepts as lists of dicts."""
@@ -86,13 +88,15 @@ def _evidence(
         others = [s for s in scores if s.concept == score.concept and s.class_name != predicted]
         rival = max(others, key=lambda s: s.probability, default=None)
         rival_p = rival.probability if rival is not None else None
-        concepts.append(ConceptEvidence(
-            concept=score.concept,
-            probability=score.probability,
-            delta=score.probability - (rival_p if rival_p is not None else 0.0),
-            rival=rival.class_name if rival is not None else None,
-            rival_probability=rival_p,
-        ))
+        concepts.append(
+            ConceptEvidence(
+                concept=score.concept,
+                probability=score.probability,
+                delta=score.probability - (rival_p if rival_p is not None else 0.0),
+                rival=rival.class_name if rival is not None else None,
+                rival_probability=rival_p,
+            )
+        )
     if not own:
         return concepts, None, None, None
     best = max(own, key=lambda s: s.probability)
@@ -144,11 +148,20 @@ def assess_outputs(
     class_p = out.logits.float().softmax(dim=1).cpu()
     activations = spaces.activations(out.traits.float()).cpu()
     probabilities = spaces.probabilities_from_activations(activations)
-    scores = (detector.scores(out.logits.float(), probabilities, spaces, model.class_names)
-              if detector is not None else None)
+    scores = (
+        detector.scores(out.logits.float(), probabilities, spaces, model.class_names)
+        if detector is not None
+        else None
+    )
     assessments = [
-        _assessment(model.class_names, spaces, class_p[i], activations[i], probabilities[i],
-                    str(paths[i]) if paths is not None else None)
+        _assessment(
+            model.class_names,
+            spaces,
+            class_p[i],
+            activations[i],
+            probabilities[i],
+            str(paths[i]) if paths is not None else None,
+        )
         for i in range(len(class_p))
     ]
     if scores is not None:
@@ -199,8 +212,15 @@ def assessment_from_probabilities(
             raise SpaceError(f"space name {key!r} is not of the form class.concept")
         scores.append(SpaceScore(key, class_name, concept, float("nan"), float(p)))
     concepts, p_max, concept_max, delta_max = _evidence(predicted, scores)
-    return Assessment(predicted, dict(class_probabilities or {predicted: 1.0}), scores, concepts,
-                      p_max, concept_max, delta_max)
+    return Assessment(
+        predicted,
+        dict(class_probabilities or {predicted: 1.0}),
+        scores,
+        concepts,
+        p_max,
+        concept_max,
+        delta_max,
+    )
 
 
 def default_spaces_dir(model_name: str) -> Path | None:
@@ -215,14 +235,17 @@ def _load_source(source: str, model: TraitModel, force: bool) -> list:
     """One ``--spaces`` source: whatever a plugin resolves (``hf://`` by spaces_hub), else local."""
     from ..plugin.manager import get_plugin_manager
 
-    resolved = get_plugin_manager().hook.sxai_resolve_spaces(source=source, model=model, force=force)
+    resolved = get_plugin_manager().hook.sxai_resolve_spaces(
+        source=source, model=model, force=force
+    )
     if resolved is not None:
         return list(resolved)
     if "://" in source:
         raise SpaceError(
             f"{source}: no installed plugin resolves {source.split('://')[0]}:// space sources "
             "(hf:// needs spaces_hub, part of a full sxai install); download the files and pass "
-            "their local paths instead")
+            "their local paths instead"
+        )
     local = load_spaces([source])
     for space in local:
         space.check_compatible(model, force=force)
@@ -245,8 +268,11 @@ def load_space_set(
             raise SpaceError(
                 f"no semantic spaces given and none are bundled for backbone {model.name!r}; "
                 "build spaces for it (see `sxai --help`, or sxai_plugins.spaces in Python) and pass "
-                "--spaces FILE_OR_FOLDER (repeatable), or pass shared ones as --spaces hf://owner/name@rev")
+                "--spaces FILE_OR_FOLDER (repeatable), or pass shared ones as --spaces hf://owner/name@rev"
+            )
         sources = [str(folder)]
-    space_set = SpaceSet([space for source in sources for space in _load_source(source, model, force)])
+    space_set = SpaceSet(
+        [space for source in sources for space in _load_source(source, model, force)]
+    )
     _check_unique(space_set)
     return space_set

@@ -87,12 +87,21 @@ def train_head(
     y = torch.tensor([label_of[p] for p in scored.paths])
     train_idx, held_idx = split_indices(len(y), heldout_fraction, seed)
     head = fit_head(
-        scored.traits[train_idx], y[train_idx], len(classes),
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+        scored.traits[train_idx],
+        y[train_idx],
+        len(classes),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=progress,
     )
     with torch.no_grad():
         predicted = head(scored.traits).argmax(1)
-    accuracy = lambda idx: float((predicted[idx] == y[idx]).float().mean()) if len(idx) else float("nan")  # noqa: E731
+
+    def accuracy(idx) -> float:
+        return float((predicted[idx] == y[idx]).float().mean()) if len(idx) else float("nan")
+
     model.class_names = list(classes)
     model.head = head.eval()
     weights = write_safetensors(out, head.state_dict(), {"classes": json.dumps(classes)})
@@ -115,7 +124,9 @@ def train_head(
             "seed": seed,
         },
     )
-    return HeadResult(weights, card_path, accuracy(train_idx), accuracy(held_idx), len(train_idx), len(held_idx))
+    return HeadResult(
+        weights, card_path, accuracy(train_idx), accuracy(held_idx), len(train_idx), len(held_idx)
+    )
 
 
 def load_head_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -132,5 +143,7 @@ def load_head_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]
     except Exception as exc:
         raise WeightsError(f"head file {path} is not a valid safetensors file: {exc}") from exc
     if "classes" not in metadata:
-        raise WeightsError(f"head file {path} has no 'classes' metadata; was it written by sxai train-head?")
+        raise WeightsError(
+            f"head file {path} has no 'classes' metadata; was it written by sxai train-head?"
+        )
     return state, json.loads(metadata["classes"])

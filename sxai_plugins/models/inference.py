@@ -69,7 +69,9 @@ def model_size(model: TraitModel) -> tuple[int, int]:
 def _is_channels_last(model: torch.nn.Module) -> bool | None:
     for param in model.parameters():
         if param.dim() == 4:
-            return param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+            return (
+                param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+            )
     return None
 
 
@@ -93,7 +95,9 @@ def channels_last(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 # ------------------------------------------------------------------------------------ decoding
-def _decode(path: str | Path, size: tuple[int, int]) -> tuple[Path, torch.Tensor | None, str | None]:
+def _decode(
+    path: str | Path, size: tuple[int, int]
+) -> tuple[Path, torch.Tensor | None, str | None]:
     try:
         return Path(path), to_tensor(load_image(path, size), size), None
     except ImageLoadError as exc:
@@ -124,15 +128,21 @@ def _single(item):
 def _items(paths: Sequence[str | Path], size: tuple[int, int], loader: str, workers: int):
     if loader == "workers" and workers > 0 and len(paths) > 1:
         yield from torch.utils.data.DataLoader(
-            _Decoded(paths, size), batch_size=None, num_workers=min(workers, len(paths)),
-            collate_fn=_single, worker_init_fn=_one_thread_worker, prefetch_factor=8,
+            _Decoded(paths, size),
+            batch_size=None,
+            num_workers=min(workers, len(paths)),
+            collate_fn=_single,
+            worker_init_fn=_one_thread_worker,
+            prefetch_factor=8,
         )
     else:
         for path in paths:
             yield _decode(path, size)
 
 
-def _batches(paths, size, batch_size, loader, workers, pin) -> Iterator[tuple[LoadedBatch | None, list]]:
+def _batches(
+    paths, size, batch_size, loader, workers, pin
+) -> Iterator[tuple[LoadedBatch | None, list]]:
     """``(batch, failures found before it)``; the last item may be ``(None, trailing failures)``."""
     ok: list[Path] = []
     tensors: list[torch.Tensor] = []
@@ -221,14 +231,19 @@ def iter_outputs(
         raise SxaiError(f"unknown loader {loader!r}; choose from {', '.join(LOADERS)}")
     device = next(model.parameters()).device
     if PRECISIONS[precision] is not None and device.type != "cuda":
-        raise SxaiError(f"--precision {precision} needs a CUDA device (the model is on {device}); "
-                        "use fp32 on the CPU")
+        raise SxaiError(
+            f"--precision {precision} needs a CUDA device (the model is on {device}); "
+            "use fp32 on the CPU"
+        )
     cuda = device.type == "cuda"
     source = _batches(paths, model_size(model), batch_size, loader, workers, pin=cuda)
     if loader != "none":
         source = _prefetched(source, prefetch)
-    autocast = (torch.autocast("cuda", dtype=PRECISIONS[precision]) if PRECISIONS[precision] is not None
-                else nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=PRECISIONS[precision])
+        if PRECISIONS[precision] is not None
+        else nullcontext()
+    )
     with channels_last(model):
         for batch, bad in source:
             if failures is not None:
@@ -239,7 +254,9 @@ def iter_outputs(
             if batch is None:
                 continue
             # the copy is made outside inference mode so that a caller may attack the images
-            images = batch.images.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+            images = batch.images.to(device, non_blocking=cuda).contiguous(
+                memory_format=torch.channels_last
+            )
             with torch.inference_mode(), autocast:
                 out = model(images)
                 out = TraitOutput(out.logits.float(), out.traits.float())
@@ -271,7 +288,9 @@ def score_paths(
             logits.append(batch.output.logits.cpu())
             traits.append(batch.output.traits.cpu())
             all_paths.extend(batch.paths)
-            bar.update(len(all_paths) + len(failures) - known - bar.n)  # unreadable files count as done
+            bar.update(
+                len(all_paths) + len(failures) - known - bar.n
+            )  # unreadable files count as done
         bar.update(len(paths) - bar.n)
     if report:
         for _path, why in failures:

@@ -43,7 +43,9 @@ def packaged_state_dict() -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _rename_in_order(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _rename_in_order(
+    state: dict[str, torch.Tensor], model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
     own = model.state_dict()
     if set(state) <= set(own):  # already timm-named (e.g. a user's own file)
         return state
@@ -52,12 +54,16 @@ def _rename_in_order(state: dict[str, torch.Tensor], model: torch.nn.Module) -> 
     # and name the file's keys when they do not fit (the model's names would mean nothing here)
     if len(body) != len(own):
         shown = ", ".join(repr(k) for k, _ in body[:4]) + (", …" if len(body) > 4 else "")
-        raise WeightsError(f"has {len(body)} tensors ({shown}) that are neither timm's {TIMM_NAME} names nor "
-                           f"the {len(own)} tensors of the {WEIGHTS_PACKAGE} package in order")
+        raise WeightsError(
+            f"has {len(body)} tensors ({shown}) that are neither timm's {TIMM_NAME} names nor "
+            f"the {len(own)} tensors of the {WEIGHTS_PACKAGE} package in order"
+        )
     for (key, tensor), (own_key, own_tensor) in zip(body, own.items()):
         if tuple(tensor.shape) != tuple(own_tensor.shape):
-            raise WeightsError(f"tensor {key!r} has shape {tuple(tensor.shape)}, but in {WEIGHTS_PACKAGE}'s "
-                               f"order it would be {own_key!r} of shape {tuple(own_tensor.shape)}")
+            raise WeightsError(
+                f"tensor {key!r} has shape {tuple(tensor.shape)}, but in {WEIGHTS_PACKAGE}'s "
+                f"order it would be {own_key!r} of shape {tuple(own_tensor.shape)}"
+            )
     return {own_key: tensor for (_key, tensor), own_key in zip(body, own.keys())}
 
 
@@ -85,7 +91,9 @@ def build_imagenet(
         timm_model = model.body.model
         load_state_checked(timm_model, _rename_in_order(state, timm_model), WEIGHTS_PACKAGE)
         if class_names is None:
-            model.load_head({"weight": state["_fc.weight"], "bias": state["_fc.bias"]}, WEIGHTS_PACKAGE)
+            model.load_head(
+                {"weight": state["_fc.weight"], "bias": state["_fc.bias"]}, WEIGHTS_PACKAGE
+            )
     return model.eval()
 
 
@@ -97,7 +105,9 @@ def build_default(
 
     head_path = ASSETS / "head.safetensors"
     head_state, classes = load_head_file(head_path)
-    model = build_imagenet(pretrained=pretrained, weights=weights, class_names=class_names or classes)
+    model = build_imagenet(
+        pretrained=pretrained, weights=weights, class_names=class_names or classes
+    )
     model.name = DEFAULT_NAME
     if class_names is None:
         model.load_head(head_state, str(head_path))

@@ -65,7 +65,9 @@ def _check_tensors(state: object, path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _offline_hint(name: str, why: str = "no connection to the model hub?", url: str | None = None) -> str:
+def _offline_hint(
+    name: str, why: str = "no connection to the model hub?", url: str | None = None
+) -> str:
     where = f"from {url} " if url else ""
     hub = "" if url else ". Set HF_HUB_OFFLINE=1 to fail at once instead of retrying"
     return (
@@ -76,7 +78,14 @@ def _offline_hint(name: str, why: str = "no connection to the model hub?", url: 
 
 
 HUB_CONNECT_TIMEOUT_S = 3.0
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 
 
 def _unreachable_hub() -> str | None:
@@ -121,7 +130,8 @@ def build_timm_trait_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
     class_names: Sequence[str] | None = None,
-    convert_state: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None,
+    convert_state: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+    | None = None,
     timm_kwargs: dict | None = None,
     prune: Callable[[nn.Module], None] | None = None,
 ) -> TraitModel:
@@ -149,7 +159,9 @@ def build_timm_trait_model(
         if "Unknown model" in str(exc):
             raise
         raise WeightsError(_offline_hint(timm_name, why)) from exc
-    except OSError as exc:  # huggingface_hub's offline / connection errors and urllib's derive from OSError
+    except (
+        OSError
+    ) as exc:  # huggingface_hub's offline / connection errors and urllib's derive from OSError
         if url:
             why = f"{type(exc).__name__}: {_one_line(exc)}"
         raise WeightsError(_offline_hint(timm_name, why, url)) from exc
@@ -171,7 +183,9 @@ def build_timm_trait_model(
     return TraitModel(
         TimmBody(model),
         trait_dim=probe.shape[1],
-        class_names=list(class_names) if class_names else list(DEFAULT_CLASSES[: _imagenet_classes(cfg)]),
+        class_names=list(class_names)
+        if class_names
+        else list(DEFAULT_CLASSES[: _imagenet_classes(cfg)]),
         name=name or timm_name,
         input_size=input_size,  # type: ignore[arg-type]
         mean=cfg.get("mean", (0.485, 0.456, 0.406)),
@@ -182,7 +196,8 @@ def build_timm_trait_model(
 def load_local_weights(
     model: nn.Module,
     path: str | Path,
-    convert_state: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None,
+    convert_state: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+    | None = None,
 ) -> None:
     """Load a local state dict into a timm model the way timm loads a local file.
 
@@ -197,8 +212,11 @@ def load_local_weights(
 
     path = _existing_weights_file(path)
     cfg = model.pretrained_cfg or {}
-    cfg = resolve_pretrained_cfg(cfg.get("architecture") or type(model).__name__, pretrained_cfg=dict(cfg),
-                                 pretrained_cfg_overlay=dict(file=str(path), source=None)).to_dict()
+    cfg = resolve_pretrained_cfg(
+        cfg.get("architecture") or type(model).__name__,
+        pretrained_cfg=dict(cfg),
+        pretrained_cfg_overlay=dict(file=str(path), source=None),
+    ).to_dict()
     fitted = []
 
     def filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -206,14 +224,19 @@ def load_local_weights(
         return fit_state(state, model, path, convert_state)
 
     try:
-        load_pretrained(model, pretrained_cfg=cfg, num_classes=getattr(model, "num_classes", 0),
-                        filter_fn=filter_fn)
+        load_pretrained(
+            model,
+            pretrained_cfg=cfg,
+            num_classes=getattr(model, "num_classes", 0),
+            filter_fn=filter_fn,
+        )
     except WeightsError:
         raise
     except Exception as exc:
         if fitted:  # the file was read and fitted: loading it failed for another reason
-            raise WeightsError(f"weights file {path} could not be loaded ({type(exc).__name__}: "
-                               f"{_one_line(exc)})") from exc
+            raise WeightsError(
+                f"weights file {path} could not be loaded ({type(exc).__name__}: {_one_line(exc)})"
+            ) from exc
         raise WeightsError(
             f"weights file {path} could not be read ({type(exc).__name__}: {_one_line(exc)}); "
             "expected a state dict saved as .safetensors or with torch.save"
@@ -224,7 +247,8 @@ def fit_state(
     state: dict[str, torch.Tensor],
     model: nn.Module,
     source: str | Path,
-    convert_state: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None,
+    convert_state: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+    | None = None,
 ) -> dict[str, torch.Tensor]:
     """timm ``filter_fn``: a file's state dict made to fit ``model``, or a ``WeightsError`` saying why.
 
@@ -234,8 +258,10 @@ def fit_state(
     state = _check_tensors(state, source)
     if set(state) == {"weight", "bias"} and state["weight"].ndim == 2:
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(state.items()))
-        raise WeightsError(f"{source}: holds only a classifier head ({shapes}), as `sxai train-head` "
-                           "writes, not backbone weights; pass it with --head (Python: head=)")
+        raise WeightsError(
+            f"{source}: holds only a classifier head ({shapes}), as `sxai train-head` "
+            "writes, not backbone weights; pass it with --head (Python: head=)"
+        )
     if convert_state is not None:
         try:
             state = convert_state(state, model)

@@ -128,4 +128,6 @@ def check_state_fits(module: nn.Module, state: dict[str, torch.Tensor], source: 
             )
     missing = [key for key in own if key not in state]
     if missing:
-        raise WeightsError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+        raise WeightsError(
+            f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing in all)"
+        )

@@ -48,8 +48,9 @@ class BackboneBuilder(Protocol):
     classifier for these classes (``None``: the backbone's own classes).
     """
 
-    def __call__(self, *, pretrained: bool, weights: str | Path | None,
-                 class_names: Sequence[str] | None) -> TraitModel: ...
+    def __call__(
+        self, *, pretrained: bool, weights: str | Path | None, class_names: Sequence[str] | None
+    ) -> TraitModel: ...
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,9 @@ def sxai_add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 @hookspec(firstresult=True)
-def sxai_resolve_spaces(source: str, model: TraitModel | None, force: bool) -> list[SemanticSpace] | None:
+def sxai_resolve_spaces(
+    source: str, model: TraitModel | None, force: bool
+) -> list[SemanticSpace] | None:
     """Load the semantic spaces a source string names, when this plugin understands it.
 
     Return ``None`` for a source this plugin does not handle (a local path, another scheme); the

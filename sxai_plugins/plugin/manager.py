@@ -22,7 +22,6 @@ from . import hookspecs
 from .hookspecs import BackboneSpec, ExplanationTemplate, FeatureInverter, Masker
 
 if TYPE_CHECKING:  # pragma: no cover
-
     pass
 
 ENTRY_POINT_GROUP = "sxai"
@@ -72,8 +71,10 @@ def _new_manager() -> tuple[pluggy.PluginManager, list[PluginFailure]]:
     failures: list[PluginFailure] = []
     # The core first: pluggy calls later-registered plugins first, so a third-party plugin that
     # provides a name the core also provides wins.
-    entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
-                          key=lambda ep: (ep.dist is None or ep.dist.name != CORE_DISTRIBUTION, ep.name))
+    entry_points = sorted(
+        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+        key=lambda ep: (ep.dist is None or ep.dist.name != CORE_DISTRIBUTION, ep.name),
+    )
     per_dist: dict[str, int] = {}
     for ep in entry_points:
         dist = ep.dist.name if ep.dist is not None else ep.name
@@ -81,8 +82,9 @@ def _new_manager() -> tuple[pluggy.PluginManager, list[PluginFailure]]:
     for ep in entry_points:
         dist = ep.dist.name if ep.dist is not None else ep.name
         label = dist if per_dist[dist] == 1 else f"{dist}:{ep.name}"
-        if pm.get_plugin(label) is not None or any(p is not None and getattr(p, "__name__", None) == ep.value
-                                                   for p in pm.get_plugins()):
+        if pm.get_plugin(label) is not None or any(
+            p is not None and getattr(p, "__name__", None) == ep.value for p in pm.get_plugins()
+        ):
             continue  # the same module reached twice (e.g. an editable and a regular install)
         try:
             pm.register(ep.load(), name=label)
@@ -122,7 +124,9 @@ def _check_hooks(pm: pluggy.PluginManager) -> None:
         unknown = re.search(r"unknown hook '(\w+)'", str(exc))
         close = difflib.get_close_matches(unknown.group(1), hooks, n=1) if unknown else []
         hint = f" (did you mean {close[0]}?)" if close else ""
-        error = PluginError(f"sxai plugin {name!r}: {exc}{hint}; the hooks sxai defines are {', '.join(hooks)}")
+        error = PluginError(
+            f"sxai plugin {name!r}: {exc}{hint}; the hooks sxai defines are {', '.join(hooks)}"
+        )
         error.plugin_name = name
         raise error from exc
 

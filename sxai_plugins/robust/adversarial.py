@@ -92,7 +92,9 @@ class DetectionRule:
 
     def __post_init__(self) -> None:
         if self.scope not in ("all", "predicted"):
-            raise ValueError(f"rule {self.name}: scope must be 'all' or 'predicted', not {self.scope!r}")
+            raise ValueError(
+                f"rule {self.name}: scope must be 'all' or 'predicted', not {self.scope!r}"
+            )
         if self.count < 1:
             raise ValueError(f"rule {self.name}: count must be at least 1, got {self.count}")
 
@@ -104,13 +106,22 @@ class DetectionRule:
             key, sep, value = part.partition("=")
             key = key.strip()
             if not sep or key not in ("name", "single", "multi", "count", "scope"):
-                raise SxaiError(f"detection rule {text!r}: expected key=value pairs with keys name, "
-                                "single, multi, count, scope")
+                raise SxaiError(
+                    f"detection rule {text!r}: expected key=value pairs with keys name, "
+                    "single, multi, count, scope"
+                )
             try:
-                values[key] = (float(value) if key in ("single", "multi")
-                               else int(value) if key == "count" else value.strip())
+                values[key] = (
+                    float(value)
+                    if key in ("single", "multi")
+                    else int(value)
+                    if key == "count"
+                    else value.strip()
+                )
             except ValueError as exc:
-                raise SxaiError(f"detection rule {text!r}: {key} needs a number, got {value!r}") from exc
+                raise SxaiError(
+                    f"detection rule {text!r}: {key} needs a number, got {value!r}"
+                ) from exc
         try:
             return cls(**{"name": name, **values})
         except ValueError as exc:
@@ -137,7 +148,9 @@ class DetectionRule:
         single, multi = (torch.tensor(t, dtype=p.dtype) for t in (self.single, self.multi))
         if self.scope == "predicted":
             if space_classes is None or predicted is None:
-                raise ValueError(f"rule {self.name}: scope 'predicted' needs space_classes and predicted")
+                raise ValueError(
+                    f"rule {self.name}: scope 'predicted' needs space_classes and predicted"
+                )
             keep = torch.tensor([[c == pred for c in space_classes] for pred in predicted])
             p = torch.where(keep, p, torch.zeros_like(p))
         return (p > single).any(dim=1) | ((p > multi).sum(dim=1) >= self.count)
@@ -146,7 +159,9 @@ class DetectionRule:
 PAPER_RULE = DetectionRule()
 EPSILONS = (0.05, 0.01, 0.005)  # the default L∞ radii, in pixel units of [0, 1]
 PGD_STEPS = 10
-STEP_SIZE_FACTOR = 2.5  # step size = factor · ε / steps (Madry et al.: the iterate can reach the border)
+STEP_SIZE_FACTOR = (
+    2.5  # step size = factor · ε / steps (Madry et al.: the iterate can reach the border)
+)
 
 
 def pgd_attack(
@@ -193,11 +208,29 @@ def pgd_attack(
 
         def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             if detector is not None:
-                return score_aware_loss(output[:, :k], output[:, k:], target, spaces, model.class_names,
-                                        detector, adaptive_weight, adaptive_confidence)
-            return adaptive_loss(output[:, :k], output[:, k:], target, spaces, model.class_names,
-                                 adaptive_weight, adaptive_confidence)
-    with frozen(model, eval_mode=False):  # input gradients only: autograd skips the weight-gradient kernels
+                return score_aware_loss(
+                    output[:, :k],
+                    output[:, k:],
+                    target,
+                    spaces,
+                    model.class_names,
+                    detector,
+                    adaptive_weight,
+                    adaptive_confidence,
+                )
+            return adaptive_loss(
+                output[:, :k],
+                output[:, k:],
+                target,
+                spaces,
+                model.class_names,
+                adaptive_weight,
+                adaptive_confidence,
+            )
+
+    with frozen(
+        model, eval_mode=False
+    ):  # input gradients only: autograd skips the weight-gradient kernels
         # Captum's default loss is -log(output), meant for probabilities: on logits it is wrong,
         # so the cross-entropy of the logits is given explicitly
         attack = PGD(forward, loss_func=loss, lower_bound=0.0, upper_bound=1.0)
@@ -206,9 +239,19 @@ def pgd_attack(
         attack.fgsm.zero_thresh = 0.0
         with warnings.catch_warnings():
             # Captum detaches the iterate after each step, then warns when it re-enables its grad
-            warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
-            adv = attack.perturb(images.detach(), radius=eps, step_size=step_size, step_num=steps,
-                                 target=labels, targeted=False, random_start=random_start, norm="Linf")
+            warnings.filterwarnings(
+                "ignore", message="Input Tensor 0 did not already require gradients"
+            )
+            adv = attack.perturb(
+                images.detach(),
+                radius=eps,
+                step_size=step_size,
+                step_num=steps,
+                target=labels,
+                targeted=False,
+                random_start=random_start,
+                norm="Linf",
+            )
     # Captum projects, then clamps; re-projecting guards against float rounding at the border
     return torch.min(torch.max(adv, images - eps), images + eps).clamp(0.0, 1.0).detach()
 
@@ -272,26 +315,39 @@ class AdversarialReport:
     def table(self) -> str:
         """A Markdown table: one row per (attack, ε), the calibrated detector then each rule."""
         det = self.detector
-        head = (f"{self.n_images} images ({self.n_correct} classified correctly and attacked; labels from "
-                f"{self.labels}); PGD L∞, {self.steps} steps of {self.step_size_factor:g}·ε/{self.steps}")
+        head = (
+            f"{self.n_images} images ({self.n_correct} classified correctly and attacked; labels from "
+            f"{self.labels}); PGD L∞, {self.steps} steps of {self.step_size_factor:g}·ε/{self.steps}"
+        )
         if det:
-            promise = (f"with confidence {det['confidence']:g}" if det.get("confidence") else "on average")
-            head += (f"; detector: score {det['score']}, threshold {det['threshold']:.4g} calibrated to "
-                     f"FPR ≤ {det['fpr']:g} ({promise}) on {det['n_calibration']} other clean images")
+            promise = (
+                f"with confidence {det['confidence']:g}" if det.get("confidence") else "on average"
+            )
+            head += (
+                f"; detector: score {det['score']}, threshold {det['threshold']:.4g} calibrated to "
+                f"FPR ≤ {det['fpr']:g} ({promise}) on {det['n_calibration']} other clean images"
+            )
         rule_cols = "".join(f" {r.name} rule: detection | {r.name} rule: FPR |" for r in self.rules)
-        lines = [head, "",
-                 "| attack | ε | attack success | ROC AUC (margin / semantic alone) "
-                 "| detection at threshold | FPR (clean) |" + rule_cols,
-                 "|---" * (6 + 2 * len(self.rules)) + "|"]
+        lines = [
+            head,
+            "",
+            "| attack | ε | attack success | ROC AUC (margin / semantic alone) "
+            "| detection at threshold | FPR (clean) |" + rule_cols,
+            "|---" * (6 + 2 * len(self.rules)) + "|",
+        ]
         for r in self.results:
-            rules = "".join(f" {_rate(x.detection_rate, x.detected, r.n_success)} "
-                            f"| {_rate(x.false_positive_rate, x.false_positives, r.n_clean)} |"
-                            for x in r.rules)
+            rules = "".join(
+                f" {_rate(x.detection_rate, x.detected, r.n_success)} "
+                f"| {_rate(x.false_positive_rate, x.false_positives, r.n_clean)} |"
+                for x in r.rules
+            )
             lines.append(
                 f"| {r.attack} | {r.eps:g} | {_rate(r.attack_success_rate, r.n_success, r.n_attacked)} "
                 f"| {_number(r.auc)} ({_number(r.auc_margin)} / {_number(r.auc_semantic)}) "
                 f"| {_rate(r.detection_rate, r.detected, r.n_success) if det else '–'} "
-                f"| {_rate(r.false_positive_rate, r.false_positives, r.n_clean) if det else '–'} |" + rules)
+                f"| {_rate(r.false_positive_rate, r.false_positives, r.n_clean) if det else '–'} |"
+                + rules
+            )
         return "\n".join(lines)
 
 
@@ -325,8 +381,10 @@ def heldout_files(card: str | Path, data_root: str | Path | None = None) -> list
         candidates = [written] + [base / written for base in [card.parent, *card.parent.parents]]
         data_root = next((c for c in candidates if (c / files[0]).is_file()), None)
         if data_root is None:
-            raise SxaiError(f"{card}: its data folder {str(written)!r} was not found (looked as written "
-                            "and beside the card's folders); pass --data-root")
+            raise SxaiError(
+                f"{card}: its data folder {str(written)!r} was not found (looked as written "
+                "and beside the card's folders); pass --data-root"
+            )
     return [Path(data_root) / f for f in files]
 
 
@@ -365,13 +423,29 @@ def _digest(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _cache_name(paths: list[str], weights: str, attack: str, eps: float, steps: int, step_size_factor: float,
-                adaptive: tuple[float, float, str], detector: Detector | None) -> str:
+def _cache_name(
+    paths: list[str],
+    weights: str,
+    attack: str,
+    eps: float,
+    steps: int,
+    step_size_factor: float,
+    adaptive: tuple[float, float, str],
+    detector: Detector | None,
+) -> str:
     """The cache file of one batch's attacked outputs, named by everything they depend on: the
     adaptive attacks also on their settings and the spaces (``adaptive``), the score-aware one on
     the detector's fit."""
-    key = _digest(paths, weights, attack, eps, steps, step_size_factor, *(adaptive if attack != "pgd" else ()),
-                  *((detector.beta, detector.intercept) if attack == "score-aware" and detector else ()))
+    key = _digest(
+        paths,
+        weights,
+        attack,
+        eps,
+        steps,
+        step_size_factor,
+        *(adaptive if attack != "pgd" else ()),
+        *((detector.beta, detector.intercept) if attack == "score-aware" and detector else ()),
+    )
     return f"{attack}-eps{eps:g}-steps{steps}-{key}.npz"
 
 
@@ -418,14 +492,18 @@ def collect_attacks(
     cache = Path(cache) if cache is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        weights = _digest(model.fingerprint(), *(t.detach().cpu().numpy() for t in model.head.state_dict().values()))
+        weights = _digest(
+            model.fingerprint(),
+            *(t.detach().cpu().numpy() for t in model.head.state_dict().values()),
+        )
         # what the adaptive attacks depend on besides: every space's weights and link to P_s
         space_key = spaces_digest(spaces) if set(attacks) - {"pgd"} else ""
     failures: list[tuple[Path, str]] = []
     kept: list[str] = []
     truths, clean_logits, clean_traits = [], [], []
     adv: dict[tuple[str, float], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
-        (a, e): [] for a in attacks for e in eps}
+        (a, e): [] for a in attacks for e in eps
+    }
     offset = 0
     total = len(paths) * len(eps) * len(attacks)
     with tqdm(total=total, desc="attacking", unit="attack", disable=not progress) as bar:
@@ -443,21 +521,43 @@ def collect_attacks(
                 for e in eps:
                     if not len(keep):
                         continue
-                    file = None if cache is None else cache / _cache_name(
-                        [str(p) for p in batch.paths], weights, attack, e, steps, step_size_factor,
-                        (adaptive_weight, adaptive_confidence, space_key), detector)
+                    file = (
+                        None
+                        if cache is None
+                        else cache
+                        / _cache_name(
+                            [str(p) for p in batch.paths],
+                            weights,
+                            attack,
+                            e,
+                            steps,
+                            step_size_factor,
+                            (adaptive_weight, adaptive_confidence, space_key),
+                            detector,
+                        )
+                    )
                     if file is not None and file.is_file():
                         with np.load(file) as stored:
                             logits, traits = stored["logits"], stored["traits"]
                     else:
-                        x = pgd_attack(model, images[keep.to(device)], truth[keep].to(device), e, steps,
-                                       step_size_factor * e / steps,
-                                       spaces=spaces if attack != "pgd" else None,
-                                       adaptive_weight=adaptive_weight, adaptive_confidence=adaptive_confidence,
-                                       detector=detector if attack == "score-aware" else None)
+                        x = pgd_attack(
+                            model,
+                            images[keep.to(device)],
+                            truth[keep].to(device),
+                            e,
+                            steps,
+                            step_size_factor * e / steps,
+                            spaces=spaces if attack != "pgd" else None,
+                            adaptive_weight=adaptive_weight,
+                            adaptive_confidence=adaptive_confidence,
+                            detector=detector if attack == "score-aware" else None,
+                        )
                         with torch.no_grad():
                             out = model(x)
-                        logits, traits = out.logits.float().cpu().numpy(), out.traits.float().cpu().numpy()
+                        logits, traits = (
+                            out.logits.float().cpu().numpy(),
+                            out.traits.float().cpu().numpy(),
+                        )
                         if file is not None:
                             _save_npz(file, logits=logits, traits=traits)
                     adv[(attack, e)].append((keep.numpy() + offset, logits, traits))
@@ -471,11 +571,19 @@ def collect_attacks(
     return AttackData(
         paths=kept,
         labels=np.concatenate(truths) if truths else np.zeros(0, dtype=np.int64),
-        clean_logits=stack(clean_logits, k), clean_traits=stack(clean_traits, c),
-        adversarial={key: (np.concatenate([i for i, _, _ in v]) if v else np.zeros(0, dtype=np.int64),
-                           stack([lg for _, lg, _ in v], k), stack([t for _, _, t in v], c))
-                     for key, v in adv.items()},
-        labels_from=source, skipped=[why for _p, why in failures])
+        clean_logits=stack(clean_logits, k),
+        clean_traits=stack(clean_traits, c),
+        adversarial={
+            key: (
+                np.concatenate([i for i, _, _ in v]) if v else np.zeros(0, dtype=np.int64),
+                stack([lg for _, lg, _ in v], k),
+                stack([t for _, _, t in v], c),
+            )
+            for key, v in adv.items()
+        },
+        labels_from=source,
+        skipped=[why for _p, why in failures],
+    )
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
@@ -491,7 +599,9 @@ def _auc(clean: np.ndarray, attacked: np.ndarray) -> float:
 
     if not len(clean) or not len(attacked):
         return float("nan")
-    return float(roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(len(attacked))], np.r_[clean, attacked]))
+    return float(
+        roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(len(attacked))], np.r_[clean, attacked])
+    )
 
 
 def _check_rule_names(rules: Sequence[DetectionRule]) -> None:
@@ -504,10 +614,14 @@ def _ratio(a: int, b: int) -> float:
     return a / b if b else float("nan")
 
 
-def _rule_result(name: str, hits: np.ndarray, n_success: int, clean_flags: np.ndarray) -> RuleResult:
+def _rule_result(
+    name: str, hits: np.ndarray, n_success: int, clean_flags: np.ndarray
+) -> RuleResult:
     """A rule's rates: ``hits`` flags the successful adversarial images, ``clean_flags`` clean ones."""
     detected, false_pos = int(hits.sum()), int(clean_flags.sum())
-    return RuleResult(name, detected, _ratio(detected, n_success), false_pos, _ratio(false_pos, len(clean_flags)))
+    return RuleResult(
+        name, detected, _ratio(detected, n_success), false_pos, _ratio(false_pos, len(clean_flags))
+    )
 
 
 def _roc_points(clean: np.ndarray, attacked: np.ndarray) -> dict[str, list[float]]:
@@ -516,7 +630,9 @@ def _roc_points(clean: np.ndarray, attacked: np.ndarray) -> dict[str, list[float
 
     if not len(clean) or not len(attacked):
         return {}
-    fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(clean)), np.ones(len(attacked))], np.r_[clean, attacked])
+    fpr, tpr, _ = roc_curve(
+        np.r_[np.zeros(len(clean)), np.ones(len(attacked))], np.r_[clean, attacked]
+    )
     return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
 
 
@@ -558,21 +674,48 @@ def summarise(
         s_hit = s_adv[fooled]
         detected = int((s_hit > detector.threshold).sum()) if detector else 0
         false_pos = int((s_clean > detector.threshold).sum()) if detector else 0
-        results.append(EpsilonResult(
-            eps=e, n_attacked=n_correct, n_success=n_success, attack_success_rate=_ratio(n_success, n_correct),
-            rules=[_rule_result(r.name, flags_adv[r.name] & fooled, n_success, flags_clean[r.name]) for r in rules],
-            mean_max_p_clean=float(p_clean[torch.from_numpy(correct)].max(1).values.mean()) if n_correct
-            else float("nan"),
-            mean_max_p_adversarial=float(p_adv.max(1).values.mean()) if len(p_adv) else float("nan"),
-            attack=attack, n_clean=n_clean, score=scorer.score, auc=_auc(s_clean, s_hit),
-            auc_margin=_auc(parts_clean["margin"], parts_adv["margin"][fooled]),
-            auc_semantic=_auc(parts_clean["semantic"], parts_adv["semantic"][fooled]),
-            detected=detected, detection_rate=_ratio(detected, n_success) if detector else float("nan"),
-            false_positives=false_pos, false_positive_rate=_ratio(false_pos, n_clean) if detector else float("nan"),
-            roc=_roc_points(s_clean, s_hit)))
-    return AdversarialReport(n_clean, n_correct, data.labels_from, steps, step_size_factor, list(rules), results,
-                             data.skipped, detector.to_dict() if detector else None, adaptive_weight,
-                             adaptive_confidence)
+        results.append(
+            EpsilonResult(
+                eps=e,
+                n_attacked=n_correct,
+                n_success=n_success,
+                attack_success_rate=_ratio(n_success, n_correct),
+                rules=[
+                    _rule_result(r.name, flags_adv[r.name] & fooled, n_success, flags_clean[r.name])
+                    for r in rules
+                ],
+                mean_max_p_clean=float(p_clean[torch.from_numpy(correct)].max(1).values.mean())
+                if n_correct
+                else float("nan"),
+                mean_max_p_adversarial=float(p_adv.max(1).values.mean())
+                if len(p_adv)
+                else float("nan"),
+                attack=attack,
+                n_clean=n_clean,
+                score=scorer.score,
+                auc=_auc(s_clean, s_hit),
+                auc_margin=_auc(parts_clean["margin"], parts_adv["margin"][fooled]),
+                auc_semantic=_auc(parts_clean["semantic"], parts_adv["semantic"][fooled]),
+                detected=detected,
+                detection_rate=_ratio(detected, n_success) if detector else float("nan"),
+                false_positives=false_pos,
+                false_positive_rate=_ratio(false_pos, n_clean) if detector else float("nan"),
+                roc=_roc_points(s_clean, s_hit),
+            )
+        )
+    return AdversarialReport(
+        n_clean,
+        n_correct,
+        data.labels_from,
+        steps,
+        step_size_factor,
+        list(rules),
+        results,
+        data.skipped,
+        detector.to_dict() if detector else None,
+        adaptive_weight,
+        adaptive_confidence,
+    )
 
 
 def evaluate_detection(
@@ -596,10 +739,30 @@ def evaluate_detection(
     """:func:`collect_attacks` then :func:`summarise` (see both). False-positive rates are
     measured on these images' clean versions, so ``detector`` must have been calibrated on others."""
     _check_rule_names(rules)  # before the costly attacks
-    data = collect_attacks(model, spaces, paths, eps=eps, attacks=attacks, steps=steps,
-                           step_size_factor=step_size_factor, labels=labels, adaptive_weight=adaptive_weight,
-                           adaptive_confidence=adaptive_confidence, batch_size=batch_size, progress=progress,
-                           cache=cache, detector=detector)
-    return summarise(data, spaces, model.class_names, detector=detector, rules=rules, steps=steps,
-                     step_size_factor=step_size_factor, adaptive_weight=adaptive_weight,
-                     adaptive_confidence=adaptive_confidence)
+    data = collect_attacks(
+        model,
+        spaces,
+        paths,
+        eps=eps,
+        attacks=attacks,
+        steps=steps,
+        step_size_factor=step_size_factor,
+        labels=labels,
+        adaptive_weight=adaptive_weight,
+        adaptive_confidence=adaptive_confidence,
+        batch_size=batch_size,
+        progress=progress,
+        cache=cache,
+        detector=detector,
+    )
+    return summarise(
+        data,
+        spaces,
+        model.class_names,
+        detector=detector,
+        rules=rules,
+        steps=steps,
+        step_size_factor=step_size_factor,
+        adaptive_weight=adaptive_weight,
+        adaptive_confidence=adaptive_confidence,
+    )

@@ -86,14 +86,22 @@ def score_parts(
     """Per image: ``margin`` (logit margin of the prediction over the runner-up), ``semantic``
     (the semantic margin, see the module docstring; 0 where neither class has spaces) and
     ``paper`` (the paper's rule as a score). ``B×K`` logits, ``B×S`` semantic probabilities."""
-    z = np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits, dtype=np.float64)
-    p = np.asarray(probabilities.detach().cpu() if isinstance(probabilities, torch.Tensor) else probabilities,
-                   dtype=np.float64)
+    z = np.asarray(
+        logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits, dtype=np.float64
+    )
+    p = np.asarray(
+        probabilities.detach().cpu() if isinstance(probabilities, torch.Tensor) else probabilities,
+        dtype=np.float64,
+    )
     if z.ndim != 2 or p.ndim != 2 or len(z) != len(p):
-        raise ValueError(f"score_parts needs B×K logits and B×S probabilities, got {z.shape} and {p.shape}")
+        raise ValueError(
+            f"score_parts needs B×K logits and B×S probabilities, got {z.shape} and {p.shape}"
+        )
     if z.shape[1] != len(class_names) or p.shape[1] != len(spaces):
-        raise ValueError(f"{z.shape[1]} logits for {len(class_names)} classes, or {p.shape[1]} "
-                         f"probabilities for {len(spaces)} spaces")
+        raise ValueError(
+            f"{z.shape[1]} logits for {len(class_names)} classes, or {p.shape[1]} "
+            f"probabilities for {len(spaces)} spaces"
+        )
     rows = np.arange(len(z))
     if z.shape[1] > 1:
         order = np.argsort(-z, axis=1, kind="stable")
@@ -107,11 +115,15 @@ def score_parts(
     semantic = mean_p[rows, pred] - (mean_p[rows, runner] if z.shape[1] > 1 else 0.0)
     top = -np.sort(-p, axis=1)
     second = top[:, 1] if p.shape[1] > 1 else np.full(len(p), P_CLIP)
-    paper = np.maximum(_logit(top[:, 0]) - _logit(PAPER_SINGLE), _logit(second) - _logit(PAPER_MULTI))
+    paper = np.maximum(
+        _logit(top[:, 0]) - _logit(PAPER_SINGLE), _logit(second) - _logit(PAPER_MULTI)
+    )
     return {"margin": margin, "semantic": semantic, "paper": paper}
 
 
-def conformal_threshold(scores: np.ndarray | Sequence[float], fpr: float, confidence: float | None = None) -> float:
+def conformal_threshold(
+    scores: np.ndarray | Sequence[float], fpr: float, confidence: float | None = None
+) -> float:
     """A threshold on clean calibration scores for a false-positive budget ``fpr``.
 
     Without ``confidence``: the ``⌈(n + 1)(1 − fpr)⌉``-th smallest score (split conformal), so that
@@ -138,9 +150,11 @@ def conformal_threshold(scores: np.ndarray | Sequence[float], fpr: float, confid
         k = s.size - int(allowed.max()) if allowed.size else s.size + 1
         needed = math.ceil(math.log(1 - confidence) / math.log(1 - fpr))
     if k > s.size:
-        raise ValueError(f"a false-positive budget of {fpr:g}"
-                         + (f" at confidence {confidence:g}" if confidence is not None else "")
-                         + f" needs at least {needed} calibration images, got {s.size}")
+        raise ValueError(
+            f"a false-positive budget of {fpr:g}"
+            + (f" at confidence {confidence:g}" if confidence is not None else "")
+            + f" needs at least {needed} calibration images, got {s.size}"
+        )
     return float(s[k - 1])
 
 
@@ -151,7 +165,9 @@ class Detector:
     score: str = "gap"
     threshold: float = 0.0
     fpr: float = FPR  # the false-positive budget the threshold was calibrated to
-    confidence: float | None = CONFIDENCE  # probability that the budget holds (None: holds on average)
+    confidence: float | None = (
+        CONFIDENCE  # probability that the budget holds (None: holds on average)
+    )
     beta: float = 0.0  # gap score: margin explained by β·semantic + intercept
     intercept: float = 0.0
     n_calibration: int = 0
@@ -165,28 +181,40 @@ class Detector:
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
-            raise SpaceError(f"detector score {self.score!r} is unknown; choose from {', '.join(SCORES)}")
+            raise SpaceError(
+                f"detector score {self.score!r} is unknown; choose from {', '.join(SCORES)}"
+            )
 
     def scores_from_parts(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         if self.score == "paper":
             return parts["paper"]
         return parts["margin"] - (self.beta * parts["semantic"] + self.intercept)
 
-    def scores(self, logits, probabilities, spaces: SpaceSet, class_names: Sequence[str]) -> np.ndarray:
+    def scores(
+        self, logits, probabilities, spaces: SpaceSet, class_names: Sequence[str]
+    ) -> np.ndarray:
         """One score per image from the prediction pass's logits and the spaces' P_s."""
         return self.scores_from_parts(score_parts(logits, probabilities, spaces, class_names))
 
-    def check_fits(self, spaces: SpaceSet, class_names: Sequence[str], where: str = "detector") -> None:
+    def check_fits(
+        self, spaces: SpaceSet, class_names: Sequence[str], where: str = "detector"
+    ) -> None:
         """Refuse spaces or classes other than those the detector was calibrated with."""
         if self.spaces and list(self.spaces) != spaces.keys:
-            raise SpaceError(f"{where}: calibrated for the spaces {', '.join(self.spaces)}, but the loaded "
-                             f"spaces are {', '.join(spaces.keys)}; recalibrate it (sxai calibrate-detector)")
+            raise SpaceError(
+                f"{where}: calibrated for the spaces {', '.join(self.spaces)}, but the loaded "
+                f"spaces are {', '.join(spaces.keys)}; recalibrate it (sxai calibrate-detector)"
+            )
         if self.spaces_digest and self.spaces_digest != spaces_digest(spaces):
-            raise SpaceError(f"{where}: calibrated for other versions of the spaces {', '.join(self.spaces)} "
-                             "(their weights or links to P_s changed); recalibrate it (sxai calibrate-detector)")
+            raise SpaceError(
+                f"{where}: calibrated for other versions of the spaces {', '.join(self.spaces)} "
+                "(their weights or links to P_s changed); recalibrate it (sxai calibrate-detector)"
+            )
         if self.classes and list(self.classes) != list(class_names):
-            raise SpaceError(f"{where}: calibrated for the classes {', '.join(self.classes)}, but the model "
-                             f"has {', '.join(class_names)}; recalibrate it (sxai calibrate-detector)")
+            raise SpaceError(
+                f"{where}: calibrated for the classes {', '.join(self.classes)}, but the model "
+                f"has {', '.join(class_names)}; recalibrate it (sxai calibrate-detector)"
+            )
 
     def calibration_paths(self) -> set[Path]:
         """The calibration images, resolved (to refuse measuring a false-positive rate on them)."""
@@ -195,8 +223,12 @@ class Detector:
 
     def verdict(self, score: float) -> dict[str, Any]:
         """``{"flag", "score", "threshold", "fpr"}`` for one image (what ``explain --json`` carries)."""
-        return {"flag": bool(score > self.threshold), "score": float(score),
-                "threshold": self.threshold, "fpr": self.fpr}
+        return {
+            "flag": bool(score > self.threshold),
+            "score": float(score),
+            "threshold": self.threshold,
+            "fpr": self.fpr,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -212,10 +244,12 @@ class Detector:
     def from_dict(cls, raw: object, where: str = "detector") -> Detector:
         """A detector read from a file, every field checked (a space folder may be a stranger's)."""
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise SpaceError(f"{where}: not an sxai detector (no \"format\": \"{FORMAT}\")")
+            raise SpaceError(f'{where}: not an sxai detector (no "format": "{FORMAT}")')
         version = raw.get("version")
         if version != VERSION:
-            raise SpaceError(f"{where}: detector version {version!r} is not one this sxai reads ({VERSION})")
+            raise SpaceError(
+                f"{where}: detector version {version!r} is not one this sxai reads ({VERSION})"
+            )
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(raw) - known - {"format", "version"}
         if unknown:
@@ -236,7 +270,9 @@ class Detector:
         if not 0 < values["fpr"] < 1:
             raise SpaceError(f"{where}: fpr must be in (0, 1), got {values['fpr']}")
         if values.get("confidence") is not None and not 0 < values["confidence"] < 1:
-            raise SpaceError(f"{where}: confidence must be in (0, 1) or null, got {values['confidence']}")
+            raise SpaceError(
+                f"{where}: confidence must be in (0, 1) or null, got {values['confidence']}"
+            )
         if values.get("beta", 0.0) < 0:
             raise SpaceError(f"{where}: beta must not be negative, got {values['beta']}")
         n = values.get("n_calibration", 0)
@@ -291,11 +327,20 @@ def calibrate(
             beta, intercept = (float(v) for v in np.polyfit(s, m, 1))
         if beta < 0 or np.ptp(s) == 0:  # more semantic evidence never excuses less confidence
             beta, intercept = 0.0, float(m.mean())
-    detector = Detector(score=score, fpr=float(fpr), confidence=confidence, beta=beta, intercept=intercept,
-                        n_calibration=len(parts["margin"]), spaces=spaces.keys,
-                        spaces_digest=spaces_digest(spaces),
-                        classes=list(class_names), fingerprint=fingerprint, calibration_source=source,
-                        calibration_files=list(files))
+    detector = Detector(
+        score=score,
+        fpr=float(fpr),
+        confidence=confidence,
+        beta=beta,
+        intercept=intercept,
+        n_calibration=len(parts["margin"]),
+        spaces=spaces.keys,
+        spaces_digest=spaces_digest(spaces),
+        classes=list(class_names),
+        fingerprint=fingerprint,
+        calibration_source=source,
+        calibration_files=list(files),
+    )
     values = detector.scores_from_parts(parts)
     detector.threshold = conformal_threshold(values, fpr, confidence)
     detector.calibration_fpr = float((values > detector.threshold).mean())
@@ -306,8 +351,9 @@ class DetectorWarning(UserWarning):
     """A stored detector that does not fit the loaded spaces (it is then not used)."""
 
 
-def load_detector(folder: str | Path | None, spaces: SpaceSet, class_names: Sequence[str],
-                  strict: bool = False) -> Detector | None:
+def load_detector(
+    folder: str | Path | None, spaces: SpaceSet, class_names: Sequence[str], strict: bool = False
+) -> Detector | None:
     """The ``detector.json`` stored in a space folder, checked against the loaded spaces; None
     when the folder has none (or there is no single folder). A detector calibrated for other
     spaces or classes is an error with ``strict``, else a :class:`DetectorWarning` and None (a
@@ -333,8 +379,12 @@ def spaces_digest(spaces: SpaceSet) -> str:
     """A digest of what P_s depends on: every space's key, weights, bias and link to P_s."""
     h = hashlib.sha256()
     for space in spaces:
-        link = (space.key, space.bias, asdict(space.reference) if space.reference else None,
-                space.probe.metadata() if space.probe is not None else None)
+        link = (
+            space.key,
+            space.bias,
+            asdict(space.reference) if space.reference else None,
+            space.probe.metadata() if space.probe is not None else None,
+        )
         h.update(json.dumps(link, sort_keys=True, default=str).encode())
         h.update(space.weight_vector().numpy().astype(np.float32).tobytes())
     return h.hexdigest()[:16]
@@ -389,16 +439,26 @@ class _AttackerTerms:
     class_weights: torch.Tensor  # K × S: the mean over each class's spaces
 
 
-def _attacker_terms(logits: torch.Tensor, traits: torch.Tensor, labels: torch.Tensor, spaces: SpaceSet,
-                    class_names: Sequence[str], confidence: float) -> _AttackerTerms:
+def _attacker_terms(
+    logits: torch.Tensor,
+    traits: torch.Tensor,
+    labels: torch.Tensor,
+    spaces: SpaceSet,
+    class_names: Sequence[str],
+    confidence: float,
+) -> _AttackerTerms:
     """What the adaptive and the score-aware attacker share."""
     ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     masked = logits.detach().clone()
     masked[torch.arange(len(labels)), labels] = -torch.inf
     masks = torch.as_tensor(_class_masks(spaces, class_names), device=traits.device)  # K × S
-    return _AttackerTerms(ce, torch.clamp(ce, max=-math.log(1 - confidence)), masked.argmax(1),
-                          torch.arange(len(labels), device=traits.device),
-                          masks.float() / masks.sum(1, keepdim=True).clamp(min=1))
+    return _AttackerTerms(
+        ce,
+        torch.clamp(ce, max=-math.log(1 - confidence)),
+        masked.argmax(1),
+        torch.arange(len(labels), device=traits.device),
+        masks.float() / masks.sum(1, keepdim=True).clamp(min=1),
+    )
 
 
 def score_aware_loss(

@@ -33,34 +33,8 @@ from .query import CompiledQuery, compile_query
 SCHEMA_VERSION = 1
 
 
-
-
 class SearchIndexError(SxaiError):
     """The index file is unusable or was built with another model or other spaces."""
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------ index
@@ -76,18 +50,34 @@ class IndexMeta:
 
     @classmethod
     def of(cls, model: TraitModel, spaces: SpaceSet) -> IndexMeta:
-        return cls(model.name, model.fingerprint(), tuple(model.class_names), tuple(spaces.keys),
-                   spaces_digest(spaces))
+        return cls(
+            model.name,
+            model.fingerprint(),
+            tuple(model.class_names),
+            tuple(spaces.keys),
+            spaces_digest(spaces),
+        )
 
     def to_json(self) -> str:
-        return json.dumps({"schema": SCHEMA_VERSION, **self.__dict__, "classes": list(self.classes),
-                           "spaces": list(self.spaces)})
+        return json.dumps(
+            {
+                "schema": SCHEMA_VERSION,
+                **self.__dict__,
+                "classes": list(self.classes),
+                "spaces": list(self.spaces),
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> IndexMeta:
         data = json.loads(text)
-        return cls(data["backbone"], data["fingerprint"], tuple(data["classes"]), tuple(data["spaces"]),
-                   data["spaces_digest"])
+        return cls(
+            data["backbone"],
+            data["fingerprint"],
+            tuple(data["classes"]),
+            tuple(data["spaces"]),
+            data["spaces_digest"],
+        )
 
 
 def spaces_digest(spaces: SpaceSet) -> str:
@@ -120,7 +110,9 @@ class SearchResult:
 @dataclass
 class IndexReport:
     found: int = 0  # images in the folder
-    unchanged: int = 0  # skipped: already indexed (or already known unreadable), same mtime and size
+    unchanged: int = (
+        0  # skipped: already indexed (or already known unreadable), same mtime and size
+    )
     scored: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     removed: int = 0  # rows of files that are gone from the folder
@@ -153,14 +145,18 @@ def _explain_db_error(path: Path, exc: sqlite3.Error) -> str:
     """Say what is wrong with an index file; never suggest deleting one that may be valid."""
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-        return (f"{path}: the index is locked by another process ({text}); wait until that "
-                "`sxai index` finishes and run this again")
+        return (
+            f"{path}: the index is locked by another process ({text}); wait until that "
+            "`sxai index` finishes and run this again"
+        )
     if "readonly" in text or "read-only" in text:
         return f"{path}: cannot write the index ({text}); make the file and its folder writable, or pass another --db"
     if "unable to open" in text:
         return f"{path}: cannot open the index ({text}); check that the file and its folder are readable"
-    return (f"{path}: not an sxai index, or a damaged one ({text}); pass another --db, or rebuild the index "
-            "with `sxai index DIR --db NEW_FILE`")
+    return (
+        f"{path}: not an sxai index, or a damaged one ({text}); pass another --db, or rebuild the index "
+        "with `sxai index DIR --db NEW_FILE`"
+    )
 
 
 class SearchIndex:
@@ -171,10 +167,14 @@ class SearchIndex:
         it must exist already and is opened read-only (searching)."""
         self.path = Path(path)
         if meta is None and not self.path.is_file():
-            raise SearchIndexError(f"{self.path}: no such index; build one with `sxai index DIR --db {path}`")
+            raise SearchIndexError(
+                f"{self.path}: no such index; build one with `sxai index DIR --db {path}`"
+            )
         if meta is not None:
             if self.path.is_dir():
-                raise SearchIndexError(f"{self.path}: is a folder; --db needs a file name, e.g. {self.path / 'index.db'}")
+                raise SearchIndexError(
+                    f"{self.path}: is a folder; --db needs a file name, e.g. {self.path / 'index.db'}"
+                )
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = self._connect(read_only=meta is None)
@@ -225,7 +225,9 @@ class SearchIndex:
         try:
             if meta is not None:
                 self._use_wal()
-                self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent after a crash, fast
+                self.db.execute(
+                    "PRAGMA synchronous=NORMAL"
+                )  # with WAL: consistent after a crash, fast
             # the 2 MB default page cache makes every search re-read the table: 5x slower at 100k rows
             self.db.execute("PRAGMA cache_size=-131072")
             self.db.execute("PRAGMA mmap_size=268435456")
@@ -236,7 +238,9 @@ class SearchIndex:
         except sqlite3.Error as exc:
             raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
         if stored is None:
-            raise SearchIndexError(f"{self.path}: empty index; build it with `sxai index DIR --db {self.path}`")
+            raise SearchIndexError(
+                f"{self.path}: empty index; build it with `sxai index DIR --db {self.path}`"
+            )
         if meta is not None and stored != meta:
             raise SearchIndexError(self._mismatch(stored, meta))
         return stored
@@ -258,7 +262,9 @@ class SearchIndex:
         self.close()
 
     def _stored_meta(self) -> IndexMeta | None:
-        has = self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        has = self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
         if not has:
             return None
         row = self.db.execute("SELECT value FROM meta WHERE key='index'").fetchone()
@@ -272,14 +278,20 @@ class SearchIndex:
     def _mismatch(self, stored: IndexMeta, meta: IndexMeta) -> str:
         what = []
         if (stored.backbone, stored.fingerprint) != (meta.backbone, meta.fingerprint):
-            what.append(f"model {stored.backbone} ({stored.fingerprint}), now {meta.backbone} ({meta.fingerprint})")
+            what.append(
+                f"model {stored.backbone} ({stored.fingerprint}), now {meta.backbone} ({meta.fingerprint})"
+            )
         if stored.classes != meta.classes:
             what.append(f"classes {list(stored.classes)}, now {list(meta.classes)}")
         if stored.spaces != meta.spaces or stored.spaces_digest != meta.spaces_digest:
-            what.append(f"spaces {list(stored.spaces)} ({stored.spaces_digest}), now {list(meta.spaces)} "
-                        f"({meta.spaces_digest})")
-        return (f"{self.path} was indexed with {'; '.join(what)}: its numbers would not be comparable. "
-                "Index into another --db for this model and these spaces; this file stays searchable as it is")
+            what.append(
+                f"spaces {list(stored.spaces)} ({stored.spaces_digest}), now {list(meta.spaces)} "
+                f"({meta.spaces_digest})"
+            )
+        return (
+            f"{self.path} was indexed with {'; '.join(what)}: its numbers would not be comparable. "
+            "Index into another --db for this model and these spaces; this file stays searchable as it is"
+        )
 
     def _create(self, meta: IndexMeta) -> None:
         """The schema, in one IMMEDIATE transaction: two processes creating the same new index
@@ -290,14 +302,20 @@ class SearchIndex:
         self.db.commit()
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
             # path is TEXT, or a BLOB of the raw bytes of a name that is not UTF-8 (_db_path)
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, "
                 "mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, predicted TEXT NOT NULL, "
-                + ", ".join(cols) + ")")
-            self.db.execute("CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, "
-                            "mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, error TEXT NOT NULL)")
+                + ", ".join(cols)
+                + ")"
+            )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, "
+                "mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, error TEXT NOT NULL)"
+            )
             # one index per searchable column: a range condition on any space is an index seek
             for i in range(len(meta.spaces)):
                 self.db.execute(f"CREATE INDEX IF NOT EXISTS images_p{i} ON images (p{i})")
@@ -311,8 +329,10 @@ class SearchIndex:
     # ------------------------------------------------------------------------------ writing
     def known(self) -> dict[str, tuple[int, int]]:
         """path -> (mtime_ns, size) of every indexed or known-unreadable file."""
-        rows = self.db.execute("SELECT path, mtime_ns, size FROM images UNION ALL "
-                               "SELECT path, mtime_ns, size FROM failures")
+        rows = self.db.execute(
+            "SELECT path, mtime_ns, size FROM images UNION ALL "
+            "SELECT path, mtime_ns, size FROM failures"
+        )
         return {_from_db(path): (mtime, size) for path, mtime, size in rows}
 
     def add(
@@ -325,22 +345,35 @@ class SearchIndex:
         """Insert or replace rows ``(path, mtime_ns, size)`` with their scores (no commit)."""
         classes = list(self.meta.classes)
         n = len(classes) + 2 * len(self.meta.spaces)
-        sql = (f"INSERT OR REPLACE INTO images (path, mtime_ns, size, predicted, "
-               f"{', '.join([*self.class_columns.values(), *self.space_columns.values()])}, "
-               f"{', '.join(f'a{i}' for i in range(len(self.meta.spaces)))}) "
-               f"VALUES (?, ?, ?, ?, {', '.join('?' * n)})")
-        values = torch.cat([class_probabilities.double(), probabilities.double(), activations.double()], 1)
+        sql = (
+            f"INSERT OR REPLACE INTO images (path, mtime_ns, size, predicted, "
+            f"{', '.join([*self.class_columns.values(), *self.space_columns.values()])}, "
+            f"{', '.join(f'a{i}' for i in range(len(self.meta.spaces)))}) "
+            f"VALUES (?, ?, ?, ?, {', '.join('?' * n)})"
+        )
+        values = torch.cat(
+            [class_probabilities.double(), probabilities.double(), activations.double()], 1
+        )
         predicted = class_probabilities.argmax(dim=1).tolist()
-        self.db.executemany(sql, [
-            (_db_path(path), mtime, size, classes[p], *vals)
-            for (path, mtime, size), p, vals in zip(rows, predicted, values.tolist())
-        ])
-        self.db.executemany("DELETE FROM failures WHERE path = ?", [(_db_path(r[0]),) for r in rows])
+        self.db.executemany(
+            sql,
+            [
+                (_db_path(path), mtime, size, classes[p], *vals)
+                for (path, mtime, size), p, vals in zip(rows, predicted, values.tolist())
+            ],
+        )
+        self.db.executemany(
+            "DELETE FROM failures WHERE path = ?", [(_db_path(r[0]),) for r in rows]
+        )
 
     def add_failures(self, failures: Sequence[tuple[str, int, int, str]]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
-                            [(_db_path(path), mtime, size, _text(why)) for path, mtime, size, why in failures])
-        self.db.executemany("DELETE FROM images WHERE path = ?", [(_db_path(f[0]),) for f in failures])
+        self.db.executemany(
+            "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+            [(_db_path(path), mtime, size, _text(why)) for path, mtime, size, why in failures],
+        )
+        self.db.executemany(
+            "DELETE FROM images WHERE path = ?", [(_db_path(f[0]),) for f in failures]
+        )
 
     def remove(self, paths: Sequence[str]) -> None:
         self.db.executemany("DELETE FROM images WHERE path = ?", [(_db_path(p),) for p in paths])
@@ -381,21 +414,26 @@ class SearchIndex:
         except sqlite3.Error as exc:
             raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
 
-    def _search(self, query: str, compiled: CompiledQuery, sql: str, params: tuple,
-                limit: int | None) -> SearchResult:
+    def _search(
+        self, query: str, compiled: CompiledQuery, sql: str, params: tuple, limit: int | None
+    ) -> SearchResult:
         matches = []
         n_classes = len(self.meta.classes)
         for path, predicted, *values in self.db.execute(sql, params):
-            matches.append(Match(
-                _from_db(path), predicted,
-                dict(zip(self.meta.classes, values[:n_classes])),
-                dict(zip(self.meta.spaces, values[n_classes:])),
-            ))
+            matches.append(
+                Match(
+                    _from_db(path),
+                    predicted,
+                    dict(zip(self.meta.classes, values[:n_classes])),
+                    dict(zip(self.meta.spaces, values[n_classes:])),
+                )
+            )
         if limit is None or len(matches) < limit:
             total = len(matches)  # everything was fetched: no need to count
         else:
-            total = self.db.execute(f"SELECT count(*) FROM images WHERE {compiled.where}",
-                                    compiled.params).fetchone()[0]
+            total = self.db.execute(
+                f"SELECT count(*) FROM images WHERE {compiled.where}", compiled.params
+            ).fetchone()[0]
         return SearchResult(query, matches, int(total), compiled.spaces)
 
 
@@ -434,16 +472,36 @@ def index_folder(
     report.found = len(paths)
     with SearchIndex(db, IndexMeta.of(model, spaces)) as index:
         try:
-            _index_into(index, model, spaces, paths, folder, report, batch_size, progress, on_batch, precision)
+            _index_into(
+                index,
+                model,
+                spaces,
+                paths,
+                folder,
+                report,
+                batch_size,
+                progress,
+                on_batch,
+                precision,
+            )
         except sqlite3.Error as exc:
             raise SearchIndexError(_explain_db_error(index.path, exc)) from exc
         index.finish()
     return report
 
 
-def _index_into(index: SearchIndex, model: TraitModel, spaces: SpaceSet, paths: list[Path], folder: Path,
-                report: IndexReport, batch_size: int, progress: bool,
-                on_batch: Callable[[int, list[Path]], None] | None, precision: str = "fp32") -> None:
+def _index_into(
+    index: SearchIndex,
+    model: TraitModel,
+    spaces: SpaceSet,
+    paths: list[Path],
+    folder: Path,
+    report: IndexReport,
+    batch_size: int,
+    progress: bool,
+    on_batch: Callable[[int, list[Path]], None] | None,
+    precision: str = "fp32",
+) -> None:
     known = index.known()
     here = {str(p) for p in paths}
     prefix = str(folder) + os.sep

@@ -37,7 +37,9 @@ class QueryError(SxaiError):
         self.query = query
         self.position = max(0, min(position, len(query)))
         shown = re.sub(r"\s", " ", query)  # a tab or newline would shift the caret
-        super().__init__(f"{message} at position {self.position}\n  {shown}\n  {' ' * self.position}^")
+        super().__init__(
+            f"{message} at position {self.position}\n  {shown}\n  {' ' * self.position}^"
+        )
 
 
 # ------------------------------------------------------------------------------------ tokens
@@ -167,8 +169,9 @@ class _Parser:
 
     def not_expr(self, depth: int) -> Node:
         if depth >= MAX_DEPTH:
-            raise QueryError(f"query nested more than {MAX_DEPTH} levels deep", self.query,
-                             self.token.position)
+            raise QueryError(
+                f"query nested more than {MAX_DEPTH} levels deep", self.query, self.token.position
+            )
         token = self.token
         if token.kind == "not":
             self.take()
@@ -206,8 +209,9 @@ class _Parser:
         right = self.operand()
         self.comparisons += 1
         if self.comparisons > MAX_COMPARISONS:
-            raise QueryError(f"more than {MAX_COMPARISONS} comparisons in one query", self.query,
-                             left.position)
+            raise QueryError(
+                f"more than {MAX_COMPARISONS} comparisons in one query", self.query, left.position
+            )
         return Comparison(left, op.text, right, op.position)
 
 
@@ -242,10 +246,17 @@ def compile_query(query: str, spaces: dict[str, str], classes: Sequence[str]) ->
     def unknown_name(operand: Operand) -> QueryError:
         known = ", ".join(sorted(spaces)) or "none"
         if operand.kind == "space":
-            return QueryError(f"unknown space {operand.value!r} (indexed spaces: {known})", query,
-                              operand.position)
-        return QueryError(f"unknown name {operand.value!r}: use a space name class.concept "
-                          f"(indexed: {known}) or 'predicted'", query, operand.position)
+            return QueryError(
+                f"unknown space {operand.value!r} (indexed spaces: {known})",
+                query,
+                operand.position,
+            )
+        return QueryError(
+            f"unknown name {operand.value!r}: use a space name class.concept "
+            f"(indexed: {known}) or 'predicted'",
+            query,
+            operand.position,
+        )
 
     def value_sql(operand: Operand) -> str:
         if operand.kind == "space":
@@ -261,17 +272,23 @@ def compile_query(query: str, spaces: dict[str, str], classes: Sequence[str]) ->
             return "?"
         if operand.kind == "name":
             raise unknown_name(operand)
-        raise QueryError("a class name can only be compared with 'predicted'", query, operand.position)
+        raise QueryError(
+            "a class name can only be compared with 'predicted'", query, operand.position
+        )
 
     def predicted_sql(node: Comparison, other: Operand) -> str:
         if node.op not in _EQUALITY:
-            raise QueryError(f"'predicted' is compared with = or != only, not {node.op!r}", query,
-                             node.position)
+            raise QueryError(
+                f"'predicted' is compared with = or != only, not {node.op!r}", query, node.position
+            )
         if other.kind not in ("string", "name"):
             raise QueryError("'predicted' is compared with a class name", query, other.position)
         if other.value not in classes:
-            raise QueryError(f"unknown class {other.value!r} (classes: {', '.join(classes)})", query,
-                             other.position)
+            raise QueryError(
+                f"unknown class {other.value!r} (classes: {', '.join(classes)})",
+                query,
+                other.position,
+            )
         params.append(other.value)
         return f"predicted {_SQL_OPS[node.op]} ?"
 
@@ -282,12 +299,16 @@ def compile_query(query: str, spaces: dict[str, str], classes: Sequence[str]) ->
             return
         space_left = node.left.kind == "space"
         key = node.left.value if space_left else node.right.value
-        upward = node.op in (">", ">=", "=", "==", "!=", "<>") if space_left else node.op in ("<", "<=")
+        upward = (
+            node.op in (">", ">=", "=", "==", "!=", "<>") if space_left else node.op in ("<", "<=")
+        )
         order.append((key, upward != negated))
 
     def emit(node: Node, negated: bool = False) -> str:
         if isinstance(node, BoolOp):
-            return "(" + f" {node.op.upper()} ".join(emit(item, negated) for item in node.items) + ")"
+            return (
+                "(" + f" {node.op.upper()} ".join(emit(item, negated) for item in node.items) + ")"
+            )
         if isinstance(node, Not):
             return f"(NOT {emit(node.item, not negated)})"
         left, right = node.left, node.right

@@ -55,7 +55,9 @@ class SpaceRecipe:
     region: str = "superpixel"  # concept region: "superpixel" (paper) or "disc"
     n_segments: int = 20
     n_ssn: int = 5
-    min_natural_negatives: int = 5  # tuned: fewer than this and only the masking effect ranks channels
+    min_natural_negatives: int = (
+        5  # tuned: fewer than this and only the masking effect ranks channels
+    )
     build_fraction: float = 0.75
     folds: int = 4  # tuned: cross-validation folds over the natural negatives
     seed: int = 0
@@ -80,24 +82,38 @@ class Split:
     negatives: list[ConceptAnnotation]  # same class, concept not visible: never used for building
 
 
-def split_positives(annotations: AnnotationSet, class_name: str, concept: str, recipe: SpaceRecipe) -> Split:
+def split_positives(
+    annotations: AnnotationSet, class_name: str, concept: str, recipe: SpaceRecipe
+) -> Split:
     positives = annotations.images_with(concept, class_name)
     if len(positives) < MIN_POSITIVES:
-        raise SpaceError(f"only {len(positives)} annotated {class_name} images show {concept!r}; "
-                         f"a semantic space needs at least {MIN_POSITIVES} (ideally ~100)")
+        raise SpaceError(
+            f"only {len(positives)} annotated {class_name} images show {concept!r}; "
+            f"a semantic space needs at least {MIN_POSITIVES} (ideally ~100)"
+        )
     # One permutation per (class, concept) from the seed and the names, so splits do not depend on
     # which other spaces are built in the same run.
-    order = np.random.default_rng(stable_seed(recipe.seed, class_name, concept)).permutation(len(positives))
-    n_build = min(len(positives) - MIN_EVALUATION,
-                  max(MIN_BUILD, int(round(len(positives) * recipe.build_fraction))))
+    order = np.random.default_rng(stable_seed(recipe.seed, class_name, concept)).permutation(
+        len(positives)
+    )
+    n_build = min(
+        len(positives) - MIN_EVALUATION,
+        max(MIN_BUILD, int(round(len(positives) * recipe.build_fraction))),
+    )
     pick = lambda idx: [positives[i] for i in sorted(idx)]  # noqa: E731
-    return Split(pick(order[:n_build]), pick(order[n_build:]), annotations.images_without(concept, class_name))
+    return Split(
+        pick(order[:n_build]),
+        pick(order[n_build:]),
+        annotations.images_without(concept, class_name),
+    )
 
 
 class PairedTraits:
     """Traits of annotated images and of their concept-masked copies, computed once and cached."""
 
-    def __init__(self, model: TraitModel, recipe: SpaceRecipe, batch_size: int = 32, progress: bool = True):
+    def __init__(
+        self, model: TraitModel, recipe: SpaceRecipe, batch_size: int = 32, progress: bool = True
+    ):
         self.model = model
         self.recipe = recipe
         self.batch_size = batch_size
@@ -112,22 +128,33 @@ class PairedTraits:
         device = next(self.model.parameters()).device
         out = []
         for start in range(0, len(arrays), self.batch_size):
-            chunk = np.stack(arrays[start:start + self.batch_size]).astype(np.float32)
+            chunk = np.stack(arrays[start : start + self.batch_size]).astype(np.float32)
             x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device)
             out.append(self.model.traits(x).float().cpu())
         return torch.cat(out)
 
-    def masked_copy(self, annotation: ConceptAnnotation, concept: str, image: np.ndarray) -> np.ndarray:
+    def masked_copy(
+        self, annotation: ConceptAnnotation, concept: str, image: np.ndarray
+    ) -> np.ndarray:
         geometry = annotation.geometry(concept, self.size)
         region = concept_region(image, geometry, self.recipe.n_segments, mode=self.recipe.region)
         return self.masker.mask(image, region)
 
     def compute(self, annotations: Sequence[ConceptAnnotation], concept: str | None) -> None:
-        todo = [a for a in annotations if a.image_path not in self._original
-                or (concept is not None and (a.image_path, concept) not in self._masked)]
+        todo = [
+            a
+            for a in annotations
+            if a.image_path not in self._original
+            or (concept is not None and (a.image_path, concept) not in self._masked)
+        ]
         originals, masked, keys = [], [], []
-        for annotation in tqdm(todo, desc=f"masking {concept or 'images'}", unit="img",
-                               disable=not self.progress or not todo, leave=False):
+        for annotation in tqdm(
+            todo,
+            desc=f"masking {concept or 'images'}",
+            unit="img",
+            disable=not self.progress or not todo,
+            leave=False,
+        ):
             image = annotation.load(self.size)
             originals.append(image)
             if concept is not None:
@@ -145,10 +172,14 @@ class PairedTraits:
         self.compute(annotations, None)
         return torch.stack([self._original[a.image_path] for a in annotations])
 
-    def pair(self, annotations: Sequence[ConceptAnnotation], concept: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(
+        self, annotations: Sequence[ConceptAnnotation], concept: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self.compute(annotations, concept)
-        return (torch.stack([self._original[a.image_path] for a in annotations]),
-                torch.stack([self._masked[(a.image_path, concept)] for a in annotations]))
+        return (
+            torch.stack([self._original[a.image_path] for a in annotations]),
+            torch.stack([self._masked[(a.image_path, concept)] for a in annotations]),
+        )
 
 
 def paper_delta(unmasked: torch.Tensor, masked: torch.Tensor) -> np.ndarray:
@@ -180,8 +211,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / top if top > 0 else x
 
 
-def tuned_scores(unmasked: torch.Tensor, masked: torch.Tensor, negatives: torch.Tensor | None,
-                 min_negatives: int) -> np.ndarray:
+def tuned_scores(
+    unmasked: torch.Tensor, masked: torch.Tensor, negatives: torch.Tensor | None, min_negatives: int
+) -> np.ndarray:
     """Channel scores of the tuned recipe (signed; larger |score| = more concept-specific)."""
     _mean, effect = paired_effect(unmasked, masked)
     score = _unit(effect)
@@ -204,9 +236,16 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 def _space_from(indices, weights, model, class_name, concept, recipe, n_images) -> SemanticSpace:
     return SemanticSpace(
-        class_name=class_name, concept=concept, backbone=model.name, fingerprint=model.fingerprint(),
-        trait_dim=model.trait_dim, indices=torch.as_tensor(indices), delta=torch.as_tensor(weights),
-        masker=recipe.masker, n_images=n_images, recipe=asdict(recipe),
+        class_name=class_name,
+        concept=concept,
+        backbone=model.name,
+        fingerprint=model.fingerprint(),
+        trait_dim=model.trait_dim,
+        indices=torch.as_tensor(indices),
+        delta=torch.as_tensor(weights),
+        masker=recipe.masker,
+        n_images=n_images,
+        recipe=asdict(recipe),
     )
 
 
@@ -230,7 +269,8 @@ def build_space(
             f"masking {class_name} {concept} changed no trait of the build images: masker "
             f"{recipe.masker!r} on {recipe.region!r} regions leaves them as they were (a region "
             "inside a uniform patch is inpainted with the same colour); use region='superpixel' "
-            "or another masker")
+            "or another masker"
+        )
     negatives = cache.original(split.negatives) if split.negatives else None
     if recipe.mode == "paper":
         indices, weights = select_ssn(paper_delta(unmasked, masked), recipe.n_ssn)
@@ -240,9 +280,14 @@ def build_space(
     space = _space_from(indices, weights, model, class_name, concept, recipe, len(split.build))
     space.with_reference(space.activation(reference_traits))
     space.evaluation = evaluate_space(space, split, cache, concept)
-    if recipe.mode == "tuned" and negatives is not None and len(negatives) >= recipe.min_natural_negatives:
+    if (
+        recipe.mode == "tuned"
+        and negatives is not None
+        and len(negatives) >= recipe.min_natural_negatives
+    ):
         space.evaluation["auroc_visible_vs_not"] = _cross_validated_auroc(
-            unmasked, masked, negatives, cache.pair(split.evaluation, concept)[0], recipe)
+            unmasked, masked, negatives, cache.pair(split.evaluation, concept)[0], recipe
+        )
         space.evaluation["auroc_cross_validated"] = True
     return space
 
@@ -302,13 +347,17 @@ def shared_channels(spaces: Sequence[SemanticSpace]) -> dict[int, list[str]]:
     return {c: keys for c, keys in sorted(owners.items()) if len(keys) > 1}
 
 
-def reference_traits_for(model: TraitModel, traits: torch.Tensor, logits: torch.Tensor, class_name: str) -> torch.Tensor:
+def reference_traits_for(
+    model: TraitModel, traits: torch.Tensor, logits: torch.Tensor, class_name: str
+) -> torch.Tensor:
     """Traits of the reference images the model predicts as ``class_name``."""
     index = model.class_names.index(class_name)
     chosen = traits[logits.argmax(1) == index]
     if len(chosen) < MIN_REFERENCE_IMAGES:
-        raise SpaceError(f"only {len(chosen)} reference images are predicted as {class_name!r}; "
-                         "give a larger or more varied reference folder")
+        raise SpaceError(
+            f"only {len(chosen)} reference images are predicted as {class_name!r}; "
+            "give a larger or more varied reference folder"
+        )
     return chosen
 
 
@@ -328,15 +377,26 @@ def build_spaces(
     cache = cache or PairedTraits(model, recipe, progress=progress)
     spaces = []
     pairs = [(c, k) for c in classes for k in concepts]
-    for class_name, concept in tqdm(pairs, desc="semantic spaces", unit="space", disable=not progress):
+    for class_name, concept in tqdm(
+        pairs, desc="semantic spaces", unit="space", disable=not progress
+    ):
         ref = reference_traits_for(model, reference[0], reference[1], class_name)
         spaces.append(build_space(model, annotations, class_name, concept, ref, recipe, cache))
     return SpaceBuildReport(spaces, shared_channels(spaces))
 
 
 __all__ = [
-    "PairedTraits", "SpaceBuildReport", "SpaceRecipe", "SpaceSet", "auroc", "build_space",
-    "build_spaces", "evaluate_space", "paired_effect", "paper_delta", "shared_channels",
+    "PairedTraits",
+    "SpaceBuildReport",
+    "SpaceRecipe",
+    "SpaceSet",
+    "auroc",
+    "build_space",
+    "build_spaces",
+    "evaluate_space",
+    "paired_effect",
+    "paper_delta",
+    "shared_channels",
     "split_positives",
 ]
 

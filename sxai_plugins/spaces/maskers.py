@@ -26,15 +26,19 @@ def _prepare(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndar
     if image.ndim != 3 or image.shape[2] != 3:
         raise MaskerError(f"image must be H×W×3 (RGB, [0, 1]); got shape {image.shape}")
     if region.shape != image.shape[:2]:
-        raise MaskerError(f"region must be H×W = {image.shape[:2]} like the image; got {region.shape}")
+        raise MaskerError(
+            f"region must be H×W = {image.shape[:2]} like the image; got {region.shape}"
+        )
     return image, region != 0
 
 
 def _bounding_box(region: np.ndarray, margin: int) -> tuple[slice, slice]:
     rows, cols = np.nonzero(region)
     h, w = region.shape
-    return (slice(max(rows.min() - margin, 0), min(rows.max() + margin + 1, h)),
-            slice(max(cols.min() - margin, 0), min(cols.max() + margin + 1, w)))
+    return (
+        slice(max(rows.min() - margin, 0), min(rows.max() + margin + 1, h)),
+        slice(max(cols.min() - margin, 0), min(cols.max() + margin + 1, w)),
+    )
 
 
 def _fallback_colour(image: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -58,8 +62,9 @@ class SuperpixelMasker:
     n_segments: int = 20
     compactness: float = 10.0
 
-    def mask(self, image: np.ndarray, region: np.ndarray,
-             segments: np.ndarray | None = None) -> np.ndarray:
+    def mask(
+        self, image: np.ndarray, region: np.ndarray, segments: np.ndarray | None = None
+    ) -> np.ndarray:
         """``image`` with the region's superpixels filled with a neighbour's mean colour."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import shortest_path
@@ -88,12 +93,22 @@ class SuperpixelMasker:
         pairs = [(segments[:, :-1], segments[:, 1:]), (segments[:-1], segments[1:])]
         a = np.concatenate([p[0][p[0] != p[1]] for p in pairs])
         b = np.concatenate([p[1][p[0] != p[1]] for p in pairs])
-        border = coo_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).toarray()
+        border = coo_matrix(
+            (np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(n, n)
+        ).toarray()
         hops = shortest_path(border > 0, unweighted=True, indices=touched)
         hug = border[touched].sum(axis=0)  # how much each superpixel borders the concept
 
-        means = np.stack([np.bincount(segments.ravel(), weights=image[..., c].ravel(), minlength=n)
-                          for c in range(3)], axis=1) / np.maximum(sizes, 1)[:, None]
+        means = (
+            np.stack(
+                [
+                    np.bincount(segments.ravel(), weights=image[..., c].ravel(), minlength=n)
+                    for c in range(3)
+                ],
+                axis=1,
+            )
+            / np.maximum(sizes, 1)[:, None]
+        )
         for row, label in enumerate(touched):
             target = region & (segments == label)
             distance = hops[row, outside]
@@ -126,7 +141,9 @@ class InpaintMasker:
         if crop_region.all():
             out[region] = _fallback_colour(image, region)
             return out
-        filled = inpaint_biharmonic(image[rows, cols].astype(np.float64), crop_region, channel_axis=-1)
+        filled = inpaint_biharmonic(
+            image[rows, cols].astype(np.float64), crop_region, channel_axis=-1
+        )
         out[rows, cols][crop_region] = np.clip(filled[crop_region], 0.0, 1.0)
         return out
 

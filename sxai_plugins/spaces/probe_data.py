@@ -61,7 +61,9 @@ class Masking:
     def parse(cls, text: str) -> Masking:
         masker, sep, segments = text.partition("@")
         if not sep or not masker or not segments.isdigit() or int(segments) < 2:
-            raise SpaceError(f"masking {text!r} is not of the form MASKER@SEGMENTS, e.g. superpixel@20")
+            raise SpaceError(
+                f"masking {text!r} is not of the form MASKER@SEGMENTS, e.g. superpixel@20"
+            )
         return cls(masker, int(segments))
 
 
@@ -113,7 +115,9 @@ def load_visibility(path: str | Path, image_root: str | Path | None = None) -> l
             species = str(entry["species"])
             visible = {str(k): bool(v) for k, v in dict(entry["visible"]).items() if v is not None}
         except (KeyError, TypeError, ValueError) as exc:
-            raise SpaceError(f"{path}: entry {name!r} needs 'species' and a 'visible' object ({exc})") from exc
+            raise SpaceError(
+                f"{path}: entry {name!r} needs 'species' and a 'visible' object ({exc})"
+            ) from exc
         image = root / name
         if not image.is_file():
             raise SpaceError(f"{path}: entry {name!r}: image file {image} is missing")
@@ -134,8 +138,11 @@ def merge_labelled(*groups: Sequence[LabelledImage]) -> list[LabelledImage]:
     return out
 
 
-def load_labelled(annotations: AnnotationSet, visibility: str | Path | None = None,
-                  image_root: str | Path | None = None) -> list[LabelledImage]:
+def load_labelled(
+    annotations: AnnotationSet,
+    visibility: str | Path | None = None,
+    image_root: str | Path | None = None,
+) -> list[LabelledImage]:
     """The labelled images of a concept annotation set and, when given, of a visibility file
     (its paths relative to ``image_root``, default the file's folder), each image once."""
     labelled = labelled_from_annotations(annotations)
@@ -245,7 +252,9 @@ class ProbeFeatures:
 
     def visible(self, concept: str) -> np.ndarray:
         """Per row: 1 visible, 0 not visible, -1 unknown — for the row's image as it is (original)."""
-        table = np.array([{True: 1, False: 0}.get(im.visible.get(concept), -1) for im in self.images])
+        table = np.array(
+            [{True: 1, False: 0}.get(im.visible.get(concept), -1) for im in self.images]
+        )
         return table[self.column("image")]
 
     def save(self, path: str | Path) -> Path:
@@ -253,24 +262,41 @@ class ProbeFeatures:
 
         path = Path(path)
         payload = {
-            "images": [{"path": str(im.path), "class_name": im.class_name, "visible": im.visible,
-                        "annotated": im.annotation is not None} for im in self.images],
+            "images": [
+                {
+                    "path": str(im.path),
+                    "class_name": im.class_name,
+                    "visible": im.visible,
+                    "annotated": im.annotation is not None,
+                }
+                for im in self.images
+            ],
             "rows": [asdict(r) for r in self.rows],
-            "concepts": list(self.concepts), "maskings": list(self.maskings), "meta": self.meta,
+            "concepts": list(self.concepts),
+            "maskings": list(self.maskings),
+            "meta": self.meta,
         }
         # traits first, rows (the manifest) last: a bank without its manifest is never read
-        atomic_write(path.with_suffix(".safetensors"),
-                     lambda tmp: save_file({"traits": self.traits.contiguous()}, str(tmp)))
+        atomic_write(
+            path.with_suffix(".safetensors"),
+            lambda tmp: save_file({"traits": self.traits.contiguous()}, str(tmp)),
+        )
         if self.maps is not None:
-            atomic_write(_maps_path(path), lambda tmp: save_file({"maps": self.maps.contiguous()}, str(tmp)))
+            atomic_write(
+                _maps_path(path), lambda tmp: save_file({"maps": self.maps.contiguous()}, str(tmp))
+            )
         else:  # maps of an earlier bank at this path would not match these rows
             _maps_path(path).unlink(missing_ok=True)
         write_json(path.with_suffix(".json"), payload)
         return path
 
     @classmethod
-    def load(cls, path: str | Path, annotated: Mapping[Path, ConceptAnnotation] | None = None,
-             maps: bool = False) -> ProbeFeatures:
+    def load(
+        cls,
+        path: str | Path,
+        annotated: Mapping[Path, ConceptAnnotation] | None = None,
+        maps: bool = False,
+    ) -> ProbeFeatures:
         """The bank saved at ``path``; with ``maps``, also its feature maps (a SpaceError when the bank
         was saved without them)."""
         from safetensors.torch import load_file
@@ -281,17 +307,31 @@ class ProbeFeatures:
         payload = json.loads(path.with_suffix(".json").read_text())
         traits = load_file(str(path.with_suffix(".safetensors")))["traits"]
         annotated = annotated or {}
-        images = [LabelledImage(Path(i["path"]), i["class_name"], dict(i["visible"]),
-                                annotated.get(Path(i["path"]))) for i in payload["images"]]
+        images = [
+            LabelledImage(
+                Path(i["path"]), i["class_name"], dict(i["visible"]), annotated.get(Path(i["path"]))
+            )
+            for i in payload["images"]
+        ]
         rows = [ProbeRow(**r) for r in payload["rows"]]
         if len(rows) != len(traits):
-            raise SpaceError(f"{path}: {len(rows)} rows but {len(traits)} trait vectors; delete this cache file")
-        bank = cls(images, rows, traits, tuple(payload["concepts"]), tuple(payload["maskings"]),
-                   payload.get("meta", {}))
+            raise SpaceError(
+                f"{path}: {len(rows)} rows but {len(traits)} trait vectors; delete this cache file"
+            )
+        bank = cls(
+            images,
+            rows,
+            traits,
+            tuple(payload["concepts"]),
+            tuple(payload["maskings"]),
+            payload.get("meta", {}),
+        )
         if maps:
             bank.maps = load_file(str(_maps_path(path)))["maps"]
             if len(bank.maps) != len(rows):
-                raise SpaceError(f"{path}: {len(rows)} rows but {len(bank.maps)} feature maps; delete this cache file")
+                raise SpaceError(
+                    f"{path}: {len(rows)} rows but {len(bank.maps)} feature maps; delete this cache file"
+                )
         return bank
 
 
@@ -299,15 +339,25 @@ def _maps_path(path: Path) -> Path:
     return path.with_name(path.name + ".maps.safetensors")
 
 
-def _regions(annotation: ConceptAnnotation, image: np.ndarray, concepts: Sequence[str],
-             segments: np.ndarray) -> dict[str, np.ndarray]:
+def _regions(
+    annotation: ConceptAnnotation, image: np.ndarray, concepts: Sequence[str], segments: np.ndarray
+) -> dict[str, np.ndarray]:
     size = image.shape[:2]
-    return {c: concept_region(image, annotation.geometry(c, size), segments=segments)
-            for c in concepts if annotation.has(c)}
+    return {
+        c: concept_region(image, annotation.geometry(c, size), segments=segments)
+        for c in concepts
+        if annotation.has(c)
+    }
 
 
-def _copies(item: LabelledImage, index: int, concepts: Sequence[str], maskings: Sequence[Masking],
-            size: tuple[int, int], seed: int) -> Iterator[tuple[ProbeRow, np.ndarray]]:
+def _copies(
+    item: LabelledImage,
+    index: int,
+    concepts: Sequence[str],
+    maskings: Sequence[Masking],
+    size: tuple[int, int],
+    seed: int,
+) -> Iterator[tuple[ProbeRow, np.ndarray]]:
     """The original, then every masked and control copy of one image."""
     image = to_array(load_image(item.path), size)
     yield ProbeRow(index, ORIGINAL), image
@@ -332,8 +382,10 @@ def _copies(item: LabelledImage, index: int, concepts: Sequence[str], maskings: 
             if control is None:  # no room away from every part: keep away from this one only
                 control = control_region(segments, region, region, rng)
             if control is not None:
-                yield (ProbeRow(index, CONTROL, concept, masking.name, float(control.mean())),
-                       _mask_with(masker, image, control, segments))
+                yield (
+                    ProbeRow(index, CONTROL, concept, masking.name, float(control.mean())),
+                    _mask_with(masker, image, control, segments),
+                )
 
 
 def _mask_with(masker, image: np.ndarray, region: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -393,8 +445,10 @@ def extract_probe_features(
     # Images go to the pool a window at a time: each yields ~30 copies of 600 kB, and an unbounded
     # queue of finished images would hold gigabytes while the model catches up.
     window = 4 * workers
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(images), desc="masked copies", unit="img",
-                                                   disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(total=len(images), desc="masked copies", unit="img", disable=not progress) as bar,
+    ):
         for start in range(0, len(images), window):
             for result in pool.map(work, range(start, min(start + window, len(images)))):
                 bar.update(1)
@@ -410,9 +464,15 @@ def extract_probe_features(
         flush()
     if not rows:
         raise SpaceError("no labelled image could be read: " + "; ".join(failures[:3]))
-    return ProbeFeatures(list(images), rows, torch.cat(traits), tuple(concepts),
-                         tuple(m.name for m in maskings), {"failures": failures, "seed": seed},
-                         torch.cat(maps) if keep_maps else None)
+    return ProbeFeatures(
+        list(images),
+        rows,
+        torch.cat(traits),
+        tuple(concepts),
+        tuple(m.name for m in maskings),
+        {"failures": failures, "seed": seed},
+        torch.cat(maps) if keep_maps else None,
+    )
 
 
 def cached_probe_features(
@@ -435,8 +495,10 @@ def cached_probe_features(
     digest.update(json.dumps([list(concepts), [m.name for m in maskings], seed, 2]).encode())
     for item in images:
         stat = item.path.stat()
-        digest.update(f"{item.path}|{stat.st_size}|{stat.st_mtime_ns}|{item.class_name}|"
-                      f"{sorted(item.visible.items())}".encode())
+        digest.update(
+            f"{item.path}|{stat.st_size}|{stat.st_mtime_ns}|{item.class_name}|"
+            f"{sorted(item.visible.items())}".encode()
+        )
         if item.annotation is not None:
             for c in concepts:
                 digest.update(np.ascontiguousarray(item.annotation.geometry(c).points).tobytes())
@@ -450,14 +512,32 @@ def cached_probe_features(
         except (SpaceError, OSError, ValueError, KeyError) as exc:
             import logging
 
-            logging.getLogger("sxai").warning("ignoring the unreadable feature cache %s (%s)", path, exc)
-    bank = extract_probe_features(model, images, concepts, maskings, seed=seed, progress=progress, keep_maps=maps)
+            logging.getLogger("sxai").warning(
+                "ignoring the unreadable feature cache %s (%s)", path, exc
+            )
+    bank = extract_probe_features(
+        model, images, concepts, maskings, seed=seed, progress=progress, keep_maps=maps
+    )
     bank.save(path)
     return bank
 
 
 __all__ = [
-    "CONTROL", "HELD_OUT_MASKINGS", "MASKED", "ORIGINAL", "TRAIN_MASKINGS", "LabelledImage", "Masking",
-    "ProbeFeatures", "ProbeRow", "cached_probe_features", "control_region", "extract_probe_features",
-    "labelled_from_annotations", "load_labelled", "load_visibility", "merge_labelled", "stable_seed",
+    "CONTROL",
+    "HELD_OUT_MASKINGS",
+    "MASKED",
+    "ORIGINAL",
+    "TRAIN_MASKINGS",
+    "LabelledImage",
+    "Masking",
+    "ProbeFeatures",
+    "ProbeRow",
+    "cached_probe_features",
+    "control_region",
+    "extract_probe_features",
+    "labelled_from_annotations",
+    "load_labelled",
+    "load_visibility",
+    "merge_labelled",
+    "stable_seed",
 ]

@@ -53,8 +53,10 @@ class ProbeRecipe:
 
     def __post_init__(self) -> None:
         if set(self.train_maskings) & set(self.held_out_maskings):
-            raise SpaceError("a masking cannot both train probes and be held out for their evaluation: "
-                             f"{sorted(set(self.train_maskings) & set(self.held_out_maskings))}")
+            raise SpaceError(
+                "a masking cannot both train probes and be held out for their evaluation: "
+                f"{sorted(set(self.train_maskings) & set(self.held_out_maskings))}"
+            )
         if not self.train_maskings:
             raise SpaceError("a probe needs at least one training masking")
         if self.folds < 2 or not self.cs or min(self.cs) <= 0:
@@ -78,8 +80,13 @@ class TrainingSet:
         return len(self.rows)
 
 
-def training_set(bank: ProbeFeatures, class_name: str, concept: str, recipe: ProbeRecipe,
-                 images: np.ndarray | None = None) -> TrainingSet:
+def training_set(
+    bank: ProbeFeatures,
+    class_name: str,
+    concept: str,
+    recipe: ProbeRecipe,
+    images: np.ndarray | None = None,
+) -> TrainingSet:
     """The rows that train space ``class_name.concept``, from the images ``images`` (indices into
     ``bank.images``; default all)."""
     kind = bank.column("kind")
@@ -107,8 +114,13 @@ def training_set(bank: ProbeFeatures, class_name: str, concept: str, recipe: Pro
         weights.append(np.full(len(index), weight))
         calibration.append(np.full(len(index), calib))
     rows_ = np.concatenate(rows)
-    return TrainingSet(rows_, np.concatenate(labels), np.concatenate(weights),
-                       np.concatenate(calibration), image[rows_])
+    return TrainingSet(
+        rows_,
+        np.concatenate(labels),
+        np.concatenate(weights),
+        np.concatenate(calibration),
+        image[rows_],
+    )
 
 
 @dataclass
@@ -125,7 +137,11 @@ class Probe:
     report: dict = field(default_factory=dict)
 
     def logit(self, traits: np.ndarray | torch.Tensor) -> np.ndarray:
-        t = traits.detach().double().cpu().numpy() if isinstance(traits, torch.Tensor) else np.asarray(traits, float)
+        t = (
+            traits.detach().double().cpu().numpy()
+            if isinstance(traits, torch.Tensor)
+            else np.asarray(traits, float)
+        )
         return t @ self.weight + self.bias
 
     def probability(self, traits: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -164,8 +180,9 @@ def _weighted_log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
     return float(-(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum())
 
 
-def fit_probe(traits: torch.Tensor | np.ndarray, data: TrainingSet, recipe: ProbeRecipe,
-              where: str = "probe") -> Probe:
+def fit_probe(
+    traits: torch.Tensor | np.ndarray, data: TrainingSet, recipe: ProbeRecipe, where: str = "probe"
+) -> Probe:
     """Standardise, pick C by grouped cross-validation, fit, calibrate on out-of-fold logits."""
     from threadpoolctl import threadpool_limits
 
@@ -175,17 +192,23 @@ def fit_probe(traits: torch.Tensor | np.ndarray, data: TrainingSet, recipe: Prob
         return _fit_probe(traits, data, recipe, where)
 
 
-def _fit_probe(traits: torch.Tensor | np.ndarray, data: TrainingSet, recipe: ProbeRecipe, where: str) -> Probe:
+def _fit_probe(
+    traits: torch.Tensor | np.ndarray, data: TrainingSet, recipe: ProbeRecipe, where: str
+) -> Probe:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     y = data.labels
     n_positive, n_negative = (len(np.unique(data.groups[y == label])) for label in (1, 0))
     if n_positive < MIN_POSITIVES or n_negative < MIN_NEGATIVES:
-        raise SpaceError(f"{where}: {n_positive} images give positives and {n_negative} give negatives; "
-                         f"a probe needs at least {MIN_POSITIVES} of each (annotate more images "
-                         "showing the concept, and some without it)")
-    x_raw = (traits.double().numpy() if isinstance(traits, torch.Tensor) else np.asarray(traits, float))[data.rows]
+        raise SpaceError(
+            f"{where}: {n_positive} images give positives and {n_negative} give negatives; "
+            f"a probe needs at least {MIN_POSITIVES} of each (annotate more images "
+            "showing the concept, and some without it)"
+        )
+    x_raw = (
+        traits.double().numpy() if isinstance(traits, torch.Tensor) else np.asarray(traits, float)
+    )[data.rows]
     scaler = StandardScaler().fit(x_raw)
     x = scaler.transform(x_raw)
     splits = _group_splits(data.groups, recipe.folds)
@@ -208,48 +231,76 @@ def _fit_probe(traits: torch.Tensor | np.ndarray, data: TrainingSet, recipe: Pro
     # Platt: a 1-D logistic regression of the label on the out-of-fold logit, over the calibration
     # mixture (natural images and masked copies, each image once).
     platt = LogisticRegression(C=1e6, max_iter=1000).fit(
-        oof[best][keep, None], y[keep], sample_weight=data.calibration[keep])
+        oof[best][keep, None], y[keep], sample_weight=data.calibration[keep]
+    )
     slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
     if not slope > 0:
-        raise SpaceError(f"{where}: the probe's out-of-fold scores do not rise with the concept "
-                         f"(Platt slope {slope:.3g}); the concept cannot be read from these traits")
+        raise SpaceError(
+            f"{where}: the probe's out-of-fold scores do not rise with the concept "
+            f"(Platt slope {slope:.3g}); the concept cannot be read from these traits"
+        )
 
     final = _fit_logistic(x, y, data.weights, c, recipe.max_iter)
     standardised = final.coef_[0].astype(np.float64)
     weight = standardised / scaler.scale_
     bias = float(final.intercept_[0] - (standardised * scaler.mean_ / scaler.scale_).sum())
     report = {
-        "c": c, "cv_auroc": {str(cc): round(a, 5) for cc, a in zip(recipe.cs, scores)},
+        "c": c,
+        "cv_auroc": {str(cc): round(a, 5) for cc, a in zip(recipe.cs, scores)},
         "cv_log_loss": {str(cc): round(loss, 5) for cc, loss in zip(recipe.cs, losses)},
-        "n_rows": int(len(y)), "n_positive_rows": int((y == 1).sum()),
-        "n_images": int(len(np.unique(data.groups))), "platt": [slope, intercept],
+        "n_rows": int(len(y)),
+        "n_positive_rows": int((y == 1).sum()),
+        "n_images": int(len(np.unique(data.groups))),
+        "platt": [slope, intercept],
     }
     return Probe(weight, bias, slope, intercept, standardised, scaler.scale_.copy(), report)
 
 
-def probe_space(probe: Probe, model, class_name: str, concept: str, recipe: ProbeRecipe, n_images: int):
+def probe_space(
+    probe: Probe, model, class_name: str, concept: str, recipe: ProbeRecipe, n_images: int
+):
     """A :class:`~sxai_plugins.spaces.SemanticSpace` (format v2) holding ``probe``."""
     from .space import ProbeHead, SemanticSpace
 
     indices, weights = probe.ssn(recipe.n_ssn)
     return SemanticSpace(
-        class_name=class_name, concept=concept, backbone=model.name, fingerprint=model.fingerprint(),
-        trait_dim=model.trait_dim, indices=torch.as_tensor(indices), delta=torch.as_tensor(weights),
-        masker="+".join(recipe.train_maskings), n_images=n_images, recipe=recipe.to_dict(),
-        probe=ProbeHead(torch.as_tensor(probe.weight, dtype=torch.float32), probe.bias, probe.slope,
-                        probe.intercept, torch.as_tensor(probe.scale, dtype=torch.float32)),
+        class_name=class_name,
+        concept=concept,
+        backbone=model.name,
+        fingerprint=model.fingerprint(),
+        trait_dim=model.trait_dim,
+        indices=torch.as_tensor(indices),
+        delta=torch.as_tensor(weights),
+        masker="+".join(recipe.train_maskings),
+        n_images=n_images,
+        recipe=recipe.to_dict(),
+        probe=ProbeHead(
+            torch.as_tensor(probe.weight, dtype=torch.float32),
+            probe.bias,
+            probe.slope,
+            probe.intercept,
+            torch.as_tensor(probe.scale, dtype=torch.float32),
+        ),
     )
 
 
-def build_probe_spaces(model, bank: ProbeFeatures, classes: Sequence[str], concepts: Sequence[str],
-                       recipe: ProbeRecipe | None = None, progress: bool = True) -> list:
+def build_probe_spaces(
+    model,
+    bank: ProbeFeatures,
+    classes: Sequence[str],
+    concepts: Sequence[str],
+    recipe: ProbeRecipe | None = None,
+    progress: bool = True,
+) -> list:
     """One v2 space per (class, concept), trained on every image of the bank."""
     from tqdm.auto import tqdm
 
     recipe = recipe or ProbeRecipe()
     spaces = []
     pairs = [(k, c) for k in classes for c in concepts]
-    for class_name, concept in tqdm(pairs, desc="concept probes", unit="space", disable=not progress):
+    for class_name, concept in tqdm(
+        pairs, desc="concept probes", unit="space", disable=not progress
+    ):
         data = training_set(bank, class_name, concept, recipe)
         probe = fit_probe(bank.traits, data, recipe, where=f"space {class_name}.{concept}")
         space = probe_space(probe, model, class_name, concept, recipe, probe.report["n_images"])
@@ -258,5 +309,12 @@ def build_probe_spaces(model, bank: ProbeFeatures, classes: Sequence[str], conce
     return spaces
 
 
-__all__ = ["Probe", "ProbeRecipe", "TrainingSet", "build_probe_spaces", "fit_probe", "probe_space",
-           "training_set"]
+__all__ = [
+    "Probe",
+    "ProbeRecipe",
+    "TrainingSet",
+    "build_probe_spaces",
+    "fit_probe",
+    "probe_space",
+    "training_set",
+]

@@ -34,7 +34,9 @@ from scipy.special import expit, ndtr
 from .._utils.errors import SpaceError
 from .._utils.io import json_safe, write_safetensors
 
-FORMAT_VERSION = 2  # the newest format this sxai reads and writes (v1 spaces are still written as 1)
+FORMAT_VERSION = (
+    2  # the newest format this sxai reads and writes (v1 spaces are still written as 1)
+)
 METADATA_KEY = "sxai.space"
 # Class and concept names end up in file names and SQL columns: letters, digits, '_' and '-',
 # in dot-separated parts, and nothing that could name another folder.
@@ -47,10 +49,15 @@ MIN_REFERENCE_IMAGES = 3  # a reference normal is fitted to at least this many a
 
 def check_name(value: object, what: str, where: str = "space") -> str:
     """``value`` as a safe class or concept name, or a :class:`SpaceError` saying why not."""
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or len(value) > MAX_NAME_LENGTH:
+    if (
+        not isinstance(value, str)
+        or not NAME_PATTERN.fullmatch(value)
+        or len(value) > MAX_NAME_LENGTH
+    ):
         raise SpaceError(
             f"{where}: {what} {value!r} is not a valid name (letters, digits, '_' and '-', parts "
-            f"separated by single dots, at most {MAX_NAME_LENGTH} characters)")
+            f"separated by single dots, at most {MAX_NAME_LENGTH} characters)"
+        )
     return value
 
 
@@ -86,14 +93,20 @@ class Reference:
 
     @classmethod
     def fit(cls, activations: np.ndarray | torch.Tensor) -> Reference:
-        a = np.asarray(activations.detach().cpu() if isinstance(activations, torch.Tensor) else activations,
-                       dtype=np.float64).ravel()
+        a = np.asarray(
+            activations.detach().cpu() if isinstance(activations, torch.Tensor) else activations,
+            dtype=np.float64,
+        ).ravel()
         if a.size < MIN_REFERENCE_IMAGES:
-            raise SpaceError(f"a reference distribution needs at least {MIN_REFERENCE_IMAGES} images, "
-                             f"got {a.size}")
+            raise SpaceError(
+                f"a reference distribution needs at least {MIN_REFERENCE_IMAGES} images, "
+                f"got {a.size}"
+            )
         mu, sigma = float(a.mean()), float(a.std(ddof=1))
         if not sigma > 0:
-            raise SpaceError("all reference activations are equal: the space does not vary over the reference set")
+            raise SpaceError(
+                "all reference activations are equal: the space does not vary over the reference set"
+            )
         if not np.isfinite(a).all():
             raise SpaceError("the reference activations contain NaN or infinite values")
         (_osm, _osr), (_slope, _intercept, r) = stats.probplot(a, dist="norm")
@@ -103,7 +116,9 @@ class Reference:
     def from_metadata(cls, raw: object, where: str) -> Reference:
         """A reference read from a file, every number checked (a Hub repo writes its own hashes)."""
         if not isinstance(raw, dict):
-            raise SpaceError(f"{where}: the reference distribution must be an object, got {type(raw).__name__}")
+            raise SpaceError(
+                f"{where}: the reference distribution must be an object, got {type(raw).__name__}"
+            )
         unknown = set(raw) - {"mu", "sigma", "a_min", "a_max", "n", "qq_r2"}
         if unknown:
             raise SpaceError(f"{where}: unknown reference fields {sorted(unknown)}")
@@ -111,7 +126,10 @@ class Reference:
             values = {k: raw[k] for k in ("mu", "sigma", "a_min", "a_max", "n")}
         except KeyError as exc:
             raise SpaceError(f"{where}: the reference distribution lacks {exc}") from None
-        mu, sigma = _finite(values["mu"], "reference mu", where), _finite(values["sigma"], "reference sigma", where)
+        mu, sigma = (
+            _finite(values["mu"], "reference mu", where),
+            _finite(values["sigma"], "reference sigma", where),
+        )
         a_min = _finite(values["a_min"], "reference a_min", where)
         a_max = _finite(values["a_max"], "reference a_max", where)
         n = values["n"]
@@ -120,8 +138,10 @@ class Reference:
         if not a_min < a_max:
             raise SpaceError(f"{where}: reference a_min ({a_min}) must be below a_max ({a_max})")
         if isinstance(n, bool) or not isinstance(n, int) or n < MIN_REFERENCE_IMAGES:
-            raise SpaceError(f"{where}: reference n must be an integer of at least {MIN_REFERENCE_IMAGES}, "
-                             f"got {n!r}")
+            raise SpaceError(
+                f"{where}: reference n must be an integer of at least {MIN_REFERENCE_IMAGES}, "
+                f"got {n!r}"
+            )
         qq = raw.get("qq_r2", float("nan"))
         qq = float("nan") if qq is None else _finite(qq, "reference qq_r2", where)
         return cls(mu, sigma, a_min, a_max, n, qq)
@@ -146,24 +166,35 @@ class ProbeHead:
     def check(self, trait_dim: int, where: str) -> None:
         self.weight = torch.as_tensor(self.weight, dtype=torch.float32).flatten()
         if self.weight.numel() != trait_dim:
-            raise SpaceError(f"{where}: probe weight has {self.weight.numel()} values for {trait_dim} trait channels")
+            raise SpaceError(
+                f"{where}: probe weight has {self.weight.numel()} values for {trait_dim} trait channels"
+            )
         if not torch.isfinite(self.weight).all():
             raise SpaceError(f"{where}: probe weight contains NaN or infinite values")
         if self.scale is not None:
             self.scale = torch.as_tensor(self.scale, dtype=torch.float32).flatten()
-            if self.scale.numel() != trait_dim or not (torch.isfinite(self.scale).all() and (self.scale > 0).all()):
-                raise SpaceError(f"{where}: probe scale must hold {trait_dim} finite positive values")
+            if self.scale.numel() != trait_dim or not (
+                torch.isfinite(self.scale).all() and (self.scale > 0).all()
+            ):
+                raise SpaceError(
+                    f"{where}: probe scale must hold {trait_dim} finite positive values"
+                )
         self.bias = _finite(self.bias, "probe bias", where)
         self.slope = _finite(self.slope, "calibration slope", where)
         self.intercept = _finite(self.intercept, "calibration intercept", where)
         if not self.slope > 0:
             raise SpaceError(f"{where}: calibration slope must be positive, got {self.slope}")
         if self.feature != "gap":
-            raise SpaceError(f"{where}: probe feature {self.feature!r} is not supported (only 'gap')")
+            raise SpaceError(
+                f"{where}: probe feature {self.feature!r} is not supported (only 'gap')"
+            )
 
     def metadata(self) -> dict[str, Any]:
-        return {"bias": self.bias, "calibration": {"slope": self.slope, "intercept": self.intercept},
-                "feature": self.feature}
+        return {
+            "bias": self.bias,
+            "calibration": {"slope": self.slope, "intercept": self.intercept},
+            "feature": self.feature,
+        }
 
     def standardised(self) -> torch.Tensor:
         """The weights on standardised traits (their sizes compare channels); raw weights without
@@ -192,16 +223,27 @@ class SemanticSpace:
         check_name(self.class_name, "class name")
         check_name(self.concept, "concept name")
         where = f"space {self.key}"
-        if (isinstance(self.trait_dim, bool) or not isinstance(self.trait_dim, int)
-                or not 1 <= self.trait_dim <= MAX_TRAIT_DIM):
-            raise SpaceError(f"{where}: trait_dim must be an integer from 1 to {MAX_TRAIT_DIM}, got {self.trait_dim!r}")
+        if (
+            isinstance(self.trait_dim, bool)
+            or not isinstance(self.trait_dim, int)
+            or not 1 <= self.trait_dim <= MAX_TRAIT_DIM
+        ):
+            raise SpaceError(
+                f"{where}: trait_dim must be an integer from 1 to {MAX_TRAIT_DIM}, got {self.trait_dim!r}"
+            )
         self.indices = torch.as_tensor(self.indices).flatten()
-        if self.indices.is_floating_point() or self.indices.is_complex() or self.indices.dtype == torch.bool:
+        if (
+            self.indices.is_floating_point()
+            or self.indices.is_complex()
+            or self.indices.dtype == torch.bool
+        ):
             raise SpaceError(f"{where}: SSN indices must be integers, got {self.indices.dtype}")
         self.indices = self.indices.to(torch.int64)
         self.delta = torch.as_tensor(self.delta, dtype=torch.float32).flatten()
         if self.indices.numel() != self.delta.numel() or self.indices.numel() == 0:
-            raise SpaceError(f"{where}: {self.indices.numel()} indices but {self.delta.numel()} weights")
+            raise SpaceError(
+                f"{where}: {self.indices.numel()} indices but {self.delta.numel()} weights"
+            )
         if int(self.indices.min()) < 0 or int(self.indices.max()) >= self.trait_dim:
             raise SpaceError(f"{where}: SSN indices must lie in [0, {self.trait_dim})")
         if len(set(self.indices.tolist())) != self.indices.numel():
@@ -274,7 +316,9 @@ class SemanticSpace:
             tensors["weight"] = self.probe.weight
             if self.probe.scale is not None:
                 tensors["scale"] = self.probe.scale
-        return write_safetensors(path, tensors, {METADATA_KEY: json.dumps(json_safe(self.metadata()), allow_nan=False)})
+        return write_safetensors(
+            path, tensors, {METADATA_KEY: json.dumps(json_safe(self.metadata()), allow_nan=False)}
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> SemanticSpace:
@@ -289,9 +333,13 @@ class SemanticSpace:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
                 raw = (f.metadata() or {}).get(METADATA_KEY)
         except Exception as exc:
-            raise SpaceError(f"{path}: not a valid safetensors file ({exc}); re-download or rebuild it") from exc
+            raise SpaceError(
+                f"{path}: not a valid safetensors file ({exc}); re-download or rebuild it"
+            ) from exc
         if raw is None or not {"indices", "delta"} <= set(tensors):
-            raise SpaceError(f"{path}: not an sxai semantic space (no '{METADATA_KEY}' metadata or tensors)")
+            raise SpaceError(
+                f"{path}: not an sxai semantic space (no '{METADATA_KEY}' metadata or tensors)"
+            )
         try:
             meta = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -301,22 +349,36 @@ class SemanticSpace:
             raise SpaceError(f"{where}: the space metadata must be a JSON object")
         version = meta.get("format_version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise SpaceError(f"{where}: space format version {version!r} is not valid; rebuild the space")
+            raise SpaceError(
+                f"{where}: space format version {version!r} is not valid; rebuild the space"
+            )
         if version > FORMAT_VERSION:
-            raise SpaceError(f"{where}: space format version {version} is newer than this sxai "
-                             f"understands ({FORMAT_VERSION}); upgrade sxai")
+            raise SpaceError(
+                f"{where}: space format version {version} is newer than this sxai "
+                f"understands ({FORMAT_VERSION}); upgrade sxai"
+            )
         try:
-            reference = Reference.from_metadata(meta["reference"], where) if meta.get("reference") else None
+            reference = (
+                Reference.from_metadata(meta["reference"], where) if meta.get("reference") else None
+            )
             probe = None
             if version >= 2:
                 raw = meta.get("probe")
                 if not isinstance(raw, dict) or "weight" not in tensors:
-                    raise SpaceError(f"{where}: a format-2 space needs 'probe' metadata and a 'weight' tensor")
+                    raise SpaceError(
+                        f"{where}: a format-2 space needs 'probe' metadata and a 'weight' tensor"
+                    )
                 calibration = raw.get("calibration")
                 if not isinstance(calibration, dict):
                     raise SpaceError(f"{where}: the probe has no 'calibration' object")
-                probe = ProbeHead(tensors["weight"], raw.get("bias"), calibration.get("slope"),
-                                  calibration.get("intercept"), tensors.get("scale"), raw.get("feature", "gap"))
+                probe = ProbeHead(
+                    tensors["weight"],
+                    raw.get("bias"),
+                    calibration.get("slope"),
+                    calibration.get("intercept"),
+                    tensors.get("scale"),
+                    raw.get("feature", "gap"),
+                )
             trait_dim = meta["trait_dim"]
             for name in ("backbone", "fingerprint"):
                 if not isinstance(meta[name], str):
@@ -324,26 +386,50 @@ class SemanticSpace:
             return cls(
                 class_name=check_name(meta["class_name"], "class name", where),
                 concept=check_name(meta["concept"], "concept name", where),
-                backbone=meta["backbone"], fingerprint=meta["fingerprint"], trait_dim=trait_dim,
-                indices=tensors["indices"], delta=tensors["delta"], reference=reference,
-                trait_layer=str(meta.get("trait_layer", "gap")), masker=str(meta.get("masker", "")),
-                n_images=int(meta.get("n_images", 0)), recipe=_dict(meta.get("recipe"), "recipe", where),
-                evaluation=_dict(meta.get("evaluation"), "evaluation", where), probe=probe,
+                backbone=meta["backbone"],
+                fingerprint=meta["fingerprint"],
+                trait_dim=trait_dim,
+                indices=tensors["indices"],
+                delta=tensors["delta"],
+                reference=reference,
+                trait_layer=str(meta.get("trait_layer", "gap")),
+                masker=str(meta.get("masker", "")),
+                n_images=int(meta.get("n_images", 0)),
+                recipe=_dict(meta.get("recipe"), "recipe", where),
+                evaluation=_dict(meta.get("evaluation"), "evaluation", where),
+                probe=probe,
             )
         except SpaceError as exc:
             message = str(exc)
-            raise SpaceError(message if message.startswith(where) else f"{where}: {message}") from None
+            raise SpaceError(
+                message if message.startswith(where) else f"{where}: {message}"
+            ) from None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise SpaceError(f"{where}: incomplete or invalid space metadata ({type(exc).__name__}: {exc})") from exc
+            raise SpaceError(
+                f"{where}: incomplete or invalid space metadata ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def check_compatible(self, model: Any, force: bool = False) -> None:
         """Refuse a model whose traits this space was not built on."""
-        check_model_fits(model, self.backbone, self.fingerprint, self.trait_dim, force=force,
-                         subject=f"space {self.key} was")
+        check_model_fits(
+            model,
+            self.backbone,
+            self.fingerprint,
+            self.trait_dim,
+            force=force,
+            subject=f"space {self.key} was",
+        )
 
 
-def check_model_fits(model: Any, backbone: str, fingerprint: str, trait_dim: int, *, force: bool = False,
-                     subject: str = "the spaces were") -> None:
+def check_model_fits(
+    model: Any,
+    backbone: str,
+    fingerprint: str,
+    trait_dim: int,
+    *,
+    force: bool = False,
+    subject: str = "the spaces were",
+) -> None:
     """Refuse a model whose traits spaces built on ``backbone`` (weights ``fingerprint``) do not fit.
 
     A different trait width is always refused; different weights unless ``force``. ``subject``
@@ -352,14 +438,16 @@ def check_model_fits(model: Any, backbone: str, fingerprint: str, trait_dim: int
     if model.trait_dim != trait_dim:
         raise SpaceError(
             f"{subject} built on {backbone} with {trait_dim} trait channels, "
-            f"but the model {model.name} has {model.trait_dim}")
+            f"but the model {model.name} has {model.trait_dim}"
+        )
     if force:
         return
     if model.fingerprint() != fingerprint:
         raise SpaceError(
             f"{subject} built on backbone {backbone} (weights {fingerprint}), "
             f"but the model is {model.name} (weights {model.fingerprint()}); use the matching "
-            "backbone, or force=True / --force if you know the traits agree")
+            "backbone, or force=True / --force if you know the traits agree"
+        )
 
 
 class SpaceSet:
@@ -372,10 +460,14 @@ class SpaceSet:
             raise SpaceError("no semantic spaces given")
         dims = {s.trait_dim for s in self.spaces}
         if len(dims) != 1:
-            raise SpaceError(f"spaces of different trait widths cannot be scored together: {sorted(dims)}")
+            raise SpaceError(
+                f"spaces of different trait widths cannot be scored together: {sorted(dims)}"
+            )
         missing = [s.key for s in self.spaces if s.probe is None and s.reference is None]
         if missing:
-            raise SpaceError(f"spaces without a reference distribution cannot give probabilities: {missing}")
+            raise SpaceError(
+                f"spaces without a reference distribution cannot give probabilities: {missing}"
+            )
         # NumPy on purpose: these arrays are small, and torch's thread pool costs more to wake (tens
         # of ms on a busy CPU) than the arithmetic itself.
         self._weights = np.stack([s.weight_vector().numpy() for s in self.spaces], axis=1)  # C × S
@@ -383,9 +475,15 @@ class SpaceSet:
         self.is_probe = np.array([s.probe is not None for s in self.spaces])
         # v1 link: the reference normal rescaled to [Φ(a_min), Φ(a_max)]; v2 link: a sigmoid.
         # Unused entries hold harmless values so that both links run vectorised over all spaces.
-        ref = [s.reference if s.probe is None else Reference(0.0, 1.0, -1.0, 1.0, 3, 1.0) for s in self.spaces]
+        ref = [
+            s.reference if s.probe is None else Reference(0.0, 1.0, -1.0, 1.0, 3, 1.0)
+            for s in self.spaces
+        ]
         self._mu, self._sigma = np.array([r.mu for r in ref]), np.array([r.sigma for r in ref])
-        self._a_min, self._a_max = np.array([r.a_min for r in ref]), np.array([r.a_max for r in ref])
+        self._a_min, self._a_max = (
+            np.array([r.a_min for r in ref]),
+            np.array([r.a_max for r in ref]),
+        )
         self._slope = np.array([s.probe.slope if s.probe else 1.0 for s in self.spaces])
         self._intercept = np.array([s.probe.intercept if s.probe else 0.0 for s in self.spaces])
 
@@ -437,7 +535,9 @@ def _dict(value: object, what: str, where: str) -> dict:
 
 def select_ssn(delta: np.ndarray | torch.Tensor, n_ssn: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``n_ssn`` largest |Δ| (ties broken by lower index) and their signed Δ."""
-    delta = np.asarray(delta.detach().cpu() if isinstance(delta, torch.Tensor) else delta, dtype=np.float64)
+    delta = np.asarray(
+        delta.detach().cpu() if isinstance(delta, torch.Tensor) else delta, dtype=np.float64
+    )
     if not 1 <= n_ssn <= delta.size:
         raise ValueError(f"n_ssn must be between 1 and {delta.size}, got {n_ssn}")
     order = np.lexsort((np.arange(delta.size), -np.abs(delta)))[:n_ssn]

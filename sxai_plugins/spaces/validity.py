@@ -33,8 +33,9 @@ TARGETS = {"drop": 0.95, "auroc": 0.9, "control_shift": 0.05, "rival_auroc": 0.9
 RECIPES = ("paper", "tuned", "probe")
 
 
-def expected_calibration_error(p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
-                               bins: int = 10) -> float:
+def expected_calibration_error(
+    p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, bins: int = 10
+) -> float:
     """Σ_bins (bin weight share) · |mean label − mean P| over equal-width bins of P."""
     p, y = np.asarray(p, float), np.asarray(y, float)
     w = np.ones_like(p) if w is None else np.asarray(w, float)
@@ -44,18 +45,26 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, w: np.ndarray | Non
         inside = which == b
         if w[inside].sum() > 0:
             share = w[inside].sum() / total
-            error += share * abs(np.average(y[inside], weights=w[inside]) - np.average(p[inside], weights=w[inside]))
+            error += share * abs(
+                np.average(y[inside], weights=w[inside]) - np.average(p[inside], weights=w[inside])
+            )
     return float(error)
 
 
-def weighted_auroc(positive: np.ndarray, negative: np.ndarray, w_negative: np.ndarray | None = None) -> float:
+def weighted_auroc(
+    positive: np.ndarray, negative: np.ndarray, w_negative: np.ndarray | None = None
+) -> float:
     from sklearn.metrics import roc_auc_score
 
     if len(positive) == 0 or len(negative) == 0:
         return float("nan")
     w_negative = np.ones(len(negative)) if w_negative is None else w_negative
     y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
-    return float(roc_auc_score(y, np.r_[positive, negative], sample_weight=np.r_[np.ones(len(positive)), w_negative]))
+    return float(
+        roc_auc_score(
+            y, np.r_[positive, negative], sample_weight=np.r_[np.ones(len(positive)), w_negative]
+        )
+    )
 
 
 def assign_folds(bank: ProbeFeatures, folds: int, seed: int) -> np.ndarray:
@@ -78,8 +87,16 @@ class V1Material:
     paths: list[str]
 
 
-def _v1_space(mode: str, bank: ProbeFeatures, class_name: str, concept: str, train_images: np.ndarray,
-              recipe: ProbeRecipe, reference: V1Material, model_name: str = "eval"):
+def _v1_space(
+    mode: str,
+    bank: ProbeFeatures,
+    class_name: str,
+    concept: str,
+    train_images: np.ndarray,
+    recipe: ProbeRecipe,
+    reference: V1Material,
+    model_name: str = "eval",
+):
     from .build import SpaceRecipe, paper_delta, tuned_scores
     from .space import SemanticSpace, select_ssn
 
@@ -88,8 +105,13 @@ def _v1_space(mode: str, bank: ProbeFeatures, class_name: str, concept: str, tra
     kind, image = bank.column("kind"), bank.column("image")
     own = bank.image_column("class_name") == class_name
     inside = np.isin(image, train_images)
-    masked = np.flatnonzero(inside & own & (kind == MASKED) & (bank.column("concept") == concept)
-                            & np.isin(bank.column("masking"), recipe.train_maskings))
+    masked = np.flatnonzero(
+        inside
+        & own
+        & (kind == MASKED)
+        & (bank.column("concept") == concept)
+        & np.isin(bank.column("masking"), recipe.train_maskings)
+    )
     original_row = {int(image[i]): i for i in np.flatnonzero(kind == ORIGINAL)}
     unmasked = bank.traits[[original_row[int(image[i])] for i in masked]]
     masked_t = bank.traits[masked]
@@ -97,21 +119,43 @@ def _v1_space(mode: str, bank: ProbeFeatures, class_name: str, concept: str, tra
     if mode == "paper":
         indices, weights = select_ssn(paper_delta(unmasked, masked_t), v1.n_ssn)
     else:
-        score = tuned_scores(unmasked, masked_t, bank.traits[natural] if len(natural) else None,
-                             v1.min_natural_negatives)
+        score = tuned_scores(
+            unmasked,
+            masked_t,
+            bank.traits[natural] if len(natural) else None,
+            v1.min_natural_negatives,
+        )
         indices, weights = select_ssn(score, v1.n_ssn)
-    space = SemanticSpace(class_name, concept, model_name, "", bank.traits.shape[1],
-                          torch.as_tensor(indices), torch.as_tensor(weights))
+    space = SemanticSpace(
+        class_name,
+        concept,
+        model_name,
+        "",
+        bank.traits.shape[1],
+        torch.as_tensor(indices),
+        torch.as_tensor(weights),
+    )
     training = set(train_images.tolist())
     held_out = {str(im.path) for i, im in enumerate(bank.images) if i not in training}
-    keep = [(p == class_name) and (path not in held_out) for p, path in zip(reference.predicted, reference.paths)]
+    keep = [
+        (p == class_name) and (path not in held_out)
+        for p, path in zip(reference.predicted, reference.paths)
+    ]
     return space.with_reference(space.activation(reference.traits[torch.as_tensor(keep)]))
 
 
-def out_of_fold(bank: ProbeFeatures, classes: Sequence[str], concepts: Sequence[str], recipe_name: str,
-                recipe: ProbeRecipe | None = None, folds: int = 5, seed: int = 0,
-                reference: V1Material | None = None, progress: bool = True,
-                qq_r2: dict[str, list[float]] | None = None) -> dict[str, np.ndarray]:
+def out_of_fold(
+    bank: ProbeFeatures,
+    classes: Sequence[str],
+    concepts: Sequence[str],
+    recipe_name: str,
+    recipe: ProbeRecipe | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    reference: V1Material | None = None,
+    progress: bool = True,
+    qq_r2: dict[str, list[float]] | None = None,
+) -> dict[str, np.ndarray]:
     """Per space key, the out-of-fold P_s of every bank row (NaN where no fold model scored it).
     For v1 recipes each fold space's reference Q-Q R² is appended to ``qq_r2[key]`` when given."""
     from tqdm.auto import tqdm
@@ -120,13 +164,16 @@ def out_of_fold(bank: ProbeFeatures, classes: Sequence[str], concepts: Sequence[
     if recipe_name not in RECIPES:
         raise SpaceError(f"unknown recipe {recipe_name!r}; use one of {', '.join(RECIPES)}")
     if recipe_name != "probe" and reference is None:
-        raise SpaceError(f"recipe {recipe_name!r} needs the reference images' traits (reference=...)")
+        raise SpaceError(
+            f"recipe {recipe_name!r} needs the reference images' traits (reference=...)"
+        )
     fold_of_image = assign_folds(bank, folds, seed)
     fold_of_row = fold_of_image[bank.column("image")]
     out = {f"{k}.{c}": np.full(len(bank.rows), np.nan) for k in classes for c in concepts}
     jobs = [(f, k, c) for f in range(folds) for k in classes for c in concepts]
-    for fold, class_name, concept in tqdm(jobs, desc=f"{recipe_name}: out-of-fold", unit="space",
-                                          disable=not progress):
+    for fold, class_name, concept in tqdm(
+        jobs, desc=f"{recipe_name}: out-of-fold", unit="space", disable=not progress
+    ):
         train_images = np.flatnonzero(fold_of_image != fold)
         test_rows = np.flatnonzero(fold_of_row == fold)
         key = f"{class_name}.{concept}"
@@ -135,15 +182,22 @@ def out_of_fold(bank: ProbeFeatures, classes: Sequence[str], concepts: Sequence[
             probe = fit_probe(bank.traits, data, recipe, where=f"space {key}, fold {fold}")
             out[key][test_rows] = probe.probability(bank.traits[test_rows])
         else:
-            space = _v1_space(recipe_name, bank, class_name, concept, train_images, recipe, reference)
+            space = _v1_space(
+                recipe_name, bank, class_name, concept, train_images, recipe, reference
+            )
             out[key][test_rows] = space.probability(bank.traits[test_rows]).double().numpy()
             if qq_r2 is not None:
                 qq_r2.setdefault(key, []).append(space.reference.qq_r2)
     return out
 
 
-def space_metrics(bank: ProbeFeatures, class_name: str, concept: str, p: np.ndarray,
-                  held_out_maskings: Sequence[str]) -> dict:
+def space_metrics(
+    bank: ProbeFeatures,
+    class_name: str,
+    concept: str,
+    p: np.ndarray,
+    held_out_maskings: Sequence[str],
+) -> dict:
     """The module docstring's metrics for one space from its out-of-fold P_s of every row."""
     kind, image, masking = bank.column("kind"), bank.column("image"), bank.column("masking")
     row_concept = bank.column("concept")
@@ -162,18 +216,26 @@ def space_metrics(bank: ProbeFeatures, class_name: str, concept: str, p: np.ndar
     n_maskings = max(len(held_out_maskings), 1)
 
     drops = p[original_row[image[masked]]] > p[masked]
-    per_masking = {m: float(drops[masking[masked] == m].mean()) for m in held_out_maskings
-                   if (masking[masked] == m).any()}
+    per_masking = {
+        m: float(drops[masking[masked] == m].mean())
+        for m in held_out_maskings
+        if (masking[masked] == m).any()
+    }
     negatives = np.r_[p[masked], p[natural]]
     w_neg = np.r_[np.full(len(masked), 1.0 / n_maskings), np.ones(len(natural))]
     ece_p = np.r_[p[positive], p[natural], p[rival], p[masked]]
     ece_y = np.r_[np.ones(len(positive)), np.zeros(len(natural) + len(rival) + len(masked))]
-    ece_w = np.r_[np.ones(len(positive) + len(natural) + len(rival)), np.full(len(masked), 1.0 / n_maskings)]
+    ece_w = np.r_[
+        np.ones(len(positive) + len(natural) + len(rival)), np.full(len(masked), 1.0 / n_maskings)
+    ]
     shift = np.abs(p[control] - p[original_row[image[control]]])
     return {
-        "n_positive": int(len(positive)), "n_masked_images": int(len(np.unique(image[masked]))),
-        "n_natural": int(len(natural)), "n_rival": int(len(rival)),
-        "drop": float(drops.mean()) if len(drops) else float("nan"), "drop_by_masking": per_masking,
+        "n_positive": int(len(positive)),
+        "n_masked_images": int(len(np.unique(image[masked]))),
+        "n_natural": int(len(natural)),
+        "n_rival": int(len(rival)),
+        "drop": float(drops.mean()) if len(drops) else float("nan"),
+        "drop_by_masking": per_masking,
         "auroc": weighted_auroc(p[positive], negatives, w_neg),
         "auroc_natural": weighted_auroc(p[positive], p[natural]),
         "control_shift": float(shift.mean()) if len(shift) else float("nan"),
@@ -197,20 +259,44 @@ def misses(metrics: dict) -> list[str]:
     return out
 
 
-def evaluate_recipes(bank: ProbeFeatures, classes: Sequence[str], concepts: Sequence[str],
-                     recipes: Sequence[str] = RECIPES, recipe: ProbeRecipe | None = None, folds: int = 5,
-                     seed: int = 0, reference: V1Material | None = None, progress: bool = True) -> dict:
+def evaluate_recipes(
+    bank: ProbeFeatures,
+    classes: Sequence[str],
+    concepts: Sequence[str],
+    recipes: Sequence[str] = RECIPES,
+    recipe: ProbeRecipe | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    reference: V1Material | None = None,
+    progress: bool = True,
+) -> dict:
     """``{recipe: {space: metrics}}``, every recipe on the same folds and held-out maskings."""
     recipe = recipe or ProbeRecipe()
     results: dict = {}
     for name in recipes:
         qq: dict[str, list[float]] = {}
-        predictions = out_of_fold(bank, classes, concepts, name, recipe, folds, seed, reference, progress, qq)
-        results[name] = {key: {**space_metrics(bank, *key.split(".", 1), p, recipe.held_out_maskings),
-                               "qq_r2": float(np.mean(qq[key])) if key in qq else float("nan")}
-                         for key, p in predictions.items()}
+        predictions = out_of_fold(
+            bank, classes, concepts, name, recipe, folds, seed, reference, progress, qq
+        )
+        results[name] = {
+            key: {
+                **space_metrics(bank, *key.split(".", 1), p, recipe.held_out_maskings),
+                "qq_r2": float(np.mean(qq[key])) if key in qq else float("nan"),
+            }
+            for key, p in predictions.items()
+        }
     return results
 
 
-__all__ = ["RECIPES", "TARGETS", "V1Material", "assign_folds", "evaluate_recipes",
-           "expected_calibration_error", "misses", "out_of_fold", "space_metrics", "weighted_auroc"]
+__all__ = [
+    "RECIPES",
+    "TARGETS",
+    "V1Material",
+    "assign_folds",
+    "evaluate_recipes",
+    "expected_calibration_error",
+    "misses",
+    "out_of_fold",
+    "space_metrics",
+    "weighted_auroc",
+]

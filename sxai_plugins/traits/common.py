@@ -63,7 +63,9 @@ class Stability:
             "sizes": self.sizes,
             "repeats": self.repeats,
             "spread_percent": {str(n): self.spreads[n] for n in self.sizes},
-            "samples": {str(n): [[str(p) for p in rep] for rep in self.samples[n]] for n in self.sizes},
+            "samples": {
+                str(n): [[str(p) for p in rep] for rep in self.samples[n]] for n in self.sizes
+            },
             "failures": [{"path": str(p), "error": why} for p, why in self.failures],
         }
 
@@ -148,9 +150,15 @@ def _process(
     if use_ga:
         from .genetic import GAConfig, search_best_superpixels
 
-        results = search_best_superpixels(model, images, [int(target)] * len(images),
-                                          config=ga_config or GAConfig(), seed=seed, progress=progress,
-                                          first_index=first_index)
+        results = search_best_superpixels(
+            model,
+            images,
+            [int(target)] * len(images),
+            config=ga_config or GAConfig(),
+            seed=seed,
+            progress=progress,
+            first_index=first_index,
+        )
         searched = np.stack([r.image for r in results]).astype(np.float32)
         masks = np.stack([r.kept_mask for r in results]).astype(bool)
     else:
@@ -159,15 +167,19 @@ def _process(
     device, dtype = model.mean.device, model.mean.dtype
     traits, probs = [], []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(searched), batch_size), desc="traits", unit="batch",
-                          disable=not progress):
+        for start in tqdm(
+            range(0, len(searched), batch_size), desc="traits", unit="batch", disable=not progress
+        ):
             batch = torch.from_numpy(searched[start : start + batch_size]).permute(0, 3, 1, 2)
             out = model(batch.to(device=device, dtype=dtype))
             traits.append(out.traits.float().cpu())
             probs.append(out.logits.float().softmax(dim=1).cpu())
     probabilities = torch.cat(probs)
-    fitness = (probabilities[:, target].numpy().astype(np.float64) if target is not None
-               else np.full(len(searched), np.nan))
+    fitness = (
+        probabilities[:, target].numpy().astype(np.float64)
+        if target is not None
+        else np.full(len(searched), np.nan)
+    )
     return _Processed(torch.cat(traits), masks, fitness, searched)
 
 
@@ -214,12 +226,30 @@ def common_traits(
     if len(chosen) < 2:
         raise SxaiError(f"only {len(chosen)} of {len(paths)} images could be read; need at least 2")
     if len(chosen) < n:
-        log.warning("asked for %d images of %s, only %d readable ones exist", n, target_class, len(chosen))
-    done = _process(model, [loader.images[p] for p in chosen], target, use_ga, ga_config, seed,
-                    progress, batch_size)
+        log.warning(
+            "asked for %d images of %s, only %d readable ones exist", n, target_class, len(chosen)
+        )
+    done = _process(
+        model,
+        [loader.images[p] for p in chosen],
+        target,
+        use_ga,
+        ga_config,
+        seed,
+        progress,
+        batch_size,
+    )
     pca = RowCentredPCA(variance=variance).fit(done.traits)
-    return CommonTraits(done.traits, pca, done.masks, chosen, done.fitness, done.images, target_class,
-                        sorted(loader.failures.items()))
+    return CommonTraits(
+        done.traits,
+        pca,
+        done.masks,
+        chosen,
+        done.fitness,
+        done.images,
+        target_class,
+        sorted(loader.failures.items()),
+    )
 
 
 def stability(
@@ -260,8 +290,17 @@ def stability(
         while reused < min(len(union), len(known.paths)) and union[reused] == known.paths[reused]:
             reused += 1
     if reused < len(union):
-        done = _process(model, [loader.images[p] for p in union[reused:]], target, use_ga, ga_config,
-                        seed, progress, batch_size, first_index=reused)
+        done = _process(
+            model,
+            [loader.images[p] for p in union[reused:]],
+            target,
+            use_ga,
+            ga_config,
+            seed,
+            progress,
+            batch_size,
+            first_index=reused,
+        )
         traits = torch.cat([known.traits[:reused], done.traits]) if reused else done.traits
     else:
         traits = known.traits[:reused]

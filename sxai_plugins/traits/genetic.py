@@ -331,7 +331,9 @@ class _Round:
         self, searches: Sequence[_Search], proposals: dict[int, np.ndarray], scorer: _Scorer
     ) -> None:
         self.by_index = {s.index: s for s in searches}
-        self.fresh = {s.index: s.unseen(proposals[s.index]) for s in searches if s.index in proposals}
+        self.fresh = {
+            s.index: s.unseen(proposals[s.index]) for s in searches if s.index in proposals
+        }
         owners = np.array([i for i, genomes in self.fresh.items() for _ in genomes], dtype=np.int64)
         self.pending = None
         if len(owners):

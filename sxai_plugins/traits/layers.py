@@ -63,7 +63,9 @@ class LayerRatio:
 def _candidates(body: nn.Module, mode: str) -> dict[str, nn.Module]:
     modules = dict(body.named_modules())
     if mode == "conv":
-        return {name: m for name, m in modules.items() if name and isinstance(m, (nn.Conv2d, *_POOLS))}
+        return {
+            name: m for name, m in modules.items() if name and isinstance(m, (nn.Conv2d, *_POOLS))
+        }
     if mode != "blocks":
         raise ValueError(f"layer mode must be 'blocks' or 'conv', got {mode!r}")
     blocks: dict[str, nn.Module] = {}
@@ -84,14 +86,18 @@ def _execution_order(model: TraitModel, candidates: dict[str, nn.Module]) -> lis
     calls: list[str] = []
     handles = []
     for name, module in candidates.items():
+
         def hook(_module, _inputs, output, name=name):
             if isinstance(output, torch.Tensor) and output.ndim == 4:
                 calls.append(name)
+
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.inference_mode():
             size = model.input_size
-            model.feature_map(torch.full((1, *size), 0.5, device=model.mean.device, dtype=model.mean.dtype))
+            model.feature_map(
+                torch.full((1, *size), 0.5, device=model.mean.device, dtype=model.mean.dtype)
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -179,8 +185,10 @@ def layer_information_ratios(
     modules = dict(model.body.named_modules())
     missing = [name for name in names if name not in modules]
     if missing:
-        raise SxaiError(f"no module {missing[0]!r} in the body of {model.name!r}; "
-                        f"pick names from select_layers(model) or model.body.named_modules()")
+        raise SxaiError(
+            f"no module {missing[0]!r} in the body of {model.name!r}; "
+            f"pick names from select_layers(model) or model.body.named_modules()"
+        )
     if isinstance(images, torch.Tensor):
         expected = len(images)
         batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
@@ -193,14 +201,18 @@ def layer_information_ratios(
 
     accumulators = {name: _Accumulator(expected) for name in [*names, OUTPUT, GAP]}
     handles = [
-        modules[name].register_forward_hook(lambda _m, _i, out, name=name: accumulators[name].add(out))
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, name=name: accumulators[name].add(out)
+        )
         for name in names
     ]
     device, dtype = model.mean.device, model.mean.dtype
     seen = 0
     try:
-        with torch.inference_mode(), tqdm(total=expected, desc="per-layer maps", unit="img",
-                                          disable=not progress) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=expected, desc="per-layer maps", unit="img", disable=not progress) as bar,
+        ):
             for batch in batches:
                 features = model.feature_map(batch.to(device=device, dtype=dtype))
                 accumulators[OUTPUT].add(features)
@@ -215,7 +227,9 @@ def layer_information_ratios(
 
     kinds = {name: type(modules[name]).__name__ for name in names} | {OUTPUT: OUTPUT, GAP: GAP}
     results = []
-    for name, acc in tqdm(accumulators.items(), desc="per-layer PCA", unit="layer", disable=not progress):
+    for name, acc in tqdm(
+        accumulators.items(), desc="per-layer PCA", unit="layer", disable=not progress
+    ):
         if acc.shape is None:
             raise SxaiError(f"layer {name!r} of {model.name!r} never ran in the forward pass")
         mean, pooled, used = acc.eigen_ratios(chunk)

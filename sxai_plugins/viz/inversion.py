@@ -49,7 +49,9 @@ __all__ = ["FourierInverter", "TVInverter", "save_png", "total_variation"]
 
 # ------------------------------------------------------------------------------------------ helpers
 def _check_targets(model: TraitModel, targets: torch.Tensor | np.ndarray) -> torch.Tensor:
-    targets = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
+    targets = torch.as_tensor(
+        np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets
+    )
     if targets.ndim == 1:
         targets = targets[None]
     if targets.ndim != 2 or targets.shape[1] != model.trait_dim:
@@ -136,9 +138,13 @@ class TVInverter:
         mean, std = model.mean.to(dtype), model.std.to(dtype)
         low, high = (0 - mean) / std, (1 - mean) / std  # the standardised values of pixels 0 and 1
 
-        z = torch.zeros(len(targets), 3, height, width, device=device, dtype=dtype, requires_grad=True)
+        z = torch.zeros(
+            len(targets), 3, height, width, device=device, dtype=dtype, requires_grad=True
+        )
         optimiser = torch.optim.Adam([z], lr=lr)
-        schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(halve_every, 1), gamma=0.5)
+        schedule = torch.optim.lr_scheduler.StepLR(
+            optimiser, step_size=max(halve_every, 1), gamma=0.5
+        )
         with _frozen(model), torch.enable_grad():
             bar = tqdm(range(steps), desc="inversion (tv)", unit="step", disable=not progress)
             for step in bar:
@@ -160,7 +166,9 @@ class TVInverter:
 _COLOR_CORRELATION_SVD_SQRT = np.asarray(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
 )
-_COLOR_CORRELATION = _COLOR_CORRELATION_SVD_SQRT / np.max(np.linalg.norm(_COLOR_CORRELATION_SVD_SQRT, axis=0))
+_COLOR_CORRELATION = _COLOR_CORRELATION_SVD_SQRT / np.max(
+    np.linalg.norm(_COLOR_CORRELATION_SVD_SQRT, axis=0)
+)
 
 
 def _rfft2d_freqs(height: int, width: int) -> np.ndarray:
@@ -269,19 +277,27 @@ def _random_transform(image: torch.Tensor, generator: torch.Generator, cfg: dict
     factor = float(_pick(cfg["scales"], generator))
     if factor != 1.0:
         height, width = image.shape[-2:]
-        image = F.interpolate(image, size=(max(int(height * factor), 8), max(int(width * factor), 8)),
-                              mode="bilinear", align_corners=False)
+        image = F.interpolate(
+            image,
+            size=(max(int(height * factor), 8), max(int(width * factor), 8)),
+            mode="bilinear",
+            align_corners=False,
+        )
     angle = math.radians(float(_pick(cfg["angles"], generator)))
     if angle != 0.0:
         cos, sin = math.cos(angle), math.sin(angle)
-        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=image.dtype, device=image.device)
+        theta = torch.tensor(
+            [[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=image.dtype, device=image.device
+        )
         grid = F.affine_grid(theta.expand(len(image), 2, 3), list(image.shape), align_corners=False)
         image = F.grid_sample(image, grid, padding_mode="border", align_corners=False)
     return _jitter(image, max(int(cfg["jitter"]) // 2, 0), generator)
 
 
 # --------------------------------------------------------------------------------------------- save
-def save_png(images: torch.Tensor | np.ndarray, folder: str | Path, names: Sequence[str]) -> list[Path]:
+def save_png(
+    images: torch.Tensor | np.ndarray, folder: str | Path, names: Sequence[str]
+) -> list[Path]:
     """Write ``K×3×H×W`` images in [0, 1] as ``folder/<name>.png`` (each atomically).
 
     ``names`` are file stems (``.png`` is added when missing). Returns the written paths.
@@ -301,4 +317,3 @@ def save_png(images: torch.Tensor | np.ndarray, folder: str | Path, names: Seque
         pil = Image.fromarray(pixels)
         written.append(atomic_write(target, lambda tmp, pil=pil: pil.save(tmp, format="PNG")))
     return written
-

@@ -9,5 +9,7 @@ from ..plugin.hookspecs import hookimpl
 
 @hookimpl
 def sxai_feature_inverters() -> list:
-    return [Deferred("tv", "sxai_plugins.viz.inversion:TVInverter"),
-            Deferred("fourier", "sxai_plugins.viz.inversion:FourierInverter")]
+    return [
+        Deferred("tv", "sxai_plugins.viz.inversion:TVInverter"),
+        Deferred("fourier", "sxai_plugins.viz.inversion:FourierInverter"),
+    ]

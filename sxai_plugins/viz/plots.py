@@ -69,7 +69,9 @@ def save_figure(picture: Any, path: str | Path, dpi: int = 100) -> Path:
 
 
 # ------------------------------------------------------------------------------ common traits
-def plot_information_ratios(ratios: np.ndarray, path: str | Path, shown: int = 10, title: str = "") -> Path:
+def plot_information_ratios(
+    ratios: np.ndarray, path: str | Path, shown: int = 10, title: str = ""
+) -> Path:
     """Bar chart of the first ``shown`` information ratios with the cumulative ratio (paper Fig. 2c)."""
     ratios = np.asarray(ratios, dtype=np.float64)[:shown] * 100
     x = np.arange(1, len(ratios) + 1)
@@ -95,7 +97,9 @@ def plot_stability(result: Stability, path: str | Path, title: str = "") -> Path
     values = [result.spreads[n] for n in result.sizes]
     ax.plot(result.sizes, values, "o-")
     for n, e in zip(result.sizes, values):
-        ax.annotate(f"{e:.1f}%", (n, e), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.annotate(
+            f"{e:.1f}%", (n, e), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8
+        )
     ax.set_xticks(result.sizes)
     ax.set_xlabel("number of samples Ns")
     ax.set_ylabel(f"spread e of PC1 (%), {result.repeats} repeats")
@@ -110,7 +114,13 @@ def plot_layer_ratios(ratios: Sequence[LayerRatio], path: str | Path, title: str
     fig = new_figure(figsize=(max(6.0, 0.35 * len(ratios) + 2), 4.0), layout="constrained")
     ax = fig.subplots()
     ax.plot(x, [100 * r.ratio_mean for r in ratios], "o-", label="mean over positions")
-    ax.plot(x, [100 * r.ratio_pooled for r in ratios], "x--", alpha=0.7, label="pooled (variance-weighted)")
+    ax.plot(
+        x,
+        [100 * r.ratio_pooled for r in ratios],
+        "x--",
+        alpha=0.7,
+        label="pooled (variance-weighted)",
+    )
     ax.set_xticks(x, [r.name for r in ratios], rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("information ratio of PC1 (%)")
     ax.set_xlabel("layer (last: global average pooling)")
@@ -159,15 +169,26 @@ def radar_figure(assessment: Assessment, title: str | None = None) -> Figure:
         width = 0.8 / max(len(series), 1)
         for i, (class_name, values) in enumerate(series.items()):
             hatch = None if class_name == assessment.predicted else "//"
-            ax.bar([k + (i - (len(series) - 1) / 2) * width for k in range(n)], values, width,
-                   label=class_name, alpha=0.8, hatch=hatch)
+            ax.bar(
+                [k + (i - (len(series) - 1) / 2) * width for k in range(n)],
+                values,
+                width,
+                label=class_name,
+                alpha=0.8,
+                hatch=hatch,
+            )
         ax.set_xticks(range(n))
         ax.set_xticklabels(concepts)
         ax.set_ylabel("semantic probability")
     ax.set_ylim(0.0, 1.0)
     # below the plot, in columns: beside it, a legend ran off the right edge of the image
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08 if n >= 3 else -0.1), fontsize="small",
-              ncol=min(len(series), 4), frameon=False)
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.08 if n >= 3 else -0.1),
+        fontsize="small",
+        ncol=min(len(series), 4),
+        frameon=False,
+    )
     if title is None:
         p = assessment.class_probabilities.get(assessment.predicted)
         title = f"predicted: {assessment.predicted}" + (f" ({p:.3f})" if p is not None else "")
@@ -177,7 +198,9 @@ def radar_figure(assessment: Assessment, title: str | None = None) -> Figure:
     return fig
 
 
-def radar_map(assessment: Assessment, path: str | Path, title: str | None = None, dpi: int = 100) -> Path:
+def radar_map(
+    assessment: Assessment, path: str | Path, title: str | None = None, dpi: int = 100
+) -> Path:
     """Draw the radar map of one assessment (:func:`radar_figure`) and write it as a PNG."""
     return save_figure(radar_figure(assessment, title), path, dpi=dpi)
 
@@ -193,9 +216,16 @@ def distribution_plot(space: SemanticSpace, activations: np.ndarray, path: str |
     left, right = fig.subplots(1, 2)
     left.hist(a, bins=40, density=True, color="#9ecae1", edgecolor="white")
     xs = np.linspace(a.min(), a.max(), 200)
-    left.plot(xs, stats.norm.pdf(xs, ref.mu, ref.sigma), color="#d62728", lw=2,
-              label=f"N({ref.mu:.3g}, {ref.sigma:.3g}²)")
-    left.set(title=f"{space.key}: A_s over {ref.n} reference images", xlabel="A_s", ylabel="density")
+    left.plot(
+        xs,
+        stats.norm.pdf(xs, ref.mu, ref.sigma),
+        color="#d62728",
+        lw=2,
+        label=f"N({ref.mu:.3g}, {ref.sigma:.3g}²)",
+    )
+    left.set(
+        title=f"{space.key}: A_s over {ref.n} reference images", xlabel="A_s", ylabel="density"
+    )
     left.legend(fontsize=8)
     (osm, osr), (slope, intercept, _r) = stats.probplot(a, dist="norm")
     right.scatter(osm, osr, s=6, color="#3182bd")
@@ -220,13 +250,19 @@ def extreme_sheets(
     folder = Path(folder)
     written = []
     order = np.argsort(probabilities)
-    for name, picked in (("low", [i for i in order if probabilities[i] < low][:limit]),
-                         ("high", [i for i in order[::-1] if probabilities[i] > high][:limit])):
+    for name, picked in (
+        ("low", [i for i in order if probabilities[i] < low][:limit]),
+        ("high", [i for i in order[::-1] if probabilities[i] > high][:limit]),
+    ):
         if not picked:
             continue
-        matches = [Match(str(paths[i]), space.class_name, {}, {space.key: float(probabilities[i])})
-                   for i in picked]
-        written.append(contact_sheet(matches, folder / f"{space.key}.{name}.png", spaces=[space.key]))
+        matches = [
+            Match(str(paths[i]), space.class_name, {}, {space.key: float(probabilities[i])})
+            for i in picked
+        ]
+        written.append(
+            contact_sheet(matches, folder / f"{space.key}.{name}.png", spaces=[space.key])
+        )
     return written
 
 
@@ -286,30 +322,53 @@ def roc_figure(report: AdversarialReport, path: str | Path, title: str = "") -> 
         for i, r in enumerate(rows):
             colour = colours[i % len(colours)]
             if r.roc:
-                ax.plot(r.roc["fpr"], r.roc["tpr"], color=colour, lw=1.6,
-                        label=f"ε={r.eps:g}: AUC {_number(r.auc)}, success {r.attack_success_rate:.0%}")
+                ax.plot(
+                    r.roc["fpr"],
+                    r.roc["tpr"],
+                    color=colour,
+                    lw=1.6,
+                    label=f"ε={r.eps:g}: AUC {_number(r.auc)}, success {r.attack_success_rate:.0%}",
+                )
             if report.detector and math.isfinite(r.detection_rate):
                 ax.plot([r.false_positive_rate], [r.detection_rate], "o", color=colour, ms=7)
             for rule in r.rules[:1]:
                 if math.isfinite(rule.detection_rate):
-                    ax.plot([rule.false_positive_rate], [rule.detection_rate], "x", color=colour, ms=8, mew=2)
+                    ax.plot(
+                        [rule.false_positive_rate],
+                        [rule.detection_rate],
+                        "x",
+                        color=colour,
+                        ms=8,
+                        mew=2,
+                    )
         if report.detector:
             ax.axvline(report.detector["fpr"], color="grey", ls=":", lw=1)
         ax.plot([0, 1], [0, 1], color="lightgrey", lw=1, ls="--")
-        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false-positive rate (clean images)",
-               ylabel="detection rate (successful adversarial)",
-               title=f"{ {'adaptive': 'adaptive PGD', 'score-aware': 'score-aware PGD'}.get(attack, 'PGD')}, "
-                     f"{report.steps} steps")
+        ax.set(
+            xlim=(-0.01, 1.01),
+            ylim=(-0.01, 1.01),
+            xlabel="false-positive rate (clean images)",
+            ylabel="detection rate (successful adversarial)",
+            title=f"{ {'adaptive': 'adaptive PGD', 'score-aware': 'score-aware PGD'}.get(attack, 'PGD') }, "
+            f"{report.steps} steps",
+        )
         ax.legend(loc="lower right", fontsize=8)
     score = report.detector["score"] if report.detector else "paper"
-    fig.suptitle(title or f"{score} score ROC: ● calibrated threshold, × {report.rules[0].name} rule",
-                 fontsize=10)
+    fig.suptitle(
+        title or f"{score} score ROC: ● calibrated threshold, × {report.rules[0].name} rule",
+        fontsize=10,
+    )
     return save_figure(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------------- attributions
-def comparison_figure(image: np.ndarray, panels: Sequence[tuple[str, torch.Tensor]], path: str | Path,
-                      region: np.ndarray | None = None, title: str = "") -> Path:
+def comparison_figure(
+    image: np.ndarray,
+    panels: Sequence[tuple[str, torch.Tensor]],
+    path: str | Path,
+    region: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
     """One row: the image (with the region's outline, if given), then each attribution's positive
     part blended over the image (Captum's ``visualize_image_attr``, drawn on our own axes)."""
     from captum.attr import visualization as viz
@@ -324,8 +383,15 @@ def comparison_figure(image: np.ndarray, panels: Sequence[tuple[str, torch.Tenso
     for ax, (name, attr) in zip(axes[1:], panels):
         heat = attr.detach().float().cpu().permute(1, 2, 0).numpy()
         if heat.sum(axis=2).max() > 0:
-            viz.visualize_image_attr(heat, image, method="blended_heat_map", sign="positive",
-                                     plt_fig_axis=(fig, ax), use_pyplot=False, title=name)
+            viz.visualize_image_attr(
+                heat,
+                image,
+                method="blended_heat_map",
+                sign="positive",
+                plt_fig_axis=(fig, ax),
+                use_pyplot=False,
+                title=name,
+            )
         else:  # nothing positive to draw: Captum would divide by zero
             ax.imshow(image)
             ax.set_title(f"{name}\n(no positive attribution)")

@@ -84,9 +84,15 @@ def _escape(value: Any) -> Markup:
 def _environment() -> Environment:
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    return Environment(loader=PackageLoader(__package__, "templates"), autoescape=True,
-                       finalize=_escape, undefined=StrictUndefined, trim_blocks=True,
-                       lstrip_blocks=True, keep_trailing_newline=True)
+    return Environment(
+        loader=PackageLoader(__package__, "templates"),
+        autoescape=True,
+        finalize=_escape,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -141,7 +147,9 @@ def file_data_uri(path: str | Path) -> str | None:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         log.warning("%s: not a readable image; left out of the report", path)
         return None
-    mime = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}.get(fmt)
+    mime = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}.get(
+        fmt
+    )
     return data_uri(data, mime) if mime else None
 
 
@@ -166,7 +174,9 @@ def _read_json(path: Path, notes: list[str]) -> Any:
 
 
 # ----------------------------------------------------------------------------------- sections
-def _header(model: TraitModel, spaces_dir: Path, summary: Any) -> tuple[list[list[Cell]], list[str]]:
+def _header(
+    model: TraitModel, spaces_dir: Path, summary: Any
+) -> tuple[list[list[Cell]], list[str]]:
     """The header table's rows and its note (weights mismatch)."""
     fingerprint = model.fingerprint()
     rows = [
@@ -183,8 +193,10 @@ def _header(model: TraitModel, spaces_dir: Path, summary: Any) -> tuple[list[lis
             if key in summary:
                 rows.append([_t(f"spaces {key}"), _code(summary[key])])
         if summary.get("fingerprint") not in (None, fingerprint):
-            notes.append(f"report.json was written for weights {summary['fingerprint']}, not this "
-                         f"model's {fingerprint}: its figures may describe other weights")
+            notes.append(
+                f"report.json was written for weights {summary['fingerprint']}, not this "
+                f"model's {fingerprint}: its figures may describe other weights"
+            )
     return rows, notes
 
 
@@ -199,15 +211,23 @@ def _traits_section(traits_dir: Path | None) -> dict[str, Any] | None:
     notes: list[str] = []
     summary = _read_json(traits_dir / "summary.json", notes)
     pca = _read_json(traits_dir / "pca.json", notes)
-    section: dict[str, Any] = {"folder": traits_dir, "settings": None, "spread": None, "ratios": None}
+    section: dict[str, Any] = {
+        "folder": traits_dir,
+        "settings": None,
+        "spread": None,
+        "ratios": None,
+    }
     if isinstance(summary, dict):
-        shown = [("class", summary.get("class")), ("images used", summary.get("n_used")),
-                 ("seed", summary.get("seed")),
-                 ("genetic search", "yes" if summary.get("genetic_search") else "no"),
-                 ("mean target probability after the search", summary.get("mean_fitness")),
-                 ("PC1 information ratio", summary.get("pc1_information_ratio")),
-                 ("PCs reaching 85 %", summary.get("n_components_85")),
-                 ("feature inverter", summary.get("inverter"))]
+        shown = [
+            ("class", summary.get("class")),
+            ("images used", summary.get("n_used")),
+            ("seed", summary.get("seed")),
+            ("genetic search", "yes" if summary.get("genetic_search") else "no"),
+            ("mean target probability after the search", summary.get("mean_fitness")),
+            ("PC1 information ratio", summary.get("pc1_information_ratio")),
+            ("PCs reaching 85 %", summary.get("n_components_85")),
+            ("feature inverter", summary.get("inverter")),
+        ]
         section["settings"] = [[_t(k), _n(v)] for k, v in shown if v is not None]
         spread = (summary.get("stability") or {}).get("spread_percent") or {}
         section["spread"] = [[_t(n), _n(e, 2)] for n, e in spread.items()]
@@ -216,16 +236,24 @@ def _traits_section(traits_dir: Path | None) -> dict[str, Any] | None:
     if isinstance(pca, dict) and pca.get("information_ratio"):
         ratios = pca["information_ratio"][:10]
         cumulative = pca.get("cumulative", [None] * len(ratios))
-        section["ratios"] = [[_t(f"PC{i + 1}"), _n(r), _n(c)]
-                             for i, (r, c) in enumerate(zip(ratios, cumulative))]
+        section["ratios"] = [
+            [_t(f"PC{i + 1}"), _n(r), _n(c)] for i, (r, c) in enumerate(zip(ratios, cumulative))
+        ]
     section["notes"] = notes
-    section["ratio_figure"] = _figure(traits_dir / "information_ratio.png", "information ratio of the PCs",
-                                      "written by every `sxai traits` run")
-    section["inversions"] = [_figure(p, p.stem.upper(), "")
-                             for p in sorted((traits_dir / "inversions").glob("*.png"), key=_pc_number)]
+    section["ratio_figure"] = _figure(
+        traits_dir / "information_ratio.png",
+        "information ratio of the PCs",
+        "written by every `sxai traits` run",
+    )
+    section["inversions"] = [
+        _figure(p, p.stem.upper(), "")
+        for p in sorted((traits_dir / "inversions").glob("*.png"), key=_pc_number)
+    ]
     extras = []
-    for name, caption, how in (("stability.png", "stability of PC1", "run `sxai traits` with --stability"),
-                               ("layers.png", "PC1 per layer", "run `sxai traits` with --per-layer")):
+    for name, caption, how in (
+        ("stability.png", "stability of PC1", "run `sxai traits` with --stability"),
+        ("layers.png", "PC1 per layer", "run `sxai traits` with --per-layer"),
+    ):
         if (traits_dir / name).exists():
             extras.append(_figure(traits_dir / name, caption, how))
         else:
@@ -234,42 +262,76 @@ def _traits_section(traits_dir: Path | None) -> dict[str, Any] | None:
     return section
 
 
-def _space_section(space: SemanticSpace, figures: dict[str, Any], plots: Path,
-                   owners: dict[int, list[str]]) -> dict[str, Any]:
+def _space_section(
+    space: SemanticSpace, figures: dict[str, Any], plots: Path, owners: dict[int, list[str]]
+) -> dict[str, Any]:
     key = space.key
     reported = figures.get("ssn")
     ssn_note = None
     if reported is not None and list(reported) != space.indices.tolist():
-        ssn_note = (f"report.json lists SSNs {reported} but the space file has "
-                    f"{space.indices.tolist()}; the file's are shown")
+        ssn_note = (
+            f"report.json lists SSNs {reported} but the space file has "
+            f"{space.indices.tolist()}; the file's are shown"
+        )
     ssn_rows = []
     for channel, delta in zip(space.indices.tolist(), space.delta.tolist()):
         others = [k for k in owners.get(channel, []) if k != key]
         weight = delta if space.probe is not None else delta / space.n_ssn
         ssn_rows.append([_n(channel), _n(delta, 4), _n(weight, 4), _t(", ".join(others))])
-    evaluation = [[_t(label), _n(figures[k])] for k, label in EVALUATION_LABELS.items() if k in figures]
-    evaluation += [[_t(k), _n(v)] for k, v in figures.items()
-                   if k not in EVALUATION_LABELS and k not in ("ssn", "delta") and not isinstance(v, list | dict)]
+    evaluation = [
+        [_t(label), _n(figures[k])] for k, label in EVALUATION_LABELS.items() if k in figures
+    ]
+    evaluation += [
+        [_t(k), _n(v)]
+        for k, v in figures.items()
+        if k not in EVALUATION_LABELS
+        and k not in ("ssn", "delta")
+        and not isinstance(v, list | dict)
+    ]
     ref = space.reference
     low, high = plots / f"{key}.low.png", plots / f"{key}.high.png"
     return {
-        "key": key, "class_name": space.class_name, "concept": space.concept,
-        "mode": space.recipe.get("mode", "n/a"), "masker": space.masker or "n/a",
-        "n_images": space.n_images or "n/a", "trait_layer": space.trait_layer,
-        "ssn_note": ssn_note, "n_ssn": space.n_ssn, "probe": space.probe is not None,
-        "ssn_rows": ssn_rows, "evaluation": evaluation,
-        "reference": None if ref is None else [_n(ref.mu, 4), _n(ref.sigma, 4), _n(ref.a_min, 4),
-                                               _n(ref.a_max, 4), _n(ref.n), _n(ref.qq_r2)],
-        "inversion": _figure(plots / f"{key}.inversion.png", "inversion of the space's SSN target",
-                             "build the spaces with --invert fourier to draw it"),
-        "distribution": _figure(plots / f"{key}.distribution.png",
-                                "A_s over the reference images with the fitted normal; Q-Q plot",
-                                "`sxai space` draws it unless --no-plots", wide=True),
+        "key": key,
+        "class_name": space.class_name,
+        "concept": space.concept,
+        "mode": space.recipe.get("mode", "n/a"),
+        "masker": space.masker or "n/a",
+        "n_images": space.n_images or "n/a",
+        "trait_layer": space.trait_layer,
+        "ssn_note": ssn_note,
+        "n_ssn": space.n_ssn,
+        "probe": space.probe is not None,
+        "ssn_rows": ssn_rows,
+        "evaluation": evaluation,
+        "reference": None
+        if ref is None
+        else [
+            _n(ref.mu, 4),
+            _n(ref.sigma, 4),
+            _n(ref.a_min, 4),
+            _n(ref.a_max, 4),
+            _n(ref.n),
+            _n(ref.qq_r2),
+        ],
+        "inversion": _figure(
+            plots / f"{key}.inversion.png",
+            "inversion of the space's SSN target",
+            "build the spaces with --invert fourier to draw it",
+        ),
+        "distribution": _figure(
+            plots / f"{key}.distribution.png",
+            "A_s over the reference images with the fitted normal; Q-Q plot",
+            "`sxai space` draws it unless --no-plots",
+            wide=True,
+        ),
         # spaces without these sheets (the bundled ones ship none) would get two notes each: leave
         # the section out instead
-        "sheets": [_figure(low, "P_s < 0.1", "no reference image is that low", wide=True),
-                   _figure(high, "P_s > 0.9", "no reference image is that high", wide=True)]
-        if low.is_file() or high.is_file() else None,
+        "sheets": [
+            _figure(low, "P_s < 0.1", "no reference image is that low", wide=True),
+            _figure(high, "P_s > 0.9", "no reference image is that high", wide=True),
+        ]
+        if low.is_file() or high.is_file()
+        else None,
     }
 
 
@@ -291,22 +353,38 @@ def _example_card(assessment: Any, sentence: str, radar: Path) -> dict[str, Any]
     path = Path(assessment.path)
     probs = sorted(assessment.class_probabilities.items(), key=lambda kv: -kv[1])
     return {
-        "name": path.name, "thumbnail": _thumbnail(path),
+        "name": path.name,
+        "thumbnail": _thumbnail(path),
         "radar": _figure(radar, "radar map of P_s", "the radar map could not be drawn"),
         "predicted": assessment.predicted,
         "top_classes": ", ".join(f"{c} {p:.3f}" for c, p in probs[:5]),
         "sentence": sentence,
         "scores": [[_t(s.key), _n(s.activation, 4), _n(s.probability)] for s in assessment.spaces],
-        "concepts": [[_t(c.concept), _n(c.probability), _n(c.delta), _t(c.rival or "none"),
-                      _n(c.rival_probability)] for c in assessment.concepts],
-        "p_max": _num(assessment.p_max), "concept_max": assessment.concept_max or "n/a",
+        "concepts": [
+            [
+                _t(c.concept),
+                _n(c.probability),
+                _n(c.delta),
+                _t(c.rival or "none"),
+                _n(c.rival_probability),
+            ]
+            for c in assessment.concepts
+        ],
+        "p_max": _num(assessment.p_max),
+        "concept_max": assessment.concept_max or "n/a",
         "delta_max_p": _num(assessment.delta_max_p),
     }
 
 
-def _examples_section(model: TraitModel, spaces: SpaceSet, examples: Sequence[str | Path] | None,
-                      template_name: str, batch_size: int, progress: bool,
-                      failures: list[tuple[Path, str]]) -> dict[str, Any] | None:
+def _examples_section(
+    model: TraitModel,
+    spaces: SpaceSet,
+    examples: Sequence[str | Path] | None,
+    template_name: str,
+    batch_size: int,
+    progress: bool,
+    failures: list[tuple[Path, str]],
+) -> dict[str, Any] | None:
     from tqdm.auto import tqdm
 
     from ..data.images import expand_paths
@@ -321,8 +399,10 @@ def _examples_section(model: TraitModel, spaces: SpaceSet, examples: Sequence[st
     paths = expand_paths(examples)
     mine: list[tuple[Path, str]] = []
     cards = []
-    with tempfile.TemporaryDirectory(prefix="sxai-report-") as tmp, \
-            tqdm(total=len(paths), desc="report examples", unit="img", disable=not progress) as bar:
+    with (
+        tempfile.TemporaryDirectory(prefix="sxai-report-") as tmp,
+        tqdm(total=len(paths), desc="report examples", unit="img", disable=not progress) as bar,
+    ):
         for batch in iter_outputs(model, paths, batch_size, mine):
             for assessment in assess_outputs(model, spaces, batch.output, batch.paths):
                 radar = radar_map(assessment, Path(tmp) / f"{len(cards)}.png")
@@ -330,8 +410,11 @@ def _examples_section(model: TraitModel, spaces: SpaceSet, examples: Sequence[st
             bar.update(len(batch.paths))
         bar.update(len(paths) - bar.n)
     failures.extend(mine)
-    return {"template": template.name, "cards": cards,
-            "skipped": [f"skipped {path.name}: {why}" for path, why in mine]}
+    return {
+        "template": template.name,
+        "cards": cards,
+        "skipped": [f"skipped {path.name}: {why}" for path, why in mine],
+    }
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -341,13 +424,17 @@ def _spaces_folder(model: TraitModel, spaces_dir: str | Path | None) -> Path:
     if spaces_dir is None:
         folder = default_spaces_dir(model.name)
         if folder is None:
-            raise SpaceError(f"no spaces folder given and none is bundled for backbone {model.name!r}; "
-                             "build one with `sxai space ... --out DIR` and pass it (--spaces DIR)")
+            raise SpaceError(
+                f"no spaces folder given and none is bundled for backbone {model.name!r}; "
+                "build one with `sxai space ... --out DIR` and pass it (--spaces DIR)"
+            )
         return folder
     folder = Path(spaces_dir)
     if not folder.is_dir():
-        raise SpaceError(f"{folder}: not a folder; pass the folder `sxai space --out` wrote "
-                         "(space files, report.json, plots/)")
+        raise SpaceError(
+            f"{folder}: not a folder; pass the folder `sxai space --out` wrote "
+            "(space files, report.json, plots/)"
+        )
     return folder
 
 
@@ -396,18 +483,28 @@ def build_report(
         for channel in space.indices.tolist():
             owners.setdefault(int(channel), []).append(space.key)
     failures = failures if failures is not None else []
-    examples_section = _examples_section(model, spaces, examples, template, batch_size, progress, failures)
+    examples_section = _examples_section(
+        model, spaces, examples, template, batch_size, progress, failures
+    )
     header_rows, header_notes = _header(model, folder, summary)
     plots = folder / "plots"
-    page = _environment().get_template(TEMPLATE).render(
-        model_name=model.name,
-        fingerprint=model.fingerprint(),
-        header_rows=header_rows,
-        notes=header_notes + notes,
-        traits=_traits_section(Path(traits_dir) if traits_dir is not None else None),
-        spaces=[_space_section(space, {**space.evaluation, **(per_space.get(space.key) or {})}, plots, owners)
-                for space in spaces],
-        shared=[[_n(c), _t(", ".join(k))] for c, k in sorted(owners.items()) if len(k) > 1],
-        examples=examples_section,
+    page = (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            model_name=model.name,
+            fingerprint=model.fingerprint(),
+            header_rows=header_rows,
+            notes=header_notes + notes,
+            traits=_traits_section(Path(traits_dir) if traits_dir is not None else None),
+            spaces=[
+                _space_section(
+                    space, {**space.evaluation, **(per_space.get(space.key) or {})}, plots, owners
+                )
+                for space in spaces
+            ],
+            shared=[[_n(c), _t(", ".join(k))] for c, k in sorted(owners.items()) if len(k) > 1],
+            examples=examples_section,
+        )
     )
     return atomic_write(out_html, lambda tmp: tmp.write_text(page, encoding="utf-8"))

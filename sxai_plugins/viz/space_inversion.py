@@ -1,5 +1,5 @@
 """The inversion of a semantic space: the traits that show it most, and the picture an inverter
-makes of them. """
+makes of them."""
 
 from __future__ import annotations
 
@@ -25,8 +25,14 @@ def inversion_target(space: SemanticSpace) -> torch.Tensor:
     return target
 
 
-def invert_spaces(model, spaces: Sequence[SemanticSpace], folder: str | Path, inverter: str = "fourier",
-                  steps: int | None = None, progress: bool = True) -> list[Path]:
+def invert_spaces(
+    model,
+    spaces: Sequence[SemanticSpace],
+    folder: str | Path,
+    inverter: str = "fourier",
+    steps: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """One PNG per space: the chosen inverter run on all the spaces' targets in one batch."""
     from ..plugin.manager import get_feature_inverter
     from .inversion import save_png
