@@ -208,7 +208,7 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     return spec
 
 
-def _named(hook_name: str, kind: str) -> dict[str, Any]:
+def _named(hook_name: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for _plugin, item in _provided(hook_name):
         found.setdefault(item.name, item)
@@ -216,15 +216,15 @@ def _named(hook_name: str, kind: str) -> dict[str, Any]:
 
 
 def maskers() -> dict[str, Masker]:
-    return _named("sxai_maskers", "masker")
+    return _named("sxai_maskers")
 
 
 def feature_inverters() -> dict[str, FeatureInverter]:
-    return _named("sxai_feature_inverters", "feature inverter")
+    return _named("sxai_feature_inverters")
 
 
 def explanation_templates() -> dict[str, ExplanationTemplate]:
-    return _named("sxai_explanation_templates", "explanation template")
+    return _named("sxai_explanation_templates")
 
 
 def _get(table: dict[str, Any], name: str, kind: str) -> Any:

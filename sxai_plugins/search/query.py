@@ -239,90 +239,100 @@ def compile_query(query: str, spaces: dict[str, str], classes: Sequence[str]) ->
         spaces: space name -> SQL column (the whitelist; nothing else reaches the SQL text).
         classes: the class names ``predicted`` may be compared with.
     """
-    tree = parse_query(query)
-    params: list[Any] = []
-    used: list[str] = []
+    return _Compiler(query, spaces, classes).compile(parse_query(query))
 
-    def unknown_name(operand: Operand) -> QueryError:
-        known = ", ".join(sorted(spaces)) or "none"
+
+class _Compiler:
+    """One query's translation: the SQL text, its parameters, the spaces used and the order."""
+
+    def __init__(self, query: str, spaces: dict[str, str], classes: Sequence[str]) -> None:
+        self.query, self.spaces, self.classes = query, spaces, classes
+        self.params: list[Any] = []
+        self.used: list[str] = []
+        self.order: tuple[str, bool] | None = None
+
+    def compile(self, tree: Node) -> CompiledQuery:
+        where = self.emit(tree)
+        return CompiledQuery(where, tuple(self.params), tuple(self.used), self.order)
+
+    def error(self, message: str, position: int) -> QueryError:
+        return QueryError(message, self.query, position)
+
+    def unknown_name(self, operand: Operand) -> QueryError:
+        known = ", ".join(sorted(self.spaces)) or "none"
         if operand.kind == "space":
-            return QueryError(
-                f"unknown space {operand.value!r} (indexed spaces: {known})",
-                query,
-                operand.position,
+            return self.error(
+                f"unknown space {operand.value!r} (indexed spaces: {known})", operand.position
             )
-        return QueryError(
+        return self.error(
             f"unknown name {operand.value!r}: use a space name class.concept "
             f"(indexed: {known}) or 'predicted'",
-            query,
             operand.position,
         )
 
-    def value_sql(operand: Operand) -> str:
+    def value_sql(self, operand: Operand) -> str:
         if operand.kind == "space":
-            if operand.value not in spaces:
-                raise unknown_name(operand)
-            if operand.value not in used:
-                used.append(operand.value)
-            return spaces[operand.value]
+            if operand.value not in self.spaces:
+                raise self.unknown_name(operand)
+            if operand.value not in self.used:
+                self.used.append(operand.value)
+            return self.spaces[operand.value]
         if operand.kind == "number":
             if math.isnan(operand.value):
-                raise QueryError("not a number", query, operand.position)
-            params.append(operand.value)
+                raise self.error("not a number", operand.position)
+            self.params.append(operand.value)
             return "?"
         if operand.kind == "name":
-            raise unknown_name(operand)
-        raise QueryError(
-            "a class name can only be compared with 'predicted'", query, operand.position
-        )
+            raise self.unknown_name(operand)
+        raise self.error("a class name can only be compared with 'predicted'", operand.position)
 
-    def predicted_sql(node: Comparison, other: Operand) -> str:
+    def predicted_sql(self, node: Comparison, other: Operand) -> str:
         if node.op not in _EQUALITY:
-            raise QueryError(
-                f"'predicted' is compared with = or != only, not {node.op!r}", query, node.position
+            raise self.error(
+                f"'predicted' is compared with = or != only, not {node.op!r}", node.position
             )
         if other.kind not in ("string", "name"):
-            raise QueryError("'predicted' is compared with a class name", query, other.position)
-        if other.value not in classes:
-            raise QueryError(
-                f"unknown class {other.value!r} (classes: {', '.join(classes)})",
-                query,
+            raise self.error("'predicted' is compared with a class name", other.position)
+        if other.value not in self.classes:
+            raise self.error(
+                f"unknown class {other.value!r} (classes: {', '.join(self.classes)})",
                 other.position,
             )
-        params.append(other.value)
+        self.params.append(other.value)
         return f"predicted {_SQL_OPS[node.op]} ?"
 
-    order: list[tuple[str, bool]] = []
-
-    def note_order(node: Comparison, negated: bool) -> None:
-        if order or "space" not in (node.left.kind, node.right.kind):
+    def note_order(self, node: Comparison, negated: bool) -> None:
+        """The first comparison on a space sets the order: most extreme matches first."""
+        if self.order is not None or "space" not in (node.left.kind, node.right.kind):
             return
         space_left = node.left.kind == "space"
         key = node.left.value if space_left else node.right.value
         upward = (
             node.op in (">", ">=", "=", "==", "!=", "<>") if space_left else node.op in ("<", "<=")
         )
-        order.append((key, upward != negated))
+        self.order = (key, upward != negated)
 
-    def emit(node: Node, negated: bool = False) -> str:
+    def emit(self, node: Node, negated: bool = False) -> str:
         if isinstance(node, BoolOp):
             return (
-                "(" + f" {node.op.upper()} ".join(emit(item, negated) for item in node.items) + ")"
+                "("
+                + f" {node.op.upper()} ".join(self.emit(item, negated) for item in node.items)
+                + ")"
             )
         if isinstance(node, Not):
-            return f"(NOT {emit(node.item, not negated)})"
+            return f"(NOT {self.emit(node.item, not negated)})"
+        return self.comparison_sql(node, negated)
+
+    def comparison_sql(self, node: Comparison, negated: bool) -> str:
         left, right = node.left, node.right
         if left.kind == "predicted" and right.kind == "predicted":
-            raise QueryError("compare 'predicted' with a class name", query, right.position)
+            raise self.error("compare 'predicted' with a class name", right.position)
         if left.kind == "predicted":
-            return predicted_sql(node, right)
+            return self.predicted_sql(node, right)
         if right.kind == "predicted":
-            return predicted_sql(node, left)
+            return self.predicted_sql(node, left)
         if "space" not in (left.kind, right.kind) and left.kind == right.kind == "number":
-            raise QueryError("a comparison needs at least one space name", query, left.position)
-        sql = f"{value_sql(left)} {_SQL_OPS[node.op]} {value_sql(right)}"
-        note_order(node, negated)
+            raise self.error("a comparison needs at least one space name", left.position)
+        sql = f"{self.value_sql(left)} {_SQL_OPS[node.op]} {self.value_sql(right)}"
+        self.note_order(node, negated)
         return sql
-
-    where = emit(tree)
-    return CompiledQuery(where, tuple(params), tuple(used), order[0] if order else None)
