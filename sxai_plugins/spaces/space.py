@@ -71,7 +71,7 @@ def _finite(value: object, what: str, where: str) -> float:
 
 
 def normal_link(a: Any, mu: Any, sigma: Any, a_min: Any, a_max: Any) -> Any:
-    """The v1 link from A_s to P_s before clipping: the reference normal's CDF at ``a``, rescaled
+    """The v1 link, A_s to P_s (not yet clipped): the reference normal's CDF at ``a``, rescaled
     so that ``a_min`` gives 0 and ``a_max`` 1. The one place the normal CDF is computed: NumPy
     arrays (broadcast over spaces) give NumPy, a torch tensor ``a`` gives a tensor differentiable
     in ``a`` (for attacks)."""
