@@ -166,7 +166,15 @@ def _run_compare(args: argparse.Namespace) -> int:
     probability = (
         float(space.probability(out.traits.cpu())[0]) if space.reference or space.probe else None
     )
-    panels = comparison_panels(model, space, image, args.methods, args.semantic_methods, options)
+    panels = comparison_panels(
+        model,
+        space,
+        image,
+        args.methods,
+        args.semantic_methods,
+        options,
+        progress=not (args.quiet or args.json),
+    )
     figure = Path(args.out or Path("sxai-out") / f"{Path(args.image).stem}.compare.png")
     comparison_figure(
         image,

@@ -104,6 +104,7 @@ def _space(sub: argparse._SubParsersAction) -> None:
         help="skip the sheets of reference images (they copy the data set's images)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_model_args(p)
     p.set_defaults(handler=_run_space, backbone=None)
 
@@ -231,6 +232,7 @@ def _run_space(args: argparse.Namespace) -> int:
     from .._utils.io import atomic_folder, dumps_json, write_json
     from ..data.concepts import load_coco
     from ..spaces.build import reference_scores
+    from ..spaces.from_config import build_from_config, write_plots
 
     config = _load_config(args)
     args.backbone = config.get("backbone", DEFAULT_BACKBONE)
@@ -247,11 +249,15 @@ def _run_space(args: argparse.Namespace) -> int:
     classes = config.get("classes") or list(model.class_names)
     concepts = config.get("concepts") or list(annotations.concepts)
     mode = config.get("recipe", "probe")
-    reference = reference_scores(model, config["reference"]) if config.get("reference") else None
-    if mode == "probe":
-        spaces, shared = _build_probes(model, annotations, config, classes, concepts, reference)
-    else:
-        spaces, shared = _build_v1(model, annotations, config, classes, concepts, reference, mode)
+    progress = not (args.quiet or args.json)
+    reference = (
+        reference_scores(model, config["reference"], progress=progress)
+        if config.get("reference")
+        else None
+    )
+    spaces, shared = build_from_config(
+        model, annotations, {**config, "recipe": mode}, classes, concepts, reference, progress
+    )
     summary = {
         "backbone": model.name,
         "fingerprint": model.fingerprint(),
@@ -274,7 +280,15 @@ def _run_space(args: argparse.Namespace) -> int:
             space.save(tmp / f"{space.key}.safetensors")
         write_json(tmp / "report.json", summary)
         if not args.no_plots and config.get("plots", True):
-            _plots(model, spaces, config, reference, tmp / "plots", args)
+            write_plots(
+                model,
+                spaces,
+                config,
+                reference,
+                tmp / "plots",
+                contact_sheets=not args.no_contact_sheets,
+                progress=progress,
+            )
     if args.json:
         print(dumps_json(summary))
     else:
@@ -286,88 +300,6 @@ def _run_space(args: argparse.Namespace) -> int:
             )
         print(f"wrote {len(spaces)} spaces to {out}")
     return 0
-
-
-def _build_probes(model, annotations, config, classes, concepts, reference):
-    from ..spaces.build import shared_channels
-    from ..spaces.probe_data import Masking, cached_probe_features, load_labelled
-    from ..spaces.probes import ProbeRecipe, build_probe_spaces
-    from ..spaces.validity import evaluate_recipes
-
-    options = dict(config["recipe_options"])
-    seed = int(options.pop("seed", 0))
-    for key in ("masker", "region"):
-        if key in options:
-            raise SxaiError(
-                f"--{key} belongs to the paper and tuned recipes; the probe recipe masks "
-                "with its train_maskings (recipe_options in the config)"
-            )
-    for key in ("train_maskings", "held_out_maskings", "cs"):
-        if key in options:
-            options[key] = tuple(options[key])
-    try:
-        recipe = ProbeRecipe(**options)
-    except TypeError as exc:
-        raise SxaiError(
-            f"unknown probe recipe option ({exc}); see sxai_plugins.spaces.probes.ProbeRecipe"
-        ) from exc
-    labelled = load_labelled(annotations, config.get("visibility"), config.get("image_root"))
-    maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
-    bank = cached_probe_features(model, labelled, concepts, maskings, seed=seed)
-    spaces = build_probe_spaces(model, bank, classes, concepts, recipe)
-    if config.get("evaluate", True):
-        folds = int(config.get("folds", 5))
-        results = evaluate_recipes(
-            bank, classes, concepts, ["probe"], recipe, folds=folds, seed=seed
-        )["probe"]
-        for space in spaces:
-            space.evaluation = {
-                "protocol": f"out-of-fold, {folds} folds grouped by image, seed {seed}; "
-                f"held-out maskings {', '.join(recipe.held_out_maskings)}",
-                **results[space.key],
-            }
-    if reference is not None:
-        _paths, traits, logits = reference
-        for space in spaces:
-            own = traits[logits.argmax(1) == model.class_names.index(space.class_name)]
-            if len(own) >= 3:
-                space.with_reference(space.activation(own))
-    return spaces, shared_channels(spaces)
-
-
-def _build_v1(model, annotations, config, classes, concepts, reference, mode):
-    from ..spaces.build import SpaceRecipe, build_spaces
-
-    options = dict(config["recipe_options"])
-    recipe = SpaceRecipe.paper(**options) if mode == "paper" else SpaceRecipe.tuned(**options)
-    _paths, traits, logits = reference
-    report = build_spaces(model, annotations, classes, concepts, (traits, logits), recipe)
-    return report.spaces, report.shared_channels
-
-
-def _plots(model, spaces, config, reference, folder: Path, args) -> None:
-    from ..viz.plots import distribution_plot, extreme_sheets
-
-    if reference is not None:
-        paths, traits, logits = reference
-        predicted = logits.argmax(1)
-        for space in spaces:
-            if space.reference is None:
-                continue
-            keep = predicted == model.class_names.index(space.class_name)
-            own = traits[keep]
-            distribution_plot(
-                space,
-                space.activation(own).detach().numpy(),
-                folder / f"{space.key}.distribution.png",
-            )
-            if config.get("contact_sheets", True) and not args.no_contact_sheets:
-                own_paths = [p for p, k in zip(paths, keep.tolist()) if k]
-                extreme_sheets(space, own_paths, space.probability(own).numpy(), folder)
-    if config.get("invert", "none") != "none":
-        from ..viz.space_inversion import invert_spaces
-
-        invert_spaces(model, spaces, folder, config["invert"], config.get("inversion_steps"))
 
 
 __all__ = ["format_table"]
