@@ -214,12 +214,17 @@ def calibrate_on(
     if not 0 <= args.confidence < 1:
         raise SxaiError(f"--confidence must be in [0, 1), got {args.confidence}")
     paths = _draw(expand_paths(sources, require=True), args.calibration_n, args.seed)
+    from tqdm.auto import tqdm
+
     logits, probabilities, used = [], [], []
-    for batch in iter_outputs(model, paths, args.batch_size, failures):
-        out = batch.output
-        logits.append(out.logits.cpu())
-        probabilities.append(spaces.probabilities(out.traits))
-        used += [p.resolve() for p in batch.paths]
+    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
+    with tqdm(total=len(paths), desc="calibration images", unit="img", disable=quiet) as bar:
+        for batch in iter_outputs(model, paths, args.batch_size, failures):
+            out = batch.output
+            logits.append(out.logits.cpu())
+            probabilities.append(spaces.probabilities(out.traits))
+            used += [p.resolve() for p in batch.paths]
+            bar.update(len(batch.paths))
     if not used:
         raise SxaiError(f"no readable calibration images in {', '.join(sources)}")
     root = Path(os.path.commonpath([str(p.parent) for p in used]))
@@ -350,6 +355,7 @@ def _calibrate_detector(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw")
     p.add_argument("--json", action="store_true", help="print the detector as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_calibrate_detector)
 
 
