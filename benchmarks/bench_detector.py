@@ -50,7 +50,7 @@ def main() -> None:
             best[name] = min(best[name], run(model, images, s, d))
     with torch.inference_mode():
         out = model(images)
-        p_s = spaces.probabilities(out.traits)
+        p_s = spaces.probabilities(out)
         start = time.perf_counter()
         for _ in range(100):
             detector.scores(out.logits, p_s, spaces, model.class_names)

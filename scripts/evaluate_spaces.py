@@ -3,6 +3,9 @@ side by side on the same folds, with maskings the recipes never trained on.
 
     python scripts/evaluate_spaces.py [--data ../shared/data/dogs-vs-cats] [--folds 5] [--json F]
 
+The probe recipe is the bundled one (``[recipe_options]`` of ``--config``, default the bundled
+``spaces.toml``), so the table describes the spaces users get.
+
 Every annotated image (concepts.coco.json) and every visibility-labelled image (visibility.json) is
 scored by spaces built without it. Columns (targets in brackets; see sxai_plugins.space_validity):
 drop — P_s(original) > P_s(concept hidden by a held-out masking) [>= 0.95]; AUROC — originals
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +31,11 @@ import sxai_plugins as sx
 from sxai_plugins.data.concepts import load_coco
 from sxai_plugins.spaces.build import reference_scores
 from sxai_plugins.spaces.probe_data import cached_probe_features, load_labelled
+from sxai_plugins.spaces.probes import ProbeRecipe
 from sxai_plugins.spaces.validity import RECIPES, TARGETS, V1Material, evaluate_recipes, misses
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_CONFIG = ROOT / "sxai_plugins" / "assets" / "lite0_catdog" / "spaces.toml"
 CONCEPTS = ["eyes", "nose", "ears", "legs"]
 COLUMNS = [
     ("drop", "drop"),
@@ -94,13 +100,20 @@ def main() -> None:
         "--recipes", default=",".join(RECIPES), help="comma list of paper, tuned, probe"
     )
     parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--config", default=str(BUNDLED_CONFIG), help="the probe recipe: its [recipe_options]"
+    )
     args = parser.parse_args()
+    options = tomllib.loads(Path(args.config).read_text()).get("recipe_options", {})
+    recipe = ProbeRecipe(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k != "seed"}
+    )
     data = Path(args.data)
     model = sx.create_model()
     labelled = load_labelled(
         load_coco(data / "concepts.coco.json", data), data / "visibility.json", data
     )
-    bank = cached_probe_features(model, labelled, CONCEPTS)
+    bank = cached_probe_features(model, labelled, CONCEPTS, layers=recipe.layers)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     reference = None
     if any(r != "probe" for r in recipes):
@@ -112,6 +125,7 @@ def main() -> None:
         model.class_names,
         CONCEPTS,
         recipes,
+        recipe,
         folds=args.folds,
         seed=args.seed,
         reference=reference,

@@ -126,10 +126,15 @@ class SpaceActivation(nn.Module):
             )
         self.model = model
         self.space_key = space.key
+        self.layers = tuple(name for name, _ in space.layers)
         self.register_buffer("weights", space.weight_vector())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.traits(images) @ self.weights
+        if not self.layers:
+            return self.model.traits(images) @ self.weights
+        with self.model.pooling(self.layers):
+            features = self.model(images).features(self.layers)
+        return features @ self.weights
 
 
 def superpixel_mask(inputs: torch.Tensor, n_segments: int = N_SEGMENTS) -> torch.Tensor:

@@ -222,7 +222,7 @@ def calibrate_on(
         for batch in iter_outputs(model, paths, args.batch_size, failures):
             out = batch.output
             logits.append(out.logits.cpu())
-            probabilities.append(spaces.probabilities(out.traits))
+            probabilities.append(spaces.probabilities(out))
             used += [p.resolve() for p in batch.paths]
             bar.update(len(batch.paths))
     if not used:

@@ -162,10 +162,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         out = model(x.to(next(model.parameters()).device))
     probs = out.logits.softmax(1)[0].cpu()
     predicted = model.class_names[int(probs.argmax())]
-    activation = float(space.activation(out.traits.cpu())[0])
-    probability = (
-        float(space.probability(out.traits.cpu())[0]) if space.reference or space.probe else None
-    )
+    activation = float(space.activation(out)[0])
+    probability = float(space.probability(out)[0]) if space.reference or space.probe else None
     panels = comparison_panels(
         model,
         space,

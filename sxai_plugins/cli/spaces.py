@@ -250,8 +250,10 @@ def _run_space(args: argparse.Namespace) -> int:
     concepts = config.get("concepts") or list(annotations.concepts)
     mode = config.get("recipe", "probe")
     progress = not (args.quiet or args.json)
+    # a probe that reads pooled layers is drawn over the reference images' features, not traits
+    layers = config["recipe_options"].get("layers", ()) if mode == "probe" else ()
     reference = (
-        reference_scores(model, config["reference"], progress=progress)
+        reference_scores(model, config["reference"], progress=progress, layers=layers)
         if config.get("reference")
         else None
     )

@@ -130,7 +130,9 @@ def assess(
     if paths is not None and len(paths) != len(images):
         raise ValueError(f"{len(paths)} paths for {len(images)} images")
     device = next(model.parameters()).device
-    return assess_outputs(model, spaces, model(images.to(device)), paths, detector)
+    with model.pooling(dict.fromkeys((*model.pooled_layers, *spaces.layer_names))):
+        out = model(images.to(device))
+    return assess_outputs(model, spaces, out, paths, detector)
 
 
 def assess_outputs(
@@ -146,7 +148,7 @@ def assess_outputs(
     if paths is not None and len(paths) != len(out.logits):
         raise ValueError(f"{len(paths)} paths for {len(out.logits)} outputs")
     class_p = out.logits.float().softmax(dim=1).cpu()
-    activations = spaces.activations(out.traits.float()).cpu()
+    activations = spaces.activations(out).cpu()
     probabilities = spaces.probabilities_from_activations(activations)
     scores = (
         detector.scores(out.logits.float(), probabilities, spaces, model.class_names)
@@ -257,7 +259,8 @@ def load_space_set(
     model: TraitModel,
     force: bool = False,
 ) -> SpaceSet:
-    """Spaces from files, folders or ``hf://owner/name@rev`` sources, checked against ``model``.
+    """Spaces from files, folders or ``hf://owner/name@rev`` sources, checked against ``model``,
+    which from then on also pools the layers the spaces read (``SpaceSet.prepare``).
 
     With no sources, the spaces bundled for ``model.name`` are used when they exist.
     """
@@ -275,4 +278,5 @@ def load_space_set(
         [space for source in sources for space in _load_source(source, model, force)]
     )
     _check_unique(space_set)
+    space_set.prepare(model)
     return space_set

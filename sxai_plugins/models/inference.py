@@ -45,6 +45,12 @@ class Scored:
     logits: torch.Tensor  # N × classes
     traits: torch.Tensor  # N × C
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    # layer -> N × 2C_l: the model's pooled layer outputs (when it pools any)
+    pooled: dict[str, torch.Tensor] | None = None
+
+    def features(self, layers: Sequence[str] = ()) -> torch.Tensor:
+        """What a space reading ``layers`` takes (``TraitOutput.features``)."""
+        return TraitOutput(self.logits, self.traits, self.pooled).features(layers)
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -259,7 +265,11 @@ def iter_outputs(
             )
             with torch.inference_mode(), autocast:
                 out = model(images)
-                out = TraitOutput(out.logits.float(), out.traits.float())
+                out = TraitOutput(
+                    out.logits.float(),
+                    out.traits.float(),
+                    {k: v.float() for k, v in out.pooled.items()} if out.pooled else None,
+                )
             yield OutputBatch(batch.paths, out, images if keep_images else None)
 
 
@@ -283,10 +293,13 @@ def score_paths(
     all_paths: list[Path] = []
     logits: list[torch.Tensor] = []
     traits: list[torch.Tensor] = []
+    pooled: dict[str, list[torch.Tensor]] = {}
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for batch in iter_outputs(model, paths, batch_size, failures, precision=precision):
             logits.append(batch.output.logits.cpu())
             traits.append(batch.output.traits.cpu())
+            for name, values in (batch.output.pooled or {}).items():
+                pooled.setdefault(name, []).append(values.cpu())
             all_paths.extend(batch.paths)
             bar.update(
                 len(all_paths) + len(failures) - known - bar.n
@@ -301,4 +314,5 @@ def score_paths(
         torch.cat(logits) if logits else empty[0],
         torch.cat(traits) if traits else empty[1],
         failures,
+        {name: torch.cat(chunks) for name, chunks in pooled.items()} or None,
     )

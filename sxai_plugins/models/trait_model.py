@@ -8,7 +8,8 @@ pooled trait vectors, because S-XAI needs both for every image.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -17,9 +18,33 @@ from torch import nn
 from .._utils.errors import WeightsError
 
 
-class TraitOutput(NamedTuple):
+class _Outputs(NamedTuple):
     logits: torch.Tensor  # B × num_classes
     traits: torch.Tensor  # B × C, the GAP layer's output
+
+
+class TraitOutput(_Outputs):
+    """``(logits, traits)`` of a forward pass, and ``pooled``: layer -> ``B × 2C_l``, the mean- and
+    max-pooled outputs of ``TraitModel.pooled_layers`` (None when it pools none). A pair, so that
+    ``logits, traits = model(x)`` keeps working."""
+
+    def __new__(cls, logits, traits, pooled: dict[str, torch.Tensor] | None = None):
+        self = super().__new__(cls, logits, traits)
+        self.pooled = pooled
+        return self
+
+    def features(self, layers: Sequence[str] = ()) -> torch.Tensor:
+        """What a semantic space that reads ``layers`` takes: the traits, then those layers' pooled
+        outputs in that order."""
+        if not layers:
+            return self.traits
+        missing = [name for name in layers if name not in (self.pooled or {})]
+        if missing:
+            raise ValueError(
+                f"this forward pass did not pool {', '.join(missing)}: load the spaces with "
+                "load_space_set, or call model.pool_layers(spaces.layer_names) first"
+            )
+        return torch.cat([self.traits, *(self.pooled[name] for name in layers)], dim=1)
 
 
 class TraitModel(nn.Module):
@@ -54,6 +79,9 @@ class TraitModel(nn.Module):
         self.class_names = list(class_names)
         self.name = name
         self.input_size = tuple(int(v) for v in input_size)
+        # Modules of ``body`` whose pooled outputs every forward pass also returns (set by
+        # ``pool_layers`` when spaces that read them are loaded).
+        self.pooled_layers: tuple[str, ...] = ()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -79,8 +107,29 @@ class TraitModel(nn.Module):
         return self.feature_map(images).mean(dim=(2, 3))
 
     def forward(self, images: torch.Tensor) -> TraitOutput:
-        traits = self.traits(images)
-        return TraitOutput(self.head(traits), traits)
+        if not self.pooled_layers:
+            traits = self.traits(images)
+            return TraitOutput(self.head(traits), traits)
+        with pooled_layers(self, self.pooled_layers) as captured:
+            traits = self.traits(images)
+        return TraitOutput(self.head(traits), traits, dict(captured))
+
+    @contextmanager
+    def pooling(self, layers: Sequence[str]) -> Iterator[TraitModel]:
+        """:meth:`pool_layers` inside the block; the layers pooled before come back after it."""
+        before = self.pooled_layers
+        self.pool_layers(layers)
+        try:
+            yield self
+        finally:
+            self.pooled_layers = before
+
+    def pool_layers(self, layers: Sequence[str]) -> None:
+        """Make every forward pass also return the mean- and max-pooled outputs of these modules
+        of ``body`` (``TraitOutput.pooled``); ``()`` turns it off."""
+        for name in layers:
+            _layer(self, name)
+        self.pooled_layers = tuple(layers)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits alone: a plain ``forward_func`` for Captum."""
@@ -103,6 +152,44 @@ class TraitModel(nn.Module):
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def pool_map(output: torch.Tensor) -> torch.Tensor:
+    """``B×2C``: the mean and the max over the positions of a ``B×C×h×w`` map."""
+    if output.dim() != 4:
+        raise ValueError(f"can only pool B×C×h×w maps, got shape {tuple(output.shape)}")
+    return torch.cat([output.mean(dim=(2, 3)), output.amax(dim=(2, 3))], dim=1)
+
+
+def _layer(model: TraitModel, name: str) -> nn.Module:
+    try:
+        return model.body.get_submodule(name)
+    except AttributeError as exc:
+        examples = ", ".join(repr(n) for n, _ in list(model.body.named_modules())[1:4])
+        raise ValueError(
+            f"{model.name} has no layer {name!r} in its body (layer names look like {examples})"
+        ) from exc
+
+
+@contextmanager
+def pooled_layers(model: TraitModel, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Inside the block, every forward pass of ``model`` stores :func:`pool_map` of the output of each
+    module of ``model.body`` named in ``layers`` (``"model.blocks.4"``) in the dict it yields; the
+    hooks are gone after the block, whatever happens in it."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in layers:
+            module = _layer(model, name)
+
+            def hook(_module, _inputs, output, name=name):
+                captured[name] = pool_map(output)
+
+            handles.append(module.register_forward_hook(hook))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -203,8 +203,9 @@ def pgd_attack(
         k = model.num_classes
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            out = model(x)  # one pass gives both: logits and traits side by side
-            return torch.cat([out.logits, out.traits], dim=1)
+            with model.pooling(spaces.layer_names):
+                out = model(x)  # one pass gives both: logits and what the spaces read
+            return torch.cat([out.logits, out.features(spaces.layer_names)], dim=1)
 
         def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             if detector is not None:
@@ -405,8 +406,8 @@ class AttackData:
     paths: list[str]
     labels: np.ndarray  # N class indices (truth, or the clean prediction)
     clean_logits: np.ndarray  # N × K
-    clean_traits: np.ndarray  # N × C
-    # (attack, ε) -> (indices into the N images that were attacked, their logits, their traits)
+    clean_traits: np.ndarray  # N × F: what the spaces read (the traits, then pooled layer outputs)
+    # (attack, ε) -> (indices into the N images that were attacked, their logits, their "traits")
     adversarial: dict[tuple[str, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
     labels_from: str = "folders"
     skipped: list[str] = field(default_factory=list)
@@ -495,6 +496,8 @@ def collect_attacks(
         weights = _digest(
             model.fingerprint(),
             *(t.detach().cpu().numpy() for t in model.head.state_dict().values()),
+            # the stored "traits" are the spaces' features: the layers they read are part of them
+            *((spaces.layer_names,) if spaces.layer_names else ()),
         )
         # what the adaptive attacks depend on besides: every space's weights and link to P_s
         space_key = spaces_digest(spaces) if set(attacks) - {"pgd"} else ""
@@ -506,7 +509,10 @@ def collect_attacks(
     }
     offset = 0
     total = len(paths) * len(eps) * len(attacks)
-    with tqdm(total=total, desc="attacking", unit="attack", disable=not progress) as bar:
+    with (
+        tqdm(total=total, desc="attacking", unit="attack", disable=not progress) as bar,
+        model.pooling(spaces.layer_names),
+    ):
         for batch in iter_outputs(model, paths, batch_size, failures, keep_images=True):
             images, clean = batch.images, batch.output
             pred = clean.logits.argmax(1).cpu()
@@ -515,7 +521,7 @@ def collect_attacks(
             kept += [str(p) for p in batch.paths]
             truths.append(truth.numpy())
             clean_logits.append(clean.logits.float().cpu().numpy())
-            clean_traits.append(clean.traits.float().cpu().numpy())
+            clean_traits.append(clean.features(spaces.layer_names).float().cpu().numpy())
             bar.update((len(batch.paths) - len(keep)) * len(eps) * len(attacks))
             for attack in attacks:
                 for e in eps:
@@ -552,11 +558,11 @@ def collect_attacks(
                             adaptive_confidence=adaptive_confidence,
                             detector=detector if attack == "score-aware" else None,
                         )
-                        with torch.no_grad():
+                        with torch.no_grad(), model.pooling(spaces.layer_names):
                             out = model(x)
                         logits, traits = (
                             out.logits.float().cpu().numpy(),
-                            out.traits.float().cpu().numpy(),
+                            out.features(spaces.layer_names).float().cpu().numpy(),
                         )
                         if file is not None:
                             _save_npz(file, logits=logits, traits=traits)
@@ -567,7 +573,7 @@ def collect_attacks(
     def stack(chunks: list[np.ndarray], width: int) -> np.ndarray:
         return np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.float32)
 
-    k, c = model.num_classes, model.trait_dim
+    k, c = model.num_classes, spaces.feature_dim
     return AttackData(
         paths=kept,
         labels=np.concatenate(truths) if truths else np.zeros(0, dtype=np.int64),

@@ -395,9 +395,11 @@ def space_logits(spaces: SpaceSet | Sequence[SemanticSpace], traits: torch.Tenso
     """``B×S`` logits of P_s, differentiable in ``traits`` (for attacks): v2 spaces give their
     calibration ``slope·A_s + intercept`` exactly; v1 spaces the logit of their clipped normal link
     (flat where P_s is clipped at 0 or 1, as P_s itself)."""
+    spaces = spaces if isinstance(spaces, SpaceSet) else SpaceSet(spaces)
+    activations = spaces.differentiable_activations(traits)
     columns = []
-    for space in spaces:
-        a = space.activation(traits)
+    for j, space in enumerate(spaces):
+        a = activations[:, j]
         if space.probe is not None:
             columns.append(space.probe.slope * a + space.probe.intercept)
             continue

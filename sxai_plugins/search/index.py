@@ -532,10 +532,13 @@ def _index_into(
         report.failed.extend((str(p), why) for p, why in new)
         recorded = len(failures)
 
-    with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
+    with (
+        tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar,
+        model.pooling(dict.fromkeys((*model.pooled_layers, *spaces.layer_names))),
+    ):
         for batch in iter_outputs(model, todo, batch_size, failures, precision=precision):
             out = batch.output
-            activations = spaces.activations(out.traits).cpu()
+            activations = spaces.activations(out).cpu()
             index.add(
                 [(str(p), *stats[p]) for p in batch.paths],
                 out.logits.softmax(dim=1).cpu(),

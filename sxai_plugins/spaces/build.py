@@ -401,9 +401,11 @@ __all__ = [
 ]
 
 
-def reference_scores(model, folder: str | Path, progress: bool = True):
+def reference_scores(model, folder: str | Path, progress: bool = True, layers: Sequence[str] = ()):
     """Logits and traits of every image under ``folder``, cached in ~/.cache/sxai by model weights,
-    head and the folder's file list (paths, sizes, mtimes), so rebuilding spaces costs no rescoring."""
+    head and the folder's file list (paths, sizes, mtimes), so rebuilding spaces costs no rescoring.
+    With ``layers``, the "traits" are the features of spaces that read those layers (the traits,
+    then the layers' pooled outputs)."""
     from safetensors.torch import load_file
 
     from .._utils.io import write_safetensors
@@ -415,6 +417,8 @@ def reference_scores(model, folder: str | Path, progress: bool = True):
         raise SxaiError(f"{folder}: no images to use as the reference set")
     digest = hashlib.sha256(model.fingerprint().encode())
     digest.update(model.head.weight.detach().numpy().tobytes())
+    if layers:  # keys without layers stay as they were, so existing caches keep serving
+        digest.update(json.dumps(list(layers)).encode())
     for p in paths:
         stat = p.stat()
         digest.update(f"{p}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -424,10 +428,12 @@ def reference_scores(model, folder: str | Path, progress: bool = True):
         tensors = load_file(str(cache))
         kept = json.loads(cache.with_suffix(".json").read_text())
         return [Path(p) for p in kept], tensors["traits"], tensors["logits"]
-    scored = score_paths(model, paths, progress=progress, desc="reference images")
+    with model.pooling(layers):
+        scored = score_paths(model, paths, progress=progress, desc="reference images")
     # the JSON (paths) goes first: a cache file without its path list is never read
     from .._utils.io import write_json
 
     write_json(cache.with_suffix(".json"), [str(p) for p in scored.paths])
-    write_safetensors(cache, {"traits": scored.traits, "logits": scored.logits})
-    return scored.paths, scored.traits, scored.logits
+    features = scored.features(layers)
+    write_safetensors(cache, {"traits": features, "logits": scored.logits})
+    return scored.paths, features, scored.logits

@@ -33,7 +33,7 @@ def _build_probes(model, annotations, config, classes, concepts, reference, prog
                 f"--{key} belongs to the paper and tuned recipes; the probe recipe masks "
                 "with its train_maskings (recipe_options in the config)"
             )
-    for key in ("train_maskings", "held_out_maskings", "cs"):
+    for key in ("train_maskings", "held_out_maskings", "cs", "layers"):
         if key in options:
             options[key] = tuple(options[key])
     try:
@@ -44,7 +44,12 @@ def _build_probes(model, annotations, config, classes, concepts, reference, prog
         ) from exc
     labelled = load_labelled(annotations, config.get("visibility"), config.get("image_root"))
     maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
-    bank = cached_probe_features(model, labelled, concepts, maskings, seed=seed, progress=progress)
+    try:
+        bank = cached_probe_features(
+            model, labelled, concepts, maskings, seed=seed, progress=progress, layers=recipe.layers
+        )
+    except ValueError as exc:  # a layer the model's body does not have
+        raise SxaiError(f"recipe_options.layers: {exc}") from exc
     spaces = build_probe_spaces(model, bank, classes, concepts, recipe, progress=progress)
     if config.get("evaluate", True):
         folds = int(config.get("folds", 5))

@@ -34,7 +34,7 @@ from .._utils.io import atomic_write, write_json
 from ..data.concepts import AnnotationSet, ConceptAnnotation, concept_region
 from ..data.images import load_image, to_array
 from ..data.superpixels import slic_segments
-from ..models.trait_model import TraitModel
+from ..models.trait_model import TraitModel, pooled_layers
 from ..plugin.manager import get_masker
 
 ORIGINAL, MASKED, CONTROL = "original", "masked", "control"
@@ -241,6 +241,24 @@ class ProbeFeatures:
     meta: dict = field(default_factory=dict)
     # len(rows) × C × h × w float16: the last conv map whose mean is ``traits`` (kept on request)
     maps: torch.Tensor | None = None
+    # len(rows) × E: mean- and max-pooled outputs of earlier layers (extracted on request)
+    pooled: torch.Tensor | None = None
+    pooled_layers: dict[str, int] = field(default_factory=dict)  # layer -> its width in ``pooled``
+
+    def features(self, layers: Sequence[str] = ()) -> torch.Tensor:
+        """The rows' probe features: the GAP traits, then the pooled outputs of ``layers`` in order."""
+        if not layers:
+            return self.traits
+        missing = [name for name in layers if name not in self.pooled_layers]
+        if missing or self.pooled is None:
+            raise SpaceError(
+                f"this feature bank holds no pooled outputs of {', '.join(missing or layers)} "
+                f"(it has: {', '.join(self.pooled_layers) or 'none'}); extract it with layers=..."
+            )
+        starts = np.cumsum([0, *self.pooled_layers.values()])
+        where = dict(zip(self.pooled_layers, zip(starts[:-1], starts[1:])))
+        parts = [self.pooled[:, where[name][0] : where[name][1]] for name in layers]
+        return torch.cat([self.traits, *parts], dim=1)
 
     def column(self, name: str) -> np.ndarray:
         return np.array([getattr(r, name) for r in self.rows])
@@ -275,6 +293,7 @@ class ProbeFeatures:
             "concepts": list(self.concepts),
             "maskings": list(self.maskings),
             "meta": self.meta,
+            "pooled_layers": self.pooled_layers,
         }
         # traits first, rows (the manifest) last: a bank without its manifest is never read
         atomic_write(
@@ -287,6 +306,13 @@ class ProbeFeatures:
             )
         else:  # maps of an earlier bank at this path would not match these rows
             _maps_path(path).unlink(missing_ok=True)
+        if self.pooled is not None:
+            atomic_write(
+                _pooled_path(path),
+                lambda tmp: save_file({"pooled": self.pooled.contiguous()}, str(tmp)),
+            )
+        else:
+            _pooled_path(path).unlink(missing_ok=True)
         write_json(path.with_suffix(".json"), payload)
         return path
 
@@ -298,7 +324,7 @@ class ProbeFeatures:
         maps: bool = False,
     ) -> ProbeFeatures:
         """The bank saved at ``path``; with ``maps``, also its feature maps (a SpaceError when the bank
-        was saved without them)."""
+        was saved without them). Pooled layer outputs load whenever the bank has them."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -326,6 +352,15 @@ class ProbeFeatures:
             tuple(payload["maskings"]),
             payload.get("meta", {}),
         )
+        layers = {str(k): int(v) for k, v in payload.get("pooled_layers", {}).items()}
+        if layers and _pooled_path(path).is_file():
+            bank.pooled = load_file(str(_pooled_path(path)))["pooled"]
+            bank.pooled_layers = layers
+            if bank.pooled.shape != (len(rows), sum(layers.values())):
+                raise SpaceError(
+                    f"{path}: pooled layer outputs of shape {tuple(bank.pooled.shape)} do not fit "
+                    f"{len(rows)} rows of {sum(layers.values())} values; delete this cache file"
+                )
         if maps:
             bank.maps = load_file(str(_maps_path(path)))["maps"]
             if len(bank.maps) != len(rows):
@@ -337,6 +372,10 @@ class ProbeFeatures:
 
 def _maps_path(path: Path) -> Path:
     return path.with_name(path.name + ".maps.safetensors")
+
+
+def _pooled_path(path: Path) -> Path:
+    return path.with_name(path.name + ".pooled.safetensors")
 
 
 def _regions(
@@ -405,9 +444,11 @@ def extract_probe_features(
     progress: bool = True,
     workers: int | None = None,
     keep_maps: bool = False,
+    layers: Sequence[str] = (),
 ) -> ProbeFeatures:
     """Traits of every image and of its masked and control copies, in batched forward passes
-    (with ``keep_maps``, also the last conv maps whose means they are, in float16).
+    (with ``keep_maps``, also the last conv maps whose means they are, in float16; with ``layers``,
+    the mean- and max-pooled outputs of those modules of ``model.body`` from the same passes).
 
     The masking (SLIC, maskers) runs on ``workers`` threads while the model scores the previous
     batch; an image that cannot be read is reported and skipped like anywhere else in sxai.
@@ -422,14 +463,20 @@ def extract_probe_features(
     rows: list[ProbeRow] = []
     traits: list[torch.Tensor] = []
     maps: list[torch.Tensor] = []
+    pooled: list[torch.Tensor] = []
+    widths: dict[str, int] = {}
     pending_rows: list[ProbeRow] = []
     pending: list[np.ndarray] = []
     failures: list[str] = []
 
     def flush() -> None:
         x = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).to(device)
-        feature_map = model.feature_map(x.contiguous(memory_format=torch.channels_last))
+        with pooled_layers(model, layers) as captured:
+            feature_map = model.feature_map(x.contiguous(memory_format=torch.channels_last))
         traits.append(feature_map.mean(dim=(2, 3)).float().cpu())
+        if layers:
+            widths.update({name: captured[name].shape[1] for name in layers})
+            pooled.append(torch.cat([captured[name].float().cpu() for name in layers], dim=1))
         if keep_maps:
             maps.append(feature_map.to(torch.float16).cpu().contiguous())
         rows.extend(pending_rows)
@@ -472,6 +519,8 @@ def extract_probe_features(
         tuple(m.name for m in maskings),
         {"failures": failures, "seed": seed},
         torch.cat(maps) if keep_maps else None,
+        torch.cat(pooled) if layers else None,
+        widths,
     )
 
 
@@ -484,12 +533,14 @@ def cached_probe_features(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     maps: bool = False,
+    layers: Sequence[str] = (),
 ) -> ProbeFeatures:
     """:func:`extract_probe_features`, cached under ``cache_dir`` (default ``$SXAI_CACHE`` or
     ~/.cache/sxai) by model weights, head, images (path, size, mtime, labels, geometry), concepts,
     maskings and seed: rebuilding spaces from the same material costs no forward pass. With
     ``maps`` the bank also carries the feature maps (float16, ~1 GB for 8,000 rows of 1280×7×7),
-    kept in a file beside the traits; a cache saved without them is extracted again."""
+    kept in a file beside the traits; a cache saved without them is extracted again. ``layers``
+    likewise: a cache without those layers' pooled outputs is extracted again."""
     digest = hashlib.sha256(model.fingerprint().encode())
     digest.update(model.head.weight.detach().cpu().numpy().tobytes())
     digest.update(json.dumps([list(concepts), [m.name for m in maskings], seed, 2]).encode())
@@ -508,7 +559,9 @@ def cached_probe_features(
     cached = path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()
     if cached and (not maps or _maps_path(path).is_file()):
         try:
-            return ProbeFeatures.load(path, annotated, maps=maps)
+            bank = ProbeFeatures.load(path, annotated, maps=maps)
+            if set(layers) <= set(bank.pooled_layers):
+                return bank
         except (SpaceError, OSError, ValueError, KeyError) as exc:
             import logging
 
@@ -516,7 +569,14 @@ def cached_probe_features(
                 "ignoring the unreadable feature cache %s (%s)", path, exc
             )
     bank = extract_probe_features(
-        model, images, concepts, maskings, seed=seed, progress=progress, keep_maps=maps
+        model,
+        images,
+        concepts,
+        maskings,
+        seed=seed,
+        progress=progress,
+        keep_maps=maps,
+        layers=layers,
     )
     bank.save(path)
     return bank

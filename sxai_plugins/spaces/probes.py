@@ -50,6 +50,9 @@ class ProbeRecipe:
     folds: int = 5
     n_ssn: int = 5
     max_iter: int = 2000
+    # Modules of the model's body whose mean- and max-pooled outputs join the GAP traits as the
+    # probe's features ("model.blocks.4"); empty: the GAP traits alone.
+    layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if set(self.train_maskings) & set(self.held_out_maskings):
@@ -59,6 +62,8 @@ class ProbeRecipe:
             )
         if not self.train_maskings:
             raise SpaceError("a probe needs at least one training masking")
+        if len(set(self.layers)) != len(self.layers):
+            raise SpaceError(f"probe layers must not repeat: {list(self.layers)}")
         if self.folds < 2 or not self.cs or min(self.cs) <= 0:
             raise SpaceError("a probe needs folds >= 2 and positive regularisation values cs")
 
@@ -147,10 +152,12 @@ class Probe:
     def probability(self, traits: np.ndarray | torch.Tensor) -> np.ndarray:
         return expit(self.slope * self.logit(traits) + self.intercept)
 
-    def ssn(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` channels of largest standardised |weight| (ties: lower index) and their weights."""
-        order = np.lexsort((np.arange(self.standardised.size), -np.abs(self.standardised)))[:n]
-        return order.astype(np.int64), self.standardised[order]
+    def ssn(self, n: int, channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` channels of largest standardised |weight| (ties: lower index) among the first
+        ``channels`` features (the traits, when pooled layer outputs follow them), and their weights."""
+        weights = self.standardised[:channels]
+        order = np.lexsort((np.arange(weights.size), -np.abs(weights)))[:n]
+        return order.astype(np.int64), weights[order]
 
 
 def _group_splits(groups: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -257,12 +264,19 @@ def _fit_probe(
 
 
 def probe_space(
-    probe: Probe, model, class_name: str, concept: str, recipe: ProbeRecipe, n_images: int
+    probe: Probe,
+    model,
+    class_name: str,
+    concept: str,
+    recipe: ProbeRecipe,
+    n_images: int,
+    layer_widths: Sequence[int] = (),
 ):
-    """A :class:`~sxai_plugins.spaces.SemanticSpace` (format v2) holding ``probe``."""
+    """A :class:`~sxai_plugins.spaces.SemanticSpace` (format v2) holding ``probe``; ``layer_widths``
+    are the widths of ``recipe.layers``' pooled outputs in its features."""
     from .space import ProbeHead, SemanticSpace
 
-    indices, weights = probe.ssn(recipe.n_ssn)
+    indices, weights = probe.ssn(recipe.n_ssn, channels=model.trait_dim)
     return SemanticSpace(
         class_name=class_name,
         concept=concept,
@@ -280,6 +294,7 @@ def probe_space(
             probe.slope,
             probe.intercept,
             torch.as_tensor(probe.scale, dtype=torch.float32),
+            tuple(zip(recipe.layers, layer_widths)),
         ),
     )
 
@@ -297,13 +312,22 @@ def build_probe_spaces(
 
     recipe = recipe or ProbeRecipe()
     spaces = []
+    features = bank.features(recipe.layers)
     pairs = [(k, c) for k in classes for c in concepts]
     for class_name, concept in tqdm(
         pairs, desc="concept probes", unit="space", disable=not progress
     ):
         data = training_set(bank, class_name, concept, recipe)
-        probe = fit_probe(bank.traits, data, recipe, where=f"space {class_name}.{concept}")
-        space = probe_space(probe, model, class_name, concept, recipe, probe.report["n_images"])
+        probe = fit_probe(features, data, recipe, where=f"space {class_name}.{concept}")
+        space = probe_space(
+            probe,
+            model,
+            class_name,
+            concept,
+            recipe,
+            probe.report["n_images"],
+            [bank.pooled_layers[name] for name in recipe.layers],
+        )
         space.recipe["fit"] = probe.report
         spaces.append(space)
     return spaces

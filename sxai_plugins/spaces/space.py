@@ -10,8 +10,9 @@ A_s(z) and a semantic probability P_s(z) in [0, 1]. Two kinds exist:
   over all channels, ``A_s(z) = z · w + b`` (the probe's logit) and ``P_s = sigmoid(a · A_s + c)``
   (Platt calibration). Its SSNs are the channels of largest standardised weight, kept for display.
 
-Either way P_s for many spaces is one matrix product on the traits that the prediction pass
-computes. Files are safetensors (tensors ``indices``, ``delta``, and ``weight`` for v2) with the
+A v2 probe may also read the mean- and max-pooled outputs of earlier layers of the body (its
+``layers``), appended to the traits: the same forward pass computes them (``TraitOutput.features``).
+Either way P_s for many spaces is one matrix product on what the prediction pass computes. Files are safetensors (tensors ``indices``, ``delta``, and ``weight`` for v2) with the
 rest as JSON metadata under ``sxai.space``: no pickle anywhere. Loading validates every number
 and name, since a space may come from a stranger's Hub repository.
 """
@@ -44,6 +45,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 MAX_NAME_LENGTH = 100
 # No CNN has a million trait channels; a file claiming more would only make loading allocate it.
 MAX_TRAIT_DIM = 2**20
+# Layer names are module paths inside a model's body ("model.blocks.4").
+LAYER_PATTERN = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 MIN_REFERENCE_IMAGES = 3  # a reference normal is fitted to at least this many activations
 
 
@@ -161,45 +164,95 @@ class ProbeHead:
     slope: float
     intercept: float
     scale: torch.Tensor | None = None  # C, the traits' spread the probe was standardised by
-    feature: str = "gap"
+    # (name, width) of each body layer whose pooled outputs follow the traits in the features
+    layers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def feature(self) -> str:
+        return "gap+pooled" if self.layers else "gap"
 
     def check(self, trait_dim: int, where: str) -> None:
+        self.layers = tuple(_layer_entry(entry, where) for entry in self.layers)
+        if len({name for name, _ in self.layers}) != len(self.layers):
+            raise SpaceError(f"{where}: the probe lists a layer twice")
+        dim = trait_dim + sum(width for _, width in self.layers)
         self.weight = torch.as_tensor(self.weight, dtype=torch.float32).flatten()
-        if self.weight.numel() != trait_dim:
+        if self.weight.numel() != dim:
             raise SpaceError(
-                f"{where}: probe weight has {self.weight.numel()} values for {trait_dim} trait channels"
+                f"{where}: probe weight has {self.weight.numel()} values for {dim} features "
+                f"({trait_dim} trait channels"
+                + (f" and {dim - trait_dim} pooled layer outputs)" if self.layers else ")")
             )
         if not torch.isfinite(self.weight).all():
             raise SpaceError(f"{where}: probe weight contains NaN or infinite values")
         if self.scale is not None:
             self.scale = torch.as_tensor(self.scale, dtype=torch.float32).flatten()
-            if self.scale.numel() != trait_dim or not (
+            if self.scale.numel() != dim or not (
                 torch.isfinite(self.scale).all() and (self.scale > 0).all()
             ):
-                raise SpaceError(
-                    f"{where}: probe scale must hold {trait_dim} finite positive values"
-                )
+                raise SpaceError(f"{where}: probe scale must hold {dim} finite positive values")
         self.bias = _finite(self.bias, "probe bias", where)
         self.slope = _finite(self.slope, "calibration slope", where)
         self.intercept = _finite(self.intercept, "calibration intercept", where)
         if not self.slope > 0:
             raise SpaceError(f"{where}: calibration slope must be positive, got {self.slope}")
-        if self.feature != "gap":
-            raise SpaceError(
-                f"{where}: probe feature {self.feature!r} is not supported (only 'gap')"
-            )
 
     def metadata(self) -> dict[str, Any]:
         return {
             "bias": self.bias,
             "calibration": {"slope": self.slope, "intercept": self.intercept},
             "feature": self.feature,
+            **({"layers": [list(entry) for entry in self.layers]} if self.layers else {}),
         }
+
+    @classmethod
+    def layers_from_metadata(cls, raw: dict, where: str) -> tuple[tuple[str, int], ...]:
+        feature = raw.get("feature", "gap")
+        if feature == "gap":
+            return ()
+        if feature != "gap+pooled":
+            raise SpaceError(
+                f"{where}: probe feature {feature!r} is not supported ('gap' or 'gap+pooled'); "
+                "a newer sxai may read it"
+            )
+        layers = raw.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise SpaceError(f"{where}: a 'gap+pooled' probe needs a list of [layer, width] pairs")
+        return tuple(_layer_entry(entry, where) for entry in layers)
 
     def standardised(self) -> torch.Tensor:
         """The weights on standardised traits (their sizes compare channels); raw weights without
         a stored scale."""
         return self.weight * self.scale if self.scale is not None else self.weight.clone()
+
+
+def _layer_entry(entry: object, where: str) -> tuple[str, int]:
+    """A ``(layer name, width)`` pair, validated (it comes from a file)."""
+    if (
+        not isinstance(entry, (list, tuple))
+        or len(entry) != 2
+        or not isinstance(entry[0], str)
+        or isinstance(entry[1], bool)
+        or not isinstance(entry[1], int)
+    ):
+        raise SpaceError(f"{where}: probe layer entry {entry!r} is not a [name, width] pair")
+    name, width = entry
+    if len(name) > MAX_NAME_LENGTH or not LAYER_PATTERN.fullmatch(name):
+        raise SpaceError(f"{where}: probe layer name {name!r} is not a module path")
+    if not 1 <= width <= MAX_TRAIT_DIM:
+        raise SpaceError(f"{where}: probe layer {name!r} has width {width}")
+    return name, width
+
+
+def feature_tensor(x: Any, layers: Sequence[str] = ()) -> torch.Tensor:
+    """What a reader of ``layers`` takes from a :class:`~sxai_plugins.models.TraitOutput` (the traits,
+    then those layers' pooled outputs), or ``x`` itself when it is a tensor or array of them."""
+    if hasattr(x, "features") and hasattr(x, "traits"):
+        try:
+            return x.features(layers)
+        except ValueError as exc:
+            raise SpaceError(str(exc)) from None
+    return torch.as_tensor(x)
 
 
 @dataclass
@@ -260,6 +313,15 @@ class SemanticSpace:
         return f"{self.class_name}.{self.concept}"
 
     @property
+    def layers(self) -> tuple[tuple[str, int], ...]:
+        """``(name, width)`` of the body layers whose pooled outputs the space reads besides the traits."""
+        return self.probe.layers if self.probe is not None else ()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.trait_dim + sum(width for _, width in self.layers)
+
+    @property
     def n_ssn(self) -> int:
         return int(self.indices.numel())
 
@@ -272,20 +334,23 @@ class SemanticSpace:
         return self.probe.bias if self.probe is not None else 0.0
 
     def weight_vector(self) -> torch.Tensor:
-        """The C-vector w with ``A_s = traits @ w + bias``: the probe's weights (v2), or Δ_i / N_SSN
-        at the SSNs and zero elsewhere (v1)."""
+        """The vector w with ``A_s = features @ w + bias``: the probe's weights (v2), or Δ_i / N_SSN
+        at the SSNs and zero elsewhere (v1). Its first ``trait_dim`` entries weigh the traits."""
         if self.probe is not None:
             return self.probe.weight.clone()
         w = torch.zeros(self.trait_dim)
         w[self.indices] = self.delta / self.n_ssn
         return w
 
-    def activation(self, traits: torch.Tensor) -> torch.Tensor:
-        """A_s of each row of ``traits`` (differentiable: attributions and attacks use it)."""
-        return traits.float() @ self.weight_vector().to(traits.device) + self.bias
+    def activation(self, features: Any) -> torch.Tensor:
+        """A_s of each row of ``features`` (a ``TraitOutput``, or traits followed by the space's pooled
+        layer outputs); differentiable: attributions and attacks use it."""
+        x = feature_tensor(features, [name for name, _ in self.layers])
+        _check_width(x, self.feature_dim, f"space {self.key}", self.layers)
+        return x.float() @ self.weight_vector().to(x.device) + self.bias
 
-    def probability(self, traits: torch.Tensor, clip: bool = True) -> torch.Tensor:
-        return SpaceSet([self]).probabilities(traits, clip=clip)[:, 0]
+    def probability(self, features: Any, clip: bool = True) -> torch.Tensor:
+        return SpaceSet([self]).probabilities(features, clip=clip)[:, 0]
 
     def with_reference(self, activations: np.ndarray | torch.Tensor) -> SemanticSpace:
         self.reference = Reference.fit(activations)
@@ -377,7 +442,7 @@ class SemanticSpace:
                     calibration.get("slope"),
                     calibration.get("intercept"),
                     tensors.get("scale"),
-                    raw.get("feature", "gap"),
+                    ProbeHead.layers_from_metadata(raw, where),
                 )
             trait_dim = meta["trait_dim"]
             for name in ("backbone", "fingerprint"):
@@ -419,6 +484,22 @@ class SemanticSpace:
             force=force,
             subject=f"space {self.key} was",
         )
+
+
+def _check_width(x: torch.Tensor, dim: int, what: str, layers: Sequence[tuple[str, int]]) -> None:
+    if x.dim() != 2 or x.shape[1] != dim:
+        read = (
+            f"the traits and the pooled outputs of {', '.join(n for n, _ in layers)} ({dim} values)"
+            if layers
+            else f"{dim} trait channels"
+        )
+        hint = (
+            "; pass the model's output after loading the spaces with load_space_set (or call "
+            "model.pool_layers(spaces.layer_names) first)"
+            if layers
+            else ""
+        )
+        raise SpaceError(f"{what} reads {read}, got shape {tuple(x.shape)}{hint}")
 
 
 def check_model_fits(
@@ -468,9 +549,29 @@ class SpaceSet:
             raise SpaceError(
                 f"spaces without a reference distribution cannot give probabilities: {missing}"
             )
+        # The set's features: the traits, then every layer any space reads, in first-seen order;
+        # each space's weights sit at its own layers' columns.
+        widths: dict[str, int] = {}
+        for space in self.spaces:
+            for name, width in space.layers:
+                if widths.setdefault(name, width) != width:
+                    raise SpaceError(
+                        f"spaces disagree on the width of layer {name!r}: {widths[name]} and {width}"
+                    )
+        self.layers = tuple(widths.items())
+        c = self.spaces[0].trait_dim
+        starts = dict(zip(widths, np.cumsum([c, *widths.values()])[:-1].tolist()))
+        self.feature_dim = c + sum(widths.values())
         # NumPy on purpose: these arrays are small, and torch's thread pool costs more to wake (tens
         # of ms on a busy CPU) than the arithmetic itself.
-        self._weights = np.stack([s.weight_vector().numpy() for s in self.spaces], axis=1)  # C × S
+        self._weights = np.zeros((self.feature_dim, len(self.spaces)), dtype=np.float32)
+        for j, space in enumerate(self.spaces):
+            w = space.weight_vector().numpy()
+            self._weights[:c, j] = w[:c]
+            offset = c
+            for name, width in space.layers:
+                self._weights[starts[name] : starts[name] + width, j] = w[offset : offset + width]
+                offset += width
         self.bias = np.array([s.bias for s in self.spaces], dtype=np.float32)
         self.is_probe = np.array([s.probe is not None for s in self.spaces])
         # v1 link: the reference normal rescaled to [Φ(a_min), Φ(a_max)]; v2 link: a sigmoid.
@@ -497,10 +598,25 @@ class SpaceSet:
     def keys(self) -> list[str]:
         return [s.key for s in self.spaces]
 
-    def activations(self, traits: torch.Tensor) -> torch.Tensor:
-        """B × S activations A_s (no gradient: see ``SemanticSpace.activation`` for one)."""
-        t = traits.detach().float().cpu().numpy()
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """The body layers whose pooled outputs the set reads (``TraitModel.pool_layers``)."""
+        return tuple(name for name, _ in self.layers)
+
+    def activations(self, features: Any) -> torch.Tensor:
+        """B × S activations A_s of a ``TraitOutput``, or of traits followed by the pooled outputs of
+        ``layer_names`` (no gradient: see ``SemanticSpace.activation`` for one)."""
+        x = feature_tensor(features, self.layer_names)
+        _check_width(x, self.feature_dim, "these spaces", self.layers)
+        t = x.detach().float().cpu().numpy()
         return torch.from_numpy(t @ self._weights + self.bias)
+
+    def differentiable_activations(self, features: Any) -> torch.Tensor:
+        """:meth:`activations` in torch, on the features' device, with gradients (attacks use it)."""
+        x = feature_tensor(features, self.layer_names)
+        _check_width(x, self.feature_dim, "these spaces", self.layers)
+        weights = torch.from_numpy(self._weights).to(x.device)
+        return x.float() @ weights + torch.from_numpy(self.bias).to(x.device)
 
     def probabilities_from_activations(self, a: torch.Tensor, clip: bool = True) -> torch.Tensor:
         a = a.detach().cpu().double().numpy()
@@ -510,13 +626,19 @@ class SpaceSet:
         p = np.where(self.is_probe, expit(self._slope * a + self._intercept), normal)
         return torch.from_numpy(p).float()
 
-    def probabilities(self, traits: torch.Tensor, clip: bool = True) -> torch.Tensor:
-        """B × S semantic probabilities (``clip=False`` keeps values outside [0, 1] for diagnosis)."""
-        return self.probabilities_from_activations(self.activations(traits), clip=clip)
+    def probabilities(self, features: Any, clip: bool = True) -> torch.Tensor:
+        """B × S semantic probabilities of what ``activations`` takes (``clip=False`` keeps values
+        outside [0, 1] for diagnosis)."""
+        return self.probabilities_from_activations(self.activations(features), clip=clip)
 
     def check_compatible(self, model: Any, force: bool = False) -> None:
         for space in self.spaces:
             space.check_compatible(model, force=force)
+
+    def prepare(self, model: Any) -> None:
+        """Make ``model``'s forward passes return what these spaces read: the pooled outputs of
+        ``layer_names`` besides the traits (nothing extra when the spaces read the traits alone)."""
+        model.pool_layers(tuple(dict.fromkeys((*model.pooled_layers, *self.layer_names))))
 
     def classes(self) -> list[str]:
         return sorted({s.class_name for s in self.spaces})

@@ -170,6 +170,7 @@ def out_of_fold(
     fold_of_image = assign_folds(bank, folds, seed)
     fold_of_row = fold_of_image[bank.column("image")]
     out = {f"{k}.{c}": np.full(len(bank.rows), np.nan) for k in classes for c in concepts}
+    features = bank.features(recipe.layers) if recipe_name == "probe" else bank.traits
     jobs = [(f, k, c) for f in range(folds) for k in classes for c in concepts]
     for fold, class_name, concept in tqdm(
         jobs, desc=f"{recipe_name}: out-of-fold", unit="space", disable=not progress
@@ -179,8 +180,8 @@ def out_of_fold(
         key = f"{class_name}.{concept}"
         if recipe_name == "probe":
             data = training_set(bank, class_name, concept, recipe, train_images)
-            probe = fit_probe(bank.traits, data, recipe, where=f"space {key}, fold {fold}")
-            out[key][test_rows] = probe.probability(bank.traits[test_rows])
+            probe = fit_probe(features, data, recipe, where=f"space {key}, fold {fold}")
+            out[key][test_rows] = probe.probability(features[test_rows])
         else:
             space = _v1_space(
                 recipe_name, bank, class_name, concept, train_images, recipe, reference

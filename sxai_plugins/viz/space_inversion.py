@@ -16,9 +16,10 @@ INVERSION_PEAK = 30.0  # the paper scales the largest SSN of the visualisation t
 def inversion_target(space: SemanticSpace) -> torch.Tensor:
     """The traits that show the space most. v1: zero except the SSNs, in their proportions, the
     largest scaled to 30 (the paper's target). v2: the probe direction on standardised traits, its
-    positive part (GAP traits cannot go below zero; negative weights mean "absent"), scaled alike."""
+    positive part (GAP traits cannot go below zero; negative weights mean "absent"), scaled alike.
+    A probe that also reads pooled layer outputs is inverted through its weights on the traits."""
     if space.probe is not None:
-        direction = space.probe.standardised().clamp(min=0)
+        direction = space.probe.standardised()[: space.trait_dim].clamp(min=0)
         return direction / direction.max().clamp(min=1e-12) * INVERSION_PEAK
     target = torch.zeros(space.trait_dim)
     target[space.indices] = space.delta / space.delta.abs().max() * INVERSION_PEAK
