@@ -30,8 +30,8 @@ import numpy as np
 import sxai_plugins as sx
 from sxai_plugins.data.concepts import load_coco
 from sxai_plugins.spaces.build import reference_scores
+from sxai_plugins.spaces.from_config import probe_recipe
 from sxai_plugins.spaces.probe_data import cached_probe_features, load_labelled
-from sxai_plugins.spaces.probes import ProbeRecipe
 from sxai_plugins.spaces.validity import RECIPES, TARGETS, V1Material, evaluate_recipes, misses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,10 +104,7 @@ def main() -> None:
         "--config", default=str(BUNDLED_CONFIG), help="the probe recipe: its [recipe_options]"
     )
     args = parser.parse_args()
-    options = tomllib.loads(Path(args.config).read_text()).get("recipe_options", {})
-    recipe = ProbeRecipe(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k != "seed"}
-    )
+    recipe, _seed = probe_recipe(tomllib.loads(Path(args.config).read_text())["recipe_options"])
     data = Path(args.data)
     model = sx.create_model()
     labelled = load_labelled(

@@ -195,3 +195,41 @@ def test_layered_space_files_with_bad_layers_are_refused(tmp_path, change, messa
     save_file(tensors, str(path), metadata={"sxai.space": json.dumps(meta)})
     with pytest.raises(SpaceError, match=message):
         SemanticSpace.load(path)
+
+
+def test_sxai_space_builds_probes_that_read_layers_and_explains_with_them(
+    tmp_path, backbone_plugin, capsys, monkeypatch
+) -> None:
+    from test_probes import _synthetic_dataset
+
+    from sxai_plugins.cli.main import main
+    from sxai_plugins.explain.trust import assess, load_space_set
+
+    monkeypatch.setenv("SXAI_CACHE", str(tmp_path / "cache"))
+    coco = _synthetic_dataset(tmp_path / "data")
+    config = tmp_path / "space.toml"
+    config.write_text('[recipe_options]\ncs = [0.01, 0.1]\nfolds = 2\nlayers = ["1"]\n')
+    with backbone_plugin(
+        "tiny_layer_net", lambda **_: make_tiny_model(trait_dim=16), "tiny"
+    ) as name:
+        base = ["space", "--config", str(config), "--annotations", str(coco), "-b", name]
+        args = [*base, "--out", str(tmp_path / "spaces"), "--no-plots", "--json", "--folds", "3"]
+        args += ["--reference", str(tmp_path / "data")]
+        assert main(args) == 0
+        capsys.readouterr()
+        spaces = load_spaces([tmp_path / "spaces"])
+        assert {s.layers for s in spaces} == {(("1", 12),)}
+        model = make_tiny_model(trait_dim=16)
+        space_set = load_space_set([tmp_path / "spaces"], model, force=True)
+        assert model.pooled_layers == ("1",)
+        x = torch.rand(2, 3, 32, 32)
+        with torch.no_grad():
+            p = torch.tensor(
+                [[s.probability for s in a.spaces] for a in assess(model, space_set, x)]
+            )
+        assert torch.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+
+        config.write_text('[recipe_options]\nlayers = ["body.nope"]\n')
+        assert main([*base, "--out", str(tmp_path / "other")]) == 2
+        err = capsys.readouterr().err
+        assert "recipe_options.layers" in err and "no layer 'body.nope'" in err

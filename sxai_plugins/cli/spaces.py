@@ -252,6 +252,11 @@ def _run_space(args: argparse.Namespace) -> int:
     progress = not (args.quiet or args.json)
     # a probe that reads pooled layers is drawn over the reference images' features, not traits
     layers = config["recipe_options"].get("layers", ()) if mode == "probe" else ()
+    try:
+        with model.pooling(layers):
+            pass
+    except ValueError as exc:
+        raise SxaiError(f"recipe_options.layers: {exc}") from None
     reference = (
         reference_scores(model, config["reference"], progress=progress, layers=layers)
         if config.get("reference")

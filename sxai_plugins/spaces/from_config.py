@@ -19,13 +19,11 @@ def build_from_config(
     )
 
 
-def _build_probes(model, annotations, config, classes, concepts, reference, progress):
-    from .build import shared_channels
-    from .probe_data import Masking, cached_probe_features, load_labelled
-    from .probes import ProbeRecipe, build_probe_spaces
-    from .validity import evaluate_recipes
+def probe_recipe(recipe_options: dict):
+    """``(ProbeRecipe, seed)`` from the ``[recipe_options]`` of a build config (lists as tuples)."""
+    from .probes import ProbeRecipe
 
-    options = dict(config["recipe_options"])
+    options = dict(recipe_options)
     seed = int(options.pop("seed", 0))
     for key in ("masker", "region"):
         if key in options:
@@ -42,6 +40,16 @@ def _build_probes(model, annotations, config, classes, concepts, reference, prog
         raise SxaiError(
             f"unknown probe recipe option ({exc}); see sxai_plugins.spaces.probes.ProbeRecipe"
         ) from exc
+    return recipe, seed
+
+
+def _build_probes(model, annotations, config, classes, concepts, reference, progress):
+    from .build import shared_channels
+    from .probe_data import Masking, cached_probe_features, load_labelled
+    from .probes import build_probe_spaces
+    from .validity import evaluate_recipes
+
+    recipe, seed = probe_recipe(config["recipe_options"])
     labelled = load_labelled(annotations, config.get("visibility"), config.get("image_root"))
     maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
     try:
