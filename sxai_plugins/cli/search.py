@@ -74,7 +74,12 @@ def _search(sub: argparse._SubParsersAction) -> None:
         '"probabilities": {space: P_s}}]}.',
     )
     p.add_argument("query", help="the search query (quote it in the shell)")
-    p.add_argument("--db", required=True, help="an index written by `sxai index`")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="an index written by `sxai index`: an SQLite file, or a Parquet dataset (a folder, "
+        "or one *.parquet part file) written with --engine ray, searched with DuckDB",
+    )
     p.add_argument(
         "--limit", type=non_negative_int, default=50, help="matches shown (default 50; 0: all)"
     )
@@ -84,12 +89,12 @@ def _search(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from ..search.index import SearchIndex
+    from ..search.index import open_index
     from ..viz.plots import contact_sheet
 
     if args.sheet:
         check_output_file(args.sheet, "--sheet")
-    with SearchIndex(args.db) as index:
+    with open_index(args.db) as index:
         result = index.search(args.query, limit=args.limit or None)
     if args.json:
         print(
