@@ -1,0 +1,207 @@
+"""The Ray engine on a real local Ray instance: the same rows as the local engine, incremental
+reruns, a killed actor losing or duplicating nothing, and the same common traits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+pytest.importorskip("duckdb")
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from sxai_plugins import load_space_set  # noqa: E402
+from sxai_plugins.scale.ray_index import index_with_ray  # noqa: E402
+from sxai_plugins.search.index import SearchIndex, index_folder  # noqa: E402
+from sxai_plugins.search.parquet import FAILURES, IMAGES, ParquetIndex  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module: 2 CPUs, no dashboard, no network."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        object_store_memory=300 * 2**20,
+    )
+    yield ray
+    ray.shutdown()
+
+
+def _link(paths, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        (folder / path.name).symlink_to(path.resolve())
+
+
+@pytest.fixture(scope="module")
+def shared_folder(tmp_path_factory):
+    from conftest import DATA
+
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    images = sorted((DATA / "unlabeled").glob("*.jpg"))
+    if len(images) < 220:
+        pytest.skip("fewer than 220 shared unlabelled images")
+    folder = tmp_path_factory.mktemp("scale") / "images"
+    _link(images[:200], folder)
+    (folder / "not-an-image.jpg").write_bytes(b"plain text, not a JPEG")
+    (folder / "truncated.jpg").write_bytes(images[0].read_bytes()[:600])
+    return folder, images[200:220]
+
+
+def _rows(where: Path) -> dict[str, tuple]:
+    """path -> (predicted, class probabilities, P_s, A_s) from an SQLite index or a dataset."""
+    if where.is_dir():
+        files = sorted(str(p) for p in (where / IMAGES).glob("*.parquet"))
+        table = pq.read_table(files)
+        rows = table.to_pylist()
+    else:
+        with SearchIndex(where) as index:
+            cursor = index.db.execute("SELECT * FROM images")
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, r)) for r in cursor.fetchall()]
+
+    def values(row: dict, prefix: str) -> np.ndarray:
+        keys = [k for k in row if k[0] == prefix and k[1:].isdigit()]
+        return np.array([row[k] for k in sorted(keys, key=lambda k: int(k[1:]))])
+
+    return {
+        r["path"]: (
+            r["predicted"],
+            values(r, "c"),
+            values(r, "p"),
+            values(r, "a"),
+            r["mtime_ns"],
+            r["size"],
+        )
+        for r in rows
+    }
+
+
+def _failures(where: Path) -> list[tuple[str, str]]:
+    if where.is_dir():
+        with ParquetIndex(where) as index:
+            return index.failures()
+    with SearchIndex(where) as index:
+        return index.db.execute("SELECT path, error FROM failures ORDER BY path").fetchall()
+
+
+def _paths_in(dataset: Path) -> Counter:
+    found: Counter = Counter()
+    for folder in (IMAGES, FAILURES):
+        for file in (dataset / folder).glob("*.parquet"):
+            found.update(pq.read_table(file, columns=["path"])["path"].to_pylist())
+    return found
+
+
+def _assert_same(sqlite: Path, dataset: Path) -> None:
+    local, remote = _rows(sqlite), _rows(dataset)
+    assert sorted(remote) == sorted(local)
+    for path, (predicted, classes, probs, acts, mtime, size) in local.items():
+        r = remote[path]
+        assert r[0] == predicted, path
+        np.testing.assert_allclose(r[1], classes, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(r[2], probs, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(r[3], acts, atol=1e-4, rtol=1e-5)
+        assert (r[4], r[5]) == (mtime, size)
+    assert _failures(dataset) == _failures(sqlite)
+
+
+def test_ray_engine_matches_the_local_engine_then_reruns_only_new_files_through_a_killed_actor(
+    local_ray, shared_folder, default_model, tmp_path
+):
+    folder, extra = shared_folder
+    model = default_model
+    spaces = load_space_set([], model)
+    sqlite, dataset = tmp_path / "index.sqlite", tmp_path / "dataset"
+
+    local = index_folder(model, spaces, folder, sqlite, batch_size=32, progress=False)
+    remote = index_with_ray(model, spaces, folder, dataset, batch_size=32, progress=False)
+    assert (remote.found, remote.scored, remote.unchanged) == (202, 200, 0)
+    assert sorted(remote.failed) == sorted(local.failed) and len(remote.failed) == 2
+    _assert_same(sqlite, dataset)
+    assert ParquetIndex(dataset).meta == SearchIndex(sqlite).meta
+
+    # 20 new images; the first scoring actor kills its own process on its second batch: Ray
+    # restarts it and retries the lost work, and every image still lands exactly once
+    _link(extra, folder)
+    marker = tmp_path / "killed"
+    rerun = index_with_ray(
+        model, spaces, folder, dataset, batch_size=4, progress=False, fault_marker=str(marker)
+    )
+    assert marker.is_file(), "the drill did not kill an actor"
+    assert int(marker.read_text()) > 0
+    assert (rerun.found, rerun.scored, rerun.unchanged, rerun.failed) == (222, 20, 202, [])
+    counts = _paths_in(dataset)
+    assert set(counts.values()) == {1} and len(counts) == 222
+    local_rerun = index_folder(model, spaces, folder, sqlite, batch_size=32, progress=False)
+    assert local_rerun.scored == 20
+    _assert_same(sqlite, dataset)
+
+    # nothing new: nothing scored, Ray not even asked
+    again = index_with_ray(model, spaces, folder, dataset, progress=False)
+    assert (again.scored, again.unchanged) == (0, 222)
+
+
+def test_changed_and_removed_files_leave_one_row_each(local_ray, tmp_path):
+    from PIL import Image
+    from test_search import tiny_model, tiny_spaces, write_images
+
+    model = tiny_model()
+    spaces = tiny_spaces(model)
+    paths = write_images(tmp_path / "images", 12)
+    dataset = tmp_path / "dataset"
+    first = index_with_ray(
+        model, spaces, tmp_path / "images", dataset, batch_size=4, progress=False
+    )
+    assert first.scored == 12
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(paths[3])  # changed
+    paths[5].unlink()  # removed
+    second = index_with_ray(
+        model, spaces, tmp_path / "images", dataset, batch_size=4, progress=False
+    )
+    assert (second.scored, second.unchanged, second.removed) == (1, 10, 1)
+    counts = _paths_in(dataset)
+    assert set(counts.values()) == {1} and len(counts) == 11
+    assert str(paths[5].resolve()) not in counts
+    sqlite = tmp_path / "index.sqlite"
+    index_folder(model, spaces, tmp_path / "images", sqlite, batch_size=4, progress=False)
+    _assert_same(sqlite, dataset)
+
+
+def test_the_command_line_indexes_with_ray_and_searches_the_dataset(local_ray, tmp_path, capsys):
+    import json
+
+    from test_search import write_images
+
+    from sxai_plugins.cli.main import main
+
+    images = tmp_path / "images"
+    write_images(images, 6)
+    (images / "broken.png").write_bytes(b"junk")
+    out = tmp_path / "dataset"
+    assert main(["index", str(images), "--engine", "ray", "--db", str(out)]) == 2
+    assert "pass --out DATASET_DIR" in capsys.readouterr().err
+    assert main(["index", str(images), "--db", str(tmp_path / "x.db"), "--concurrency", "2"]) == 2
+    assert "only apply with --engine ray" in capsys.readouterr().err
+    assert main(["index", str(images), "--engine", "ray", "--out", str(out), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert f"{out}: 7 images found, 6 scored, 0 unchanged, 1 unreadable, 0 removed" in captured.out
+    assert "skipped:" in captured.err and "broken.png" in captured.err
+    assert main(["search", "predicted = cat or predicted = dog", "--db", str(out), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["total"] == 6
+    assert sorted(m["path"] for m in found["matches"]) == sorted(
+        str(p.resolve()) for p in images.glob("img*.png")
+    )
