@@ -205,3 +205,37 @@ def test_the_command_line_indexes_with_ray_and_searches_the_dataset(local_ray, t
     assert sorted(m["path"] for m in found["matches"]) == sorted(
         str(p.resolve()) for p in images.glob("img*.png")
     )
+
+
+def test_traits_on_ray_give_the_local_traits_and_pca(local_ray, tmp_path):
+    from conftest import make_tiny_model
+    from test_search import write_images
+
+    from sxai_plugins.scale.ray_traits import RayRunner
+    from sxai_plugins.traits.common import common_traits, stability
+    from sxai_plugins.traits.genetic import GAConfig
+
+    model = make_tiny_model()
+    paths = write_images(tmp_path / "cat", 10, seed=3)
+    config = GAConfig(population=6, generations=3, n_segments=8, batch_size=16)
+    runs = {
+        name: common_traits(
+            model, paths, "cat", n=8, seed=5, ga_config=config, progress=False, runner=runner
+        )
+        for name, runner in (("local", None), ("ray", RayRunner(block_size=3)))
+    }
+    local, remote = runs["local"], runs["ray"]
+    assert remote.paths == local.paths and len(local.paths) == 8
+    np.testing.assert_array_equal(remote.masks, local.masks)
+    assert not local.masks.all()  # the search removed superpixels
+    np.testing.assert_allclose(remote.fitness, local.fitness, rtol=1e-6)
+    np.testing.assert_allclose(remote.traits.numpy(), local.traits.numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        remote.pca.explained_variance_ratio_, local.pca.explained_variance_ratio_, atol=1e-9
+    )
+    np.testing.assert_allclose(np.abs(remote.pca.pc1), np.abs(local.pca.pc1), atol=1e-6)
+    # the stability repeats' searches go through the same runner
+    kwargs = dict(sizes=[3, 5], repeats=2, seed=5, ga_config=config, progress=False, known=local)
+    a = stability(model, paths, "cat", **kwargs)
+    b = stability(model, paths, "cat", runner=RayRunner(block_size=2), **kwargs)
+    assert b.spreads == pytest.approx(a.spreads, abs=1e-9)

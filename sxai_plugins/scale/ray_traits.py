@@ -1,0 +1,150 @@
+"""``sxai traits --engine ray`` and ``sxai space --engine ray``: per-image work on Ray actors.
+
+Each image's genetic search is independent of the others': image ``k`` draws from child ``k``
+of ``SeedSequence(seed)`` whatever else is searched with it
+(:func:`~sxai_plugins.traits.genetic.search_best_superpixels`'s ``first_index``). So the
+images are cut into blocks, each block is one batched search on one actor (the model loaded
+once per actor, on a GPU when asked), and the driver gathers the blocks in order and runs the
+PCA: the same traits and PCA as the local run.
+
+The masked/unmasked feature extraction of ``sxai space`` is spread the same way: blocks of
+labelled images, each extracted by :func:`~sxai_plugins.spaces.probe_data.extract_probe_features`
+on an actor, gathered in order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..models.trait_model import TraitModel
+from ..traits.common import ProcessedImages, process_images
+from ._ray import FaultDrill, Workers, plan_workers, ray_session
+
+
+def _put_model(ray, model: TraitModel):
+    """The model in the object store, as CPU tensors (an actor moves it to its own device); the
+    caller's model stays where it was."""
+    device = next(model.parameters()).device
+    try:
+        return ray.put(model.cpu())
+    finally:
+        model.to(device)
+
+
+def _actor_model(ref, workers: Workers) -> TraitModel:
+    import ray
+
+    torch.set_num_threads(workers.threads)
+    return ray.get(ref).to(workers.device).eval()
+
+
+def _blocks(n: int, block_size: int | None, concurrency: int) -> list[tuple[int, int]]:
+    size = block_size or max(1, min(32, math.ceil(n / (4 * concurrency))))
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class _TraitsActor:
+    """Searches blocks of images: one :func:`process_images` call per block."""
+
+    def __init__(self, refs: list, workers: Workers, settings: dict, fault_marker: str | None):
+        import ray
+
+        self.model = _actor_model(refs[0], workers)
+        self.images = ray.get(refs[1])
+        self.settings = settings
+        self.drill = FaultDrill(fault_marker, at=1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.drill.tick()
+        out: dict[str, list] = {"index": [], "traits": [], "masks": [], "fitness": [], "images": []}
+        for start, stop in zip(batch["start"], batch["stop"]):
+            start, stop = int(start), int(stop)
+            done = process_images(
+                self.model,
+                list(self.images[start:stop]),
+                progress=False,
+                first_index=self.settings["first_index"] + start,
+                **{k: v for k, v in self.settings.items() if k != "first_index"},
+            )
+            out["index"].append(np.arange(start, stop))
+            out["traits"].append(done.traits.numpy())
+            out["masks"].append(done.masks)
+            out["fitness"].append(done.fitness)
+            out["images"].append(done.images)
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@dataclass
+class RayRunner:
+    """A ``runner`` for :func:`~sxai_plugins.traits.common.common_traits` and
+    :func:`~sxai_plugins.traits.common.stability` that searches blocks of ``block_size``
+    images on Ray actors (default: about four blocks per actor, at most 32 images each).
+
+    ``address``, ``concurrency``, ``num_gpus_per_worker`` as for ``index_with_ray``;
+    ``fault_marker``: tests only (:class:`~sxai_plugins.scale._ray.FaultDrill`)."""
+
+    block_size: int | None = None
+    concurrency: int | None = None
+    num_gpus_per_worker: float = 0
+    address: str | None = None
+    fault_marker: str | None = None
+
+    def __call__(
+        self,
+        model: TraitModel,
+        images: list[np.ndarray],
+        target: int | None,
+        use_ga: bool,
+        ga_config: Any,
+        seed: int,
+        progress: bool,
+        batch_size: int,
+        first_index: int = 0,
+    ) -> ProcessedImages:
+        settings = {
+            "target": target,
+            "use_ga": use_ga,
+            "ga_config": ga_config,
+            "seed": seed,
+            "batch_size": batch_size,
+            "first_index": first_index,
+        }
+        with ray_session(self.address) as ray:
+            workers = plan_workers(ray, self.concurrency, self.num_gpus_per_worker)
+            refs = [_put_model(ray, model), ray.put(np.stack(images))]
+            blocks = _blocks(len(images), self.block_size, workers.concurrency)
+            ds = ray.data.from_items(
+                [{"start": a, "stop": b} for a, b in blocks], override_num_blocks=len(blocks)
+            ).map_batches(
+                _TraitsActor,
+                batch_size=1,
+                batch_format="numpy",
+                fn_constructor_args=(refs, workers, settings, self.fault_marker),
+                compute=ray.data.ActorPoolStrategy(size=workers.concurrency),
+                num_gpus=workers.num_gpus or None,
+                num_cpus=1 if workers.num_gpus == 0 else None,
+            )
+            parts: dict[str, list] = {}
+            with tqdm(
+                total=len(images), desc="genetic search (ray)", unit="img", disable=not progress
+            ) as bar:
+                for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+                    for key, value in batch.items():
+                        parts.setdefault(key, []).append(value)
+                    bar.update(len(batch["index"]))
+        joined = {k: np.concatenate(v) for k, v in parts.items()}
+        order = np.argsort(joined["index"], kind="stable")
+        if not np.array_equal(joined["index"][order], np.arange(len(images))):
+            raise RuntimeError("the Ray actors returned other images than were sent")
+        return ProcessedImages(
+            torch.from_numpy(np.ascontiguousarray(joined["traits"][order])),
+            joined["masks"][order].astype(bool),
+            joined["fitness"][order].astype(np.float64),
+            joined["images"][order].astype(np.float32),
+        )
