@@ -239,3 +239,33 @@ def test_traits_on_ray_give_the_local_traits_and_pca(local_ray, tmp_path):
     a = stability(model, paths, "cat", **kwargs)
     b = stability(model, paths, "cat", runner=RayRunner(block_size=2), **kwargs)
     assert b.spreads == pytest.approx(a.spreads, abs=1e-9)
+
+
+def test_space_features_on_ray_equal_the_local_extraction(local_ray, shared_data, tmp_path):
+    from conftest import make_tiny_model
+
+    from sxai_plugins.data.concepts import load_coco
+    from sxai_plugins.scale.ray_traits import RayExtractor
+    from sxai_plugins.spaces.probe_data import (
+        LabelledImage,
+        Masking,
+        extract_probe_features,
+        labelled_from_annotations,
+    )
+
+    model = make_tiny_model(size=48)
+    annotations = load_coco(shared_data / "concepts.coco.json", shared_data)
+    labelled = labelled_from_annotations(annotations)
+    images = [*labelled[:3], *labelled[-3:]]  # cats and dogs
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    images.insert(2, LabelledImage(tmp_path / "junk.jpg", "cat", {"eyes": True}))
+    concepts, maskings = (
+        ("eyes", "ears"),
+        [Masking.parse("superpixel@15"), Masking.parse("blur@20")],
+    )
+    local = extract_probe_features(model, images, concepts, maskings, seed=3, progress=False)
+    remote = RayExtractor(block_size=2)(model, images, concepts, maskings, seed=3, progress=False)
+    assert remote.rows == local.rows and len(local.rows) > 3 * len(images)
+    np.testing.assert_allclose(remote.traits.numpy(), local.traits.numpy(), atol=1e-5)
+    assert remote.meta == local.meta and len(local.meta["failures"]) == 1
+    assert [im.path for im in remote.images] == [im.path for im in images]

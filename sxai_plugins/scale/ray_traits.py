@@ -148,3 +148,132 @@ class RayRunner:
             joined["fitness"][order].astype(np.float64),
             joined["images"][order].astype(np.float32),
         )
+
+
+# --------------------------------------------------------------------------------- space
+class _ProbeActor:
+    """Extracts the traits of blocks of labelled images and their masked and control copies."""
+
+    def __init__(self, refs: list, workers: Workers, settings: dict):
+        import ray
+
+        self.model = _actor_model(refs[0], workers)
+        self.images = ray.get(refs[1])
+        self.settings = settings
+        self.threads = workers.threads
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pickle
+
+        from .._utils.errors import ImageLoadError, SpaceError
+        from ..data.images import load_image
+        from ..spaces.probe_data import extract_probe_features
+
+        starts, payloads = [], []
+        for start, stop in zip(batch["start"], batch["stop"]):
+            block = self.images[int(start) : int(stop)]
+            try:
+                bank = extract_probe_features(
+                    self.model, block, progress=False, workers=self.threads, **self.settings
+                )
+                part = (
+                    bank.rows,
+                    bank.traits.numpy(),
+                    None if bank.maps is None else bank.maps.numpy(),
+                    bank.meta["failures"],
+                )
+            except SpaceError:  # no image of this block could be read: say which, per image
+                failures = []
+                for item in block:
+                    try:
+                        load_image(item.path)
+                    except ImageLoadError as exc:
+                        failures.append(str(exc))
+                part = ([], None, None, failures)
+            starts.append(int(start))
+            payloads.append(pickle.dumps(part))
+        return {"start": np.array(starts), "part": np.array(payloads, dtype=object)}
+
+
+@dataclass
+class RayExtractor:
+    """An ``extractor`` for :func:`~sxai_plugins.spaces.probe_data.cached_probe_features`:
+    :func:`~sxai_plugins.spaces.probe_data.extract_probe_features` over blocks of ``block_size``
+    labelled images on Ray actors, gathered in order (the same bank as one local call)."""
+
+    block_size: int | None = None
+    concurrency: int | None = None
+    num_gpus_per_worker: float = 0
+    address: str | None = None
+
+    def __call__(
+        self,
+        model: TraitModel,
+        images: list,
+        concepts,
+        maskings,
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: bool = True,
+        keep_maps: bool = False,
+    ):
+        import pickle
+
+        from .._utils.errors import SpaceError
+        from ..spaces.probe_data import ProbeFeatures, ProbeRow
+
+        settings = {
+            "concepts": tuple(concepts),
+            "maskings": tuple(maskings),
+            "batch_size": batch_size,
+            "seed": seed,
+            "keep_maps": keep_maps,
+        }
+        images = list(images)
+        with ray_session(self.address) as ray:
+            workers = plan_workers(ray, self.concurrency, self.num_gpus_per_worker)
+            refs = [_put_model(ray, model), ray.put(images)]
+            blocks = _blocks(len(images), self.block_size, workers.concurrency)
+            ds = ray.data.from_items(
+                [{"start": a, "stop": b} for a, b in blocks], override_num_blocks=len(blocks)
+            ).map_batches(
+                _ProbeActor,
+                batch_size=1,
+                batch_format="numpy",
+                fn_constructor_args=(refs, workers, settings),
+                compute=ray.data.ActorPoolStrategy(size=workers.concurrency),
+                num_gpus=workers.num_gpus or None,
+                num_cpus=1 if workers.num_gpus == 0 else None,
+            )
+            parts: dict[int, tuple] = {}
+            with tqdm(
+                total=len(blocks), desc="masked copies (ray)", unit="block", disable=not progress
+            ) as bar:
+                for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+                    for start, part in zip(batch["start"], batch["part"]):
+                        parts[int(start)] = pickle.loads(part)
+                        bar.update(1)
+        if sorted(parts) != [a for a, _ in blocks]:
+            raise RuntimeError("the Ray actors returned other blocks than were sent")
+        rows, traits, maps, failures = [], [], [], []
+        for start in sorted(parts):
+            block_rows, block_traits, block_maps, block_failures = parts[start]
+            rows += [
+                ProbeRow(start + r.image, r.kind, r.concept, r.masking, r.area) for r in block_rows
+            ]
+            if block_traits is not None:
+                traits.append(torch.from_numpy(block_traits))
+                if block_maps is not None:
+                    maps.append(torch.from_numpy(block_maps))
+            failures += block_failures
+        if not rows:
+            raise SpaceError("no labelled image could be read: " + "; ".join(failures[:3]))
+        return ProbeFeatures(
+            images,
+            rows,
+            torch.cat(traits),
+            tuple(concepts),
+            tuple(m.name for m in maskings),
+            {"failures": failures, "seed": seed},
+            torch.cat(maps) if keep_maps else None,
+        )

@@ -9,17 +9,35 @@ from .._utils.errors import SxaiError
 
 
 def build_from_config(
-    model, annotations, config: dict, classes, concepts, reference, progress: bool = True
+    model,
+    annotations,
+    config: dict,
+    classes,
+    concepts,
+    reference,
+    progress: bool = True,
+    extractor=None,
 ):
-    """``(spaces, shared channels)`` for ``config["recipe"]`` (probe, tuned or paper)."""
+    """``(spaces, shared channels)`` for ``config["recipe"]`` (probe, tuned or paper).
+    ``extractor``: how the probe recipe's masked/unmasked features are extracted (see
+    :func:`~sxai_plugins.spaces.probe_data.cached_probe_features`)."""
     if config.get("recipe", "probe") == "probe":
-        return _build_probes(model, annotations, config, classes, concepts, reference, progress)
+        return _build_probes(
+            model, annotations, config, classes, concepts, reference, progress, extractor
+        )
+    if extractor is not None:
+        raise SxaiError(
+            f"--engine ray extracts features for the probe recipe only; the {config['recipe']} "
+            "recipe runs locally (drop --engine ray)"
+        )
     return _build_v1(
         model, annotations, config, classes, concepts, reference, config["recipe"], progress
     )
 
 
-def _build_probes(model, annotations, config, classes, concepts, reference, progress):
+def _build_probes(
+    model, annotations, config, classes, concepts, reference, progress, extractor=None
+):
     from .build import shared_channels
     from .probe_data import Masking, cached_probe_features, load_labelled
     from .probes import ProbeRecipe, build_probe_spaces
@@ -44,7 +62,9 @@ def _build_probes(model, annotations, config, classes, concepts, reference, prog
         ) from exc
     labelled = load_labelled(annotations, config.get("visibility"), config.get("image_root"))
     maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
-    bank = cached_probe_features(model, labelled, concepts, maskings, seed=seed, progress=progress)
+    bank = cached_probe_features(
+        model, labelled, concepts, maskings, seed=seed, progress=progress, extractor=extractor
+    )
     spaces = build_probe_spaces(model, bank, classes, concepts, recipe, progress=progress)
     if config.get("evaluate", True):
         folds = int(config.get("folds", 5))
