@@ -17,12 +17,12 @@ import pyarrow.parquet as pq  # noqa: E402
 from test_search import CLASSES, SPACES, tiny_model, tiny_spaces, write_images  # noqa: E402
 
 from sxai_plugins.cli.main import main  # noqa: E402
+from sxai_plugins.search.db import open_index  # noqa: E402
 from sxai_plugins.search.index import (  # noqa: E402
     IndexMeta,
     SearchIndex,
     SearchIndexError,
     index_folder,
-    open_index,
 )
 from sxai_plugins.search.parquet import (  # noqa: E402
     ParquetIndex,

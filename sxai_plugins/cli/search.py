@@ -143,7 +143,7 @@ def _search(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from ..search.index import open_index
+    from ..search.db import open_index
     from ..viz.plots import contact_sheet
 
     if args.sheet:

@@ -571,14 +571,3 @@ def _index_into(
         flush_failures()
         index.commit()
         bar.update(len(todo) - bar.n)
-
-
-def open_index(path: str | Path) -> Searchable:
-    """Open an index for searching, by what ``path`` is: a folder or a ``*.parquet`` file is a
-    Parquet dataset (searched with DuckDB, see :mod:`sxai_plugins.search.parquet`), anything else
-    an SQLite file."""
-    from .parquet import ParquetIndex, is_parquet_path
-
-    if is_parquet_path(path):
-        return ParquetIndex(path)
-    return SearchIndex(path)
