@@ -141,16 +141,16 @@ def make_rows(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
     with SearchIndex(sqlite, meta) as index:
         # bulk load without the per-space indexes, then build them (as fast as SQLite gets)
         made = index.db.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
         ).fetchall()
-        for (create,) in made:
-            index.db.execute("DROP INDEX " + create.split("EXISTS ")[1].split(" ON ")[0])
+        for name, _create in made:
+            index.db.execute(f"DROP INDEX {name}")
         names = pq.read_schema(part).names
         sql = f"INSERT INTO images ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
         for batch in pq.ParquetFile(part).iter_batches(batch_size=200_000):
             index.db.executemany(sql, zip(*(c.to_pylist() for c in batch.columns)))
             index.commit()
-        for (create,) in made:
+        for _name, create in made:
             index.db.execute(create)
         index.commit()
         index.finish()

@@ -34,6 +34,8 @@ from ..spaces.space import SpaceSet
 from ._decode import decode_batch, list_source
 from ._ray import FaultDrill, Workers, block_rows, plan_workers, ray_session
 
+DECODE_MEMORY = 256 * 2**20
+
 
 # ------------------------------------------------------------------------------------ scoring
 class _Scorer:
@@ -155,6 +157,10 @@ def index_with_ray(
                 batch_format="numpy",
                 fn_kwargs={"size": model_size(model), "filesystem": filesystem},
                 num_cpus=1,
+                # room for a batch's full-size decoded images; being unlike the actors' request,
+                # it also keeps decoding in its own tasks (Ray would fuse it into the actors,
+                # which would then decode and score in turn instead of at once)
+                memory=DECODE_MEMORY,
             )
             .map_batches(
                 _Scorer,
