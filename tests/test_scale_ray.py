@@ -180,22 +180,34 @@ def test_changed_and_removed_files_leave_one_row_each(local_ray, tmp_path):
     _assert_same(sqlite, dataset)
 
 
-def test_the_command_line_indexes_with_ray_and_searches_the_dataset(local_ray, tmp_path, capsys):
+def _tiny_backbone(pretrained: bool = True, weights=None, class_names=None):
+    from test_search import tiny_model
+
+    return tiny_model()
+
+
+def test_the_command_line_indexes_with_ray_and_searches_the_dataset(
+    local_ray, tmp_path, capsys, backbone_plugin
+):
     import json
 
-    from test_search import write_images
+    from test_search import tiny_model, tiny_spaces, write_images
 
     from sxai_plugins.cli.main import main
 
     images = tmp_path / "images"
     write_images(images, 6)
     (images / "broken.png").write_bytes(b"junk")
+    for space in tiny_spaces(tiny_model()):
+        space.save(tmp_path / "spaces" / f"{space.key}.safetensors")
     out = tmp_path / "dataset"
-    assert main(["index", str(images), "--engine", "ray", "--db", str(out)]) == 2
-    assert "pass --out DATASET_DIR" in capsys.readouterr().err
-    assert main(["index", str(images), "--db", str(tmp_path / "x.db"), "--concurrency", "2"]) == 2
-    assert "only apply with --engine ray" in capsys.readouterr().err
-    assert main(["index", str(images), "--engine", "ray", "--out", str(out), "-q"]) == 0
+    common = [str(images), "--backbone", "tiny", "--spaces", str(tmp_path / "spaces")]
+    with backbone_plugin("tiny", _tiny_backbone, "a tiny CNN for the Ray engine's tests"):
+        assert main(["index", *common, "--engine", "ray", "--db", str(out)]) == 2
+        assert "pass --out DATASET_DIR" in capsys.readouterr().err
+        assert main(["index", *common, "--db", str(tmp_path / "x.db"), "--concurrency", "2"]) == 2
+        assert "only apply with --engine ray" in capsys.readouterr().err
+        assert main(["index", *common, "--engine", "ray", "--out", str(out), "-q"]) == 0
     captured = capsys.readouterr()
     assert f"{out}: 7 images found, 6 scored, 0 unchanged, 1 unreadable, 0 removed" in captured.out
     assert "skipped:" in captured.err and "broken.png" in captured.err
@@ -212,7 +224,7 @@ def test_traits_on_ray_give_the_local_traits_and_pca(local_ray, tmp_path):
     from test_search import write_images
 
     from sxai_plugins.scale.ray_traits import RayRunner
-    from sxai_plugins.traits.common import common_traits, stability
+    from sxai_plugins.traits.common import common_traits
     from sxai_plugins.traits.genetic import GAConfig
 
     model = make_tiny_model()
@@ -234,11 +246,6 @@ def test_traits_on_ray_give_the_local_traits_and_pca(local_ray, tmp_path):
         remote.pca.explained_variance_ratio_, local.pca.explained_variance_ratio_, atol=1e-9
     )
     np.testing.assert_allclose(np.abs(remote.pca.pc1), np.abs(local.pca.pc1), atol=1e-6)
-    # the stability repeats' searches go through the same runner
-    kwargs = dict(sizes=[3, 5], repeats=2, seed=5, ga_config=config, progress=False, known=local)
-    a = stability(model, paths, "cat", **kwargs)
-    b = stability(model, paths, "cat", runner=RayRunner(block_size=2), **kwargs)
-    assert b.spreads == pytest.approx(a.spreads, abs=1e-9)
 
 
 def test_space_features_on_ray_equal_the_local_extraction(local_ray, shared_data, tmp_path):
