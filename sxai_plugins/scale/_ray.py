@@ -135,3 +135,13 @@ def local_paths_ok(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
                 )
             )
     return ok, bad
+
+
+def put_model(ray, model):
+    """The model in the object store, as CPU tensors (an actor moves it to its own device); the
+    caller's model stays where it was."""
+    device = next(model.parameters()).device
+    try:
+        return ray.put(model.cpu())
+    finally:
+        model.to(device)

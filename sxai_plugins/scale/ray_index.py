@@ -32,7 +32,7 @@ from ..models.trait_model import TraitModel
 from ..search.index import IndexMeta, IndexReport
 from ..spaces.space import SpaceSet
 from ._decode import decode_batch, list_source
-from ._ray import FaultDrill, Workers, block_rows, plan_workers, ray_session
+from ._ray import FaultDrill, Workers, block_rows, plan_workers, put_model, ray_session
 
 DECODE_MEMORY = 256 * 2**20
 
@@ -44,7 +44,7 @@ class _Scorer:
     def __init__(self, payload: list, workers: Workers, fault_marker: str | None = None) -> None:
         import ray
 
-        model, spaces = ray.get(payload[0])
+        model, spaces = ray.get(payload[0]), ray.get(payload[1])
         torch.set_num_threads(workers.threads)
         self.device = torch.device(workers.device)
         self.model = model.to(self.device).eval()
@@ -143,7 +143,7 @@ def index_with_ray(
         return report
     with ray_session(address, progress=False) as ray:
         workers = plan_workers(ray, concurrency, num_gpus_per_worker)
-        payload = [ray.put((model.cpu(), spaces))]
+        payload = [put_model(ray, model), ray.put(spaces)]
         ds = (
             ray.data.from_arrow(
                 todo,

@@ -24,17 +24,7 @@ from tqdm.auto import tqdm
 
 from ..models.trait_model import TraitModel
 from ..traits.common import ProcessedImages, process_images
-from ._ray import FaultDrill, Workers, plan_workers, ray_session
-
-
-def _put_model(ray, model: TraitModel):
-    """The model in the object store, as CPU tensors (an actor moves it to its own device); the
-    caller's model stays where it was."""
-    device = next(model.parameters()).device
-    try:
-        return ray.put(model.cpu())
-    finally:
-        model.to(device)
+from ._ray import FaultDrill, Workers, plan_workers, put_model, ray_session
 
 
 def _actor_model(ref, workers: Workers) -> TraitModel:
@@ -117,7 +107,7 @@ class RayRunner:
         }
         with ray_session(self.address) as ray:
             workers = plan_workers(ray, self.concurrency, self.num_gpus_per_worker)
-            refs = [_put_model(ray, model), ray.put(np.stack(images))]
+            refs = [put_model(ray, model), ray.put(np.stack(images))]
             blocks = _blocks(len(images), self.block_size, workers.concurrency)
             ds = ray.data.from_items(
                 [{"start": a, "stop": b} for a, b in blocks], override_num_blocks=len(blocks)
@@ -232,7 +222,7 @@ class RayExtractor:
         images = list(images)
         with ray_session(self.address) as ray:
             workers = plan_workers(ray, self.concurrency, self.num_gpus_per_worker)
-            refs = [_put_model(ray, model), ray.put(images)]
+            refs = [put_model(ray, model), ray.put(images)]
             blocks = _blocks(len(images), self.block_size, workers.concurrency)
             ds = ray.data.from_items(
                 [{"start": a, "stop": b} for a, b in blocks], override_num_blocks=len(blocks)
