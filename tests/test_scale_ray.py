@@ -105,8 +105,10 @@ def _paths_in(dataset: Path) -> Counter:
     return found
 
 
-def _assert_same(sqlite: Path, dataset: Path) -> None:
-    local, remote = _rows(sqlite), _rows(dataset)
+def _assert_same(sqlite: Path, dataset: Path, scheme: str = "") -> None:
+    """The same rows and failures; ``scheme``: the dataset's paths are URIs (``file://``)."""
+    local = {f"{scheme}{path}": row for path, row in _rows(sqlite).items()}
+    remote = _rows(dataset)
     assert sorted(remote) == sorted(local)
     for path, (predicted, classes, probs, acts, mtime, size) in local.items():
         r = remote[path]
@@ -115,7 +117,10 @@ def _assert_same(sqlite: Path, dataset: Path) -> None:
         np.testing.assert_allclose(r[2], probs, atol=1e-5, rtol=0)
         np.testing.assert_allclose(r[3], acts, atol=1e-4, rtol=1e-5)
         assert (r[4], r[5]) == (mtime, size)
-    assert _failures(dataset) == _failures(sqlite)
+    # errors name the file as the index does: by path, or by URI
+    assert _failures(dataset) == [
+        (f"{scheme}{p}", f"{scheme}{why}") for p, why in _failures(sqlite)
+    ]
 
 
 def test_ray_engine_matches_the_local_engine_then_reruns_only_new_files_through_a_killed_actor(
@@ -154,30 +159,29 @@ def test_ray_engine_matches_the_local_engine_then_reruns_only_new_files_through_
     assert (again.scored, again.unchanged) == (0, 222)
 
 
-def test_changed_and_removed_files_leave_one_row_each(local_ray, tmp_path):
+def test_changed_and_removed_files_leave_one_row_each_through_a_filesystem_uri(local_ray, tmp_path):
     from PIL import Image
     from test_search import tiny_model, tiny_spaces, write_images
 
     model = tiny_model()
     spaces = tiny_spaces(model)
     paths = write_images(tmp_path / "images", 12)
+    (tmp_path / "images" / "broken.png").write_bytes(b"junk")
+    uri = (tmp_path / "images").resolve().as_uri()  # file:///…: read through pyarrow.fs
     dataset = tmp_path / "dataset"
-    first = index_with_ray(
-        model, spaces, tmp_path / "images", dataset, batch_size=4, progress=False
-    )
-    assert first.scored == 12
+    first = index_with_ray(model, spaces, uri, dataset, batch_size=4, progress=False)
+    assert (first.scored, len(first.failed)) == (12, 1)
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(paths[3])  # changed
     paths[5].unlink()  # removed
-    second = index_with_ray(
-        model, spaces, tmp_path / "images", dataset, batch_size=4, progress=False
-    )
-    assert (second.scored, second.unchanged, second.removed) == (1, 10, 1)
+    second = index_with_ray(model, spaces, uri, dataset, batch_size=4, progress=False)
+    assert (second.scored, second.unchanged, second.removed) == (1, 11, 1)
     counts = _paths_in(dataset)
-    assert set(counts.values()) == {1} and len(counts) == 11
-    assert str(paths[5].resolve()) not in counts
+    assert set(counts.values()) == {1} and len(counts) == 12
+    assert paths[5].resolve().as_uri() not in counts
+    assert paths[3].resolve().as_uri() in counts
     sqlite = tmp_path / "index.sqlite"
     index_folder(model, spaces, tmp_path / "images", sqlite, batch_size=4, progress=False)
-    _assert_same(sqlite, dataset)
+    _assert_same(sqlite, dataset, scheme="file://")
 
 
 def _tiny_backbone(pretrained: bool = True, weights=None, class_names=None):

@@ -35,7 +35,7 @@ def list_source(source: str | Path) -> tuple[Any, str, Any, list[tuple[str, str]
     source = str(source)
     rows: list[tuple[str, int, int]] = []
     unlisted: list[tuple[str, str]] = []
-    if _is_uri(source) and not source.startswith("file://"):
+    if _is_uri(source):
         from pyarrow import fs as pafs
 
         try:
@@ -50,7 +50,7 @@ def list_source(source: str | Path) -> tuple[Any, str, Any, list[tuple[str, str]
         prefix = f"{scheme}://{base.rstrip('/')}/"
     else:
         filesystem = None
-        folder = Path(source.removeprefix("file://")).resolve()
+        folder = Path(source).resolve()
         try:
             paths = list_images(folder)
         except ImageLoadError as exc:
