@@ -190,3 +190,25 @@ def test_writer_plans_an_anti_join_and_drops_stale_rows(tmp_path):
     other = tiny_model(seed=3)
     with pytest.raises(SearchIndexError, match="model tiny"):
         ParquetWriter(tmp_path / "ds", IndexMeta.of(other, tiny_spaces(other)))
+
+
+def test_a_missing_optional_package_says_how_to_install_it(monkeypatch, both, tmp_path, capsys):
+    import sys
+
+    from sxai_plugins._utils.optional import MissingDependencyError
+
+    _db, dataset = both
+    monkeypatch.setitem(sys.modules, "duckdb", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match=r'needs duckdb.*pip install "sxai\[ray\]"'):
+        ParquetIndex(dataset)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (tmp_path / "images").mkdir()
+    assert (
+        main(["index", str(tmp_path / "images"), "--engine", "ray", "--out", str(tmp_path / "d")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        'sxai: error: --engine ray needs ray, which is not installed: pip install "sxai[ray]"'
+        in err
+    )

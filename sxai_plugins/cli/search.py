@@ -66,6 +66,9 @@ def _run_index(args: argparse.Namespace) -> int:
             )
         if args.precision != "fp32":
             raise SxaiError("--engine ray scores in fp32; drop --precision")
+        from ..scale._ray import ray_module
+
+        ray_module()  # says how to install Ray before the model loads
         from ..scale.ray_index import index_with_ray
 
         target = args.out
