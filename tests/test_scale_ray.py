@@ -280,3 +280,41 @@ def test_space_features_on_ray_equal_the_local_extraction(local_ray, shared_data
     np.testing.assert_allclose(remote.traits.numpy(), local.traits.numpy(), atol=1e-5)
     assert remote.meta == local.meta and len(local.meta["failures"]) == 1
     assert [im.path for im in remote.images] == [im.path for im in images]
+
+
+def test_the_space_command_on_ray_builds_the_local_spaces(
+    local_ray, tmp_path, backbone_plugin, capsys, monkeypatch
+):
+    import torch
+    from conftest import make_tiny_model
+    from test_probes import _synthetic_dataset
+
+    from sxai_plugins.cli.main import main
+    from sxai_plugins.spaces.space import load_spaces
+
+    coco = _synthetic_dataset(tmp_path / "data")
+    config = tmp_path / "space.toml"
+    config.write_text("[recipe_options]\ncs = [0.01, 0.1]\nfolds = 2\n")
+    built = {}
+    with backbone_plugin("tiny_ray_net", lambda **_: make_tiny_model(trait_dim=16), "tiny CNN"):
+        for engine in ("local", "ray"):
+            monkeypatch.setenv("SXAI_CACHE", str(tmp_path / f"cache-{engine}"))  # both extract
+            out = tmp_path / f"spaces-{engine}"
+            args = ["space", "--config", str(config), "--annotations", str(coco), "--out", str(out)]
+            args += ["-b", "tiny_ray_net", "--class", "cat", "--class", "dog", "--folds", "3"]
+            assert main([*args, "--no-plots", "--json", "--engine", engine]) == 0
+            capsys.readouterr()
+            built[engine] = {s.key: s for s in load_spaces([out])}
+        tuned = [*args, "--recipe", "tuned", "--reference", str(tmp_path / "data"), "--no-plots"]
+        assert main([*tuned, "--engine", "ray"]) == 2
+        assert "probe recipe only" in capsys.readouterr().err
+    assert sorted(built["ray"]) == sorted(built["local"]) == ["cat.eyes", "dog.eyes"]
+    for key, space in built["local"].items():
+        other = built["ray"][key]
+        torch.testing.assert_close(other.probe.weight, space.probe.weight, atol=1e-5, rtol=1e-4)
+        numbers = {k for k, v in space.evaluation.items() if isinstance(v, float)}
+        assert {k: other.evaluation[k] for k in numbers} == pytest.approx(
+            {k: space.evaluation[k] for k in numbers}, abs=1e-4
+        )
+        rest = {k: v for k, v in space.evaluation.items() if k not in numbers}
+        assert {k: other.evaluation[k] for k in rest} == rest
