@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .._utils.errors import SxaiError
-from .._utils.io import check_output_file, dumps_json, rounded
+from .._utils.io import check_output_file, check_output_folder, dumps_json, rounded
 from ._args import (
     add_engine_args,
     add_model_args,
@@ -69,6 +69,7 @@ def _run_index(args: argparse.Namespace) -> int:
         from ..scale._ray import ray_module
 
         ray_module()  # says how to install Ray before the model loads
+        check_output_folder(args.out, "--out")
         from ..scale.ray_index import index_with_ray
 
         target = args.out
