@@ -112,22 +112,17 @@ def test_the_dataset_holds_the_same_rows_and_failures(both):
     assert schema.remove_metadata() == images_schema(parquet_index.meta).remove_metadata()
 
 
-def test_the_command_prints_the_same_json_for_both_kinds(both, capsys):
+def test_the_command_prints_the_same_json_and_sheet_for_both_kinds(both, capsys, tmp_path):
+    from PIL import Image
+
     db, dataset = both
-    outputs = []
-    for where in (db, dataset):
-        code = main(
-            [
-                "search",
-                "dog.nose > 0.5 and cat.legs < 0.5",
-                "--db",
-                str(where),
-                "--json",
-                "--limit",
-                "7",
-            ]
-        )
+    outputs, sheets = [], []
+    for n, where in enumerate((db, dataset)):
+        sheets.append(tmp_path / f"sheet{n}.png")
+        query = ["search", "dog.nose > 0.5 and cat.legs < 0.5", "--db", str(where), "--json"]
+        code = main([*query, "--limit", "7", "--sheet", str(sheets[-1])])
         outputs.append((code, json.loads(capsys.readouterr().out)))
+    assert np.array_equal(np.asarray(Image.open(sheets[0])), np.asarray(Image.open(sheets[1])))
     assert outputs[0] == outputs[1]
     assert outputs[0][0] == 0 and len(outputs[0][1]["matches"]) == 7
 

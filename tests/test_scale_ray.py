@@ -228,7 +228,7 @@ def test_traits_on_ray_give_the_local_traits_and_pca(local_ray, tmp_path):
     from test_search import write_images
 
     from sxai_plugins.scale.ray_traits import RayRunner
-    from sxai_plugins.traits.common import common_traits
+    from sxai_plugins.traits.common import common_traits, stability
     from sxai_plugins.traits.genetic import GAConfig
 
     model = make_tiny_model()
@@ -250,6 +250,18 @@ def test_traits_on_ray_give_the_local_traits_and_pca(local_ray, tmp_path):
         remote.pca.explained_variance_ratio_, local.pca.explained_variance_ratio_, atol=1e-9
     )
     np.testing.assert_allclose(np.abs(remote.pca.pc1), np.abs(local.pca.pc1), atol=1e-6)
+    # the stability repeats' searches (offset by the images reused from the run above) go through
+    # the same runner; its first actor kills itself on its first block, and Ray retries the block
+    kwargs = dict(sizes=[3, 5], repeats=2, seed=5, ga_config=config, progress=False, known=local)
+    a = stability(model, paths, "cat", **kwargs)
+    marker = tmp_path / "killed"
+    b = stability(
+        model, paths, "cat", runner=RayRunner(block_size=2, fault_marker=str(marker)), **kwargs
+    )
+    assert marker.is_file()
+    assert b.spreads == pytest.approx(a.spreads, abs=1e-9)
+    for size in (3, 5):
+        np.testing.assert_allclose(b.pc1[size], a.pc1[size], atol=1e-6)
 
 
 def test_space_features_on_ray_equal_the_local_extraction(local_ray, shared_data, tmp_path):
