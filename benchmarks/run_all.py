@@ -15,6 +15,7 @@ for script in (
     "bench_inversion.py",
     "bench_genetic.py",
     "bench_predict.py",
+    "bench_scale.py",  # needs the ray extra: pip install "sxai[ray]"
 ):
     print(f"==== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

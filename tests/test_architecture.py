@@ -166,3 +166,60 @@ def test_the_command_line_starts_without_the_heavy_libraries(argv: list[str]) ->
     )
     line = next(x for x in done.stderr.splitlines() if x.startswith("HEAVY"))
     assert line == "HEAVY", f"`sxai {' '.join(argv)}` imported{line[5:]}"
+
+
+def test_only_the_command_line_reaches_the_scale_out_engine() -> None:
+    # the Ray engine is chosen on the command line (--engine ray) or imported by its user; the
+    # library's own layers never lead there, so they never pull Ray in
+    offenders = {
+        name: sorted(t for t in targets if t.startswith("sxai_plugins.scale"))
+        for name, targets in _graph(top_level_only=False).items()
+        if not name.startswith(("sxai_plugins.scale", "sxai_plugins.cli"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+OPTIONAL = ("ray", "duckdb", "pyarrow")
+
+
+def test_ray_duckdb_and_pyarrow_are_imported_inside_functions_only() -> None:
+    found = {}
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        top = [
+            alias.name
+            for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in (
+                node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+            )
+            if alias.name.split(".")[0] in OPTIONAL
+        ]
+        if top:
+            found[name] = top
+    assert found == {}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import sxai_plugins",
+        "import runpy, sys\nsys.argv = ['sxai', '--help']\n"
+        "try:\n    runpy.run_module('sxai_plugins', run_name='__main__')\nexcept SystemExit:\n    pass",
+        "import runpy, sys\nsys.argv = ['sxai', 'index', '--help']\n"
+        "try:\n    runpy.run_module('sxai_plugins', run_name='__main__')\nexcept SystemExit:\n    pass",
+    ],
+)
+def test_importing_sxai_and_its_help_never_import_ray_or_duckdb(code: str) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        f"{code}\nimport sys\n"
+        f"print('LOADED', *sorted(m for m in {OPTIONAL!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    line = next(x for x in done.stderr.splitlines() if x.startswith("LOADED"))
+    assert line == "LOADED", f"{code!r} imported{line[6:]}"

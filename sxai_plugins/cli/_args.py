@@ -202,3 +202,59 @@ def show_progress(args: argparse.Namespace, count: int, small: int = 64) -> bool
     if getattr(args, "quiet", False) or getattr(args, "json", False):
         return False
     return count > small or sys.stderr.isatty()
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(float, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_engine_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--engine local|ray`` and the Ray engine's options (``pip install "sxai[ray]"``)."""
+    group = parser.add_argument_group(
+        "scale-out engine", 'the Ray Data engine (pip install "sxai[ray]")'
+    )
+    group.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help=f"local: this process (default); ray: {what} on Ray Data (a local Ray instance, or "
+        "the cluster of --address)",
+    )
+    group.add_argument(
+        "--address",
+        help="the Ray cluster: auto (the running one) or ray://HOST:PORT; default: RAY_ADDRESS, "
+        "else a new local instance",
+    )
+    group.add_argument(
+        "--num-gpus-per-worker",
+        type=non_negative_float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per model actor (default 0: CPU actors)",
+    )
+    group.add_argument(
+        "--concurrency",
+        type=positive_int,
+        metavar="N",
+        help="model actors (default: one per G GPUs, or one per 4 CPUs of the cluster)",
+    )
+
+
+def check_engine_args(args: argparse.Namespace) -> None:
+    """The Ray options only make sense with --engine ray."""
+    if args.engine == "ray":
+        return
+    given = [
+        flag
+        for flag, value in (
+            ("--address", args.address),
+            ("--num-gpus-per-worker", args.num_gpus_per_worker or None),
+            ("--concurrency", args.concurrency),
+        )
+        if value is not None
+    ]
+    if given:
+        raise SxaiError(f"{', '.join(given)} only apply with --engine ray")

@@ -9,7 +9,13 @@ import tomllib
 from pathlib import Path
 
 from .._utils.errors import SxaiError
-from ._args import add_model_args, model_from_args, positive_int
+from ._args import (
+    add_engine_args,
+    add_model_args,
+    check_engine_args,
+    model_from_args,
+    positive_int,
+)
 
 CONFIG_KEYS = {
     "annotations",
@@ -106,6 +112,11 @@ def _space(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_model_args(p)
+    add_engine_args(
+        p,
+        "the masked/unmasked feature extraction of the probe recipe, one block of labelled "
+        "images per model actor (the same features as local; the probes are fitted here)",
+    )
     p.set_defaults(handler=_run_space, backbone=None)
 
 
@@ -228,6 +239,22 @@ def format_table(spaces) -> str:
 
 
 def _run_space(args: argparse.Namespace) -> int:
+    check_engine_args(args)
+    if args.engine == "ray":
+        from ..scale._ray import ray_session
+        from ..scale.ray_traits import RayExtractor
+
+        with ray_session(args.address):
+            return _space_run(
+                args,
+                RayExtractor(
+                    concurrency=args.concurrency, num_gpus_per_worker=args.num_gpus_per_worker
+                ),
+            )
+    return _space_run(args, None)
+
+
+def _space_run(args: argparse.Namespace, extractor) -> int:
     from .. import DEFAULT_BACKBONE
     from .._utils.io import atomic_folder, dumps_json, write_json
     from ..data.concepts import load_coco
@@ -263,7 +290,14 @@ def _run_space(args: argparse.Namespace) -> int:
         else None
     )
     spaces, shared = build_from_config(
-        model, annotations, {**config, "recipe": mode}, classes, concepts, reference, progress
+        model,
+        annotations,
+        {**config, "recipe": mode},
+        classes,
+        concepts,
+        reference,
+        progress,
+        extractor=extractor,
     )
     summary = {
         "backbone": model.name,

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 from .._utils.errors import SxaiError
-from ._args import add_model_args, model_from_args, positive_int, positive_list
+from ._args import (
+    add_engine_args,
+    add_model_args,
+    check_engine_args,
+    model_from_args,
+    positive_int,
+    positive_list,
+)
 
 
 def _traits(sub: argparse._SubParsersAction) -> None:
@@ -85,15 +92,15 @@ def _traits(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print summary.json to stdout at the end")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_engine_args(
+        p,
+        "one batched genetic search per block of images per model actor (the same traits "
+        "and PCA as local; the PCA, inversions and plots run here)",
+    )
     p.set_defaults(handler=_run_traits)
 
 
 def _run_traits(args: argparse.Namespace) -> int:
-    from .._utils.io import atomic_folder, dumps_json
-    from ..data.images import class_images
-    from ..traits.common import common_traits
-    from ..traits.results import TraitsRun, write_common_traits
-
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise SxaiError(
@@ -101,6 +108,26 @@ def _run_traits(args: argparse.Namespace) -> int:
         )
     if args.n < 2:
         raise SxaiError(f"--n must be at least 2, got {args.n}")
+    check_engine_args(args)
+    if args.engine == "ray":
+        from ..scale._ray import ray_session
+        from ..scale.ray_traits import RayRunner
+
+        # one Ray session for the run: the stability repeats reuse it
+        with ray_session(args.address):
+            runner = RayRunner(
+                concurrency=args.concurrency, num_gpus_per_worker=args.num_gpus_per_worker
+            )
+            return _traits_run(args, out, runner)
+    return _traits_run(args, out, None)
+
+
+def _traits_run(args: argparse.Namespace, out: Path, runner) -> int:
+    from .._utils.io import atomic_folder, dumps_json
+    from ..data.images import class_images
+    from ..traits.common import common_traits
+    from ..traits.results import TraitsRun, write_common_traits
+
     inverter = None
     if args.invert != "none":
         from ..plugin.manager import get_feature_inverter
@@ -125,6 +152,7 @@ def _run_traits(args: argparse.Namespace) -> int:
         use_ga=not args.no_ga,
         progress=progress,
         batch_size=args.batch_size,
+        runner=runner,
     )
     for _path, why in found.failures:
         print(f"skipped: {why}", file=sys.stderr)
@@ -151,6 +179,7 @@ def _run_traits(args: argparse.Namespace) -> int:
             inverter=inverter,
             ga_config=ga_config,
             progress=progress,
+            runner=runner,
         )
     if args.json:
         print(dumps_json(summary))

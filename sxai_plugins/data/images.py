@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .._utils.errors import ImageLoadError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: decoding alone does not need it
+    import torch
 
 log = logging.getLogger("sxai")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -45,18 +49,22 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, size: tuple[int, int] | None = None) -> Image.Image:
+def load_image(
+    path: str | Path, size: tuple[int, int] | None = None, data: bytes | None = None
+) -> Image.Image:
     """An RGB PIL image, or :class:`ImageLoadError` naming the file and the problem.
 
     ``size`` = (H, W), the size the image will be resized to: a JPEG at least four times as large
     on both sides is decoded at 1/2, 1/4 or 1/8 scale (never below twice ``size``), which bounds
     the memory a huge photo takes. Images over Pillow's pixel limit are refused, not decoded.
+    ``data``: the file's bytes, read already (from object storage, say); ``path`` then only names
+    the image in errors.
     """
-    path = Path(path)
+    path = Path(path) if data is None else path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path if data is None else io.BytesIO(data)) as image:
                 if size is not None and image.format == "JPEG":
                     image.draft(None, (2 * size[1], 2 * size[0]))
                 image.load()
@@ -76,6 +84,8 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> Image.I
 def to_tensor(image: Image.Image | np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``3×H×W`` float tensor in [0, 1]; ``size`` = (H, W) resizes the whole image (no crop, as the
     paper rescaled every image to 224×224, so superpixels and concepts at the border survive)."""
+    import torch
+
     if isinstance(image, np.ndarray):
         array = image.astype(np.float32)
         if array.max() > 1.0:
@@ -155,6 +165,8 @@ def iter_batches(
     """Load and resize images in batches; an unreadable file is skipped, and the rest of the batch
     still runs. It is recorded in ``failures`` when given (the caller reports it, once), else
     logged as a warning."""
+    import torch
+
     ok_paths: list[Path] = []
     tensors: list[torch.Tensor] = []
     for path in paths:

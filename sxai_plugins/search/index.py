@@ -159,7 +159,85 @@ def _explain_db_error(path: Path, exc: sqlite3.Error) -> str:
     )
 
 
-class SearchIndex:
+def describe_mismatch(path: Path, stored: IndexMeta, meta: IndexMeta, flag: str) -> str:
+    """Why an index built under ``stored`` cannot take rows scored under ``meta``."""
+    what = []
+    if (stored.backbone, stored.fingerprint) != (meta.backbone, meta.fingerprint):
+        what.append(
+            f"model {stored.backbone} ({stored.fingerprint}), now {meta.backbone} ({meta.fingerprint})"
+        )
+    if stored.classes != meta.classes:
+        what.append(f"classes {list(stored.classes)}, now {list(meta.classes)}")
+    if stored.spaces != meta.spaces or stored.spaces_digest != meta.spaces_digest:
+        what.append(
+            f"spaces {list(stored.spaces)} ({stored.spaces_digest}), now {list(meta.spaces)} "
+            f"({meta.spaces_digest})"
+        )
+    return (
+        f"{path} was indexed with {'; '.join(what)}: its numbers would not be comparable. "
+        f"Index into another {flag} for this model and these spaces; this one stays searchable as it is"
+    )
+
+
+class Searchable:
+    """The search both index kinds share: the same compiled query, the same SQL text.
+
+    A subclass sets ``meta``, ``path`` and the column maps and runs SQL with :meth:`_rows`
+    (``sql`` with ``?`` parameters; an ``images`` table with the SQLite index's columns).
+    """
+
+    path: Path
+    meta: IndexMeta
+    space_columns: dict[str, str]
+    class_columns: dict[str, str]
+
+    def _rows(self, sql: str, params: tuple) -> list[tuple]:
+        raise NotImplementedError
+
+    def compile(self, query: str) -> CompiledQuery:
+        return compile_query(query, self.space_columns, self.meta.classes)
+
+    def search(self, query: str, limit: int | None = 50) -> SearchResult:
+        """Images matching ``query`` and how many match in all (``total``).
+
+        Matches come most extreme first on the query's first space: descending for ``>``, ``>=``,
+        ``=``, ``!=``, ascending for ``<``, ``<=`` (reversed under ``not``), then by path; a query
+        without a space (``predicted = cat``) is ordered by path. Ordering by the space lets
+        SQLite walk that space's index, so a selective query does not scan the table.
+        """
+        compiled = self.compile(query)
+        cols = [*self.class_columns.values(), *self.space_columns.values()]
+        if compiled.order is not None:
+            key, descending = compiled.order
+            order_by = f"{self.space_columns[key]} {'DESC' if descending else 'ASC'}, path"
+        else:
+            order_by = "path"
+        sql = f"SELECT path, predicted, {', '.join(cols)} FROM images WHERE {compiled.where} ORDER BY {order_by}"
+        params = compiled.params
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (*params, int(limit))
+        matches = []
+        n_classes = len(self.meta.classes)
+        for path, predicted, *values in self._rows(sql, params):
+            matches.append(
+                Match(
+                    _from_db(path),
+                    predicted,
+                    dict(zip(self.meta.classes, values[:n_classes])),
+                    dict(zip(self.meta.spaces, values[n_classes:])),
+                )
+            )
+        if limit is None or len(matches) < limit:
+            total = len(matches)  # everything was fetched: no need to count
+        else:
+            total = self._rows(
+                f"SELECT count(*) FROM images WHERE {compiled.where}", compiled.params
+            )[0][0]
+        return SearchResult(query, matches, int(total), compiled.spaces)
+
+
+class SearchIndex(Searchable):
     """An SQLite file of per-image predictions and semantic probabilities."""
 
     def __init__(self, path: str | Path, meta: IndexMeta | None = None) -> None:
@@ -276,22 +354,7 @@ class SearchIndex:
             raise SearchIndexError(f"{self.path}: corrupted index metadata ({exc})") from exc
 
     def _mismatch(self, stored: IndexMeta, meta: IndexMeta) -> str:
-        what = []
-        if (stored.backbone, stored.fingerprint) != (meta.backbone, meta.fingerprint):
-            what.append(
-                f"model {stored.backbone} ({stored.fingerprint}), now {meta.backbone} ({meta.fingerprint})"
-            )
-        if stored.classes != meta.classes:
-            what.append(f"classes {list(stored.classes)}, now {list(meta.classes)}")
-        if stored.spaces != meta.spaces or stored.spaces_digest != meta.spaces_digest:
-            what.append(
-                f"spaces {list(stored.spaces)} ({stored.spaces_digest}), now {list(meta.spaces)} "
-                f"({meta.spaces_digest})"
-            )
-        return (
-            f"{self.path} was indexed with {'; '.join(what)}: its numbers would not be comparable. "
-            "Index into another --db for this model and these spaces; this file stays searchable as it is"
-        )
+        return describe_mismatch(self.path, stored, meta, "--db")
 
     def _create(self, meta: IndexMeta) -> None:
         """The schema, in one IMMEDIATE transaction: two processes creating the same new index
@@ -386,55 +449,11 @@ class SearchIndex:
         return int(self.db.execute("SELECT count(*) FROM images").fetchone()[0])
 
     # ---------------------------------------------------------------------------- searching
-    def compile(self, query: str) -> CompiledQuery:
-        return compile_query(query, self.space_columns, self.meta.classes)
-
-    def search(self, query: str, limit: int | None = 50) -> SearchResult:
-        """Images matching ``query`` and how many match in all (``total``).
-
-        Matches come most extreme first on the query's first space: descending for ``>``, ``>=``,
-        ``=``, ``!=``, ascending for ``<``, ``<=`` (reversed under ``not``), then by path; a query
-        without a space (``predicted = cat``) is ordered by path. Ordering by the space lets
-        SQLite walk that space's index, so a selective query does not scan the table.
-        """
-        compiled = self.compile(query)
-        cols = [*self.class_columns.values(), *self.space_columns.values()]
-        if compiled.order is not None:
-            key, descending = compiled.order
-            order_by = f"{self.space_columns[key]} {'DESC' if descending else 'ASC'}, path"
-        else:
-            order_by = "path"
-        sql = f"SELECT path, predicted, {', '.join(cols)} FROM images WHERE {compiled.where} ORDER BY {order_by}"
-        params = compiled.params
-        if limit is not None:
-            sql += " LIMIT ?"
-            params = (*params, int(limit))
+    def _rows(self, sql: str, params: tuple) -> list[tuple]:
         try:
-            return self._search(query, compiled, sql, params, limit)
+            return self.db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise SearchIndexError(_explain_db_error(self.path, exc)) from exc
-
-    def _search(
-        self, query: str, compiled: CompiledQuery, sql: str, params: tuple, limit: int | None
-    ) -> SearchResult:
-        matches = []
-        n_classes = len(self.meta.classes)
-        for path, predicted, *values in self.db.execute(sql, params):
-            matches.append(
-                Match(
-                    _from_db(path),
-                    predicted,
-                    dict(zip(self.meta.classes, values[:n_classes])),
-                    dict(zip(self.meta.spaces, values[n_classes:])),
-                )
-            )
-        if limit is None or len(matches) < limit:
-            total = len(matches)  # everything was fetched: no need to count
-        else:
-            total = self.db.execute(
-                f"SELECT count(*) FROM images WHERE {compiled.where}", compiled.params
-            ).fetchone()[0]
-        return SearchResult(query, matches, int(total), compiled.spaces)
 
 
 def _stat(paths: Sequence[Path]) -> Iterator[tuple[Path, tuple[int, int] | None]]:

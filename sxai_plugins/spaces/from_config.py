@@ -9,11 +9,27 @@ from .._utils.errors import SxaiError
 
 
 def build_from_config(
-    model, annotations, config: dict, classes, concepts, reference, progress: bool = True
+    model,
+    annotations,
+    config: dict,
+    classes,
+    concepts,
+    reference,
+    progress: bool = True,
+    extractor=None,
 ):
-    """``(spaces, shared channels)`` for ``config["recipe"]`` (probe, tuned or paper)."""
+    """``(spaces, shared channels)`` for ``config["recipe"]`` (probe, tuned or paper).
+    ``extractor``: how the probe recipe's masked/unmasked features are extracted (see
+    :func:`~sxai_plugins.spaces.probe_data.cached_probe_features`)."""
     if config.get("recipe", "probe") == "probe":
-        return _build_probes(model, annotations, config, classes, concepts, reference, progress)
+        return _build_probes(
+            model, annotations, config, classes, concepts, reference, progress, extractor
+        )
+    if extractor is not None:
+        raise SxaiError(
+            f"--engine ray extracts features for the probe recipe only; the {config['recipe']} "
+            "recipe runs locally (drop --engine ray)"
+        )
     return _build_v1(
         model, annotations, config, classes, concepts, reference, config["recipe"], progress
     )
@@ -43,7 +59,9 @@ def probe_recipe(recipe_options: dict):
     return recipe, seed
 
 
-def _build_probes(model, annotations, config, classes, concepts, reference, progress):
+def _build_probes(
+    model, annotations, config, classes, concepts, reference, progress, extractor=None
+):
     from .build import shared_channels
     from .probe_data import Masking, cached_probe_features, load_labelled
     from .probes import build_probe_spaces
@@ -54,7 +72,14 @@ def _build_probes(model, annotations, config, classes, concepts, reference, prog
     maskings = [Masking.parse(m) for m in recipe.train_maskings + recipe.held_out_maskings]
     try:
         bank = cached_probe_features(
-            model, labelled, concepts, maskings, seed=seed, progress=progress, layers=recipe.layers
+            model,
+            labelled,
+            concepts,
+            maskings,
+            seed=seed,
+            progress=progress,
+            layers=recipe.layers,
+            extractor=extractor,
         )
     except ValueError as exc:  # a layer the model's body does not have
         raise SxaiError(f"recipe_options.layers: {exc}") from exc

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -534,13 +534,17 @@ def cached_probe_features(
     cache_dir: str | Path | None = None,
     maps: bool = False,
     layers: Sequence[str] = (),
+    extractor: Callable[..., ProbeFeatures] | None = None,
 ) -> ProbeFeatures:
     """:func:`extract_probe_features`, cached under ``cache_dir`` (default ``$SXAI_CACHE`` or
     ~/.cache/sxai) by model weights, head, images (path, size, mtime, labels, geometry), concepts,
     maskings and seed: rebuilding spaces from the same material costs no forward pass. With
     ``maps`` the bank also carries the feature maps (float16, ~1 GB for 8,000 rows of 1280×7×7),
     kept in a file beside the traits; a cache saved without them is extracted again. ``layers``
-    likewise: a cache without those layers' pooled outputs is extracted again."""
+    likewise: a cache without those layers' pooled outputs is extracted again.
+    ``extractor``: what extracts on a cache miss, with :func:`extract_probe_features`'s arguments
+    (default: that function, here; ``sxai_plugins.scale.ray_traits.RayExtractor`` spreads the
+    images over Ray actors and gives the same bank)."""
     digest = hashlib.sha256(model.fingerprint().encode())
     digest.update(model.head.weight.detach().cpu().numpy().tobytes())
     digest.update(json.dumps([list(concepts), [m.name for m in maskings], seed, 2]).encode())
@@ -568,7 +572,7 @@ def cached_probe_features(
             logging.getLogger("sxai").warning(
                 "ignoring the unreadable feature cache %s (%s)", path, exc
             )
-    bank = extract_probe_features(
+    bank = (extractor or extract_probe_features)(
         model,
         images,
         concepts,

@@ -14,7 +14,7 @@ first images of its sample for a larger one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,14 @@ from .pca import RowCentredPCA, first_pc, spread
 
 log = logging.getLogger("sxai")
 
-__all__ = ["CommonTraits", "Stability", "common_traits", "stability"]
+__all__ = [
+    "CommonTraits",
+    "ProcessedImages",
+    "Stability",
+    "common_traits",
+    "process_images",
+    "stability",
+]
 
 
 @dataclass
@@ -123,14 +130,16 @@ def _target_index(model: TraitModel, target_class: str, use_ga: bool) -> int | N
 
 
 @dataclass
-class _Processed:
+class ProcessedImages:
+    """What :func:`process_images` gives for a list of images, in their order."""
+
     traits: torch.Tensor
     masks: np.ndarray
     fitness: np.ndarray
     images: np.ndarray
 
 
-def _process(
+def process_images(
     model: TraitModel,
     images: list[np.ndarray],
     target: int | None,
@@ -140,7 +149,7 @@ def _process(
     progress: bool,
     batch_size: int,
     first_index: int = 0,
-) -> _Processed:
+) -> ProcessedImages:
     """Genetic search (optional), then traits and target probabilities of the resulting images.
 
     ``first_index``: these images sit at that position of a longer call (see
@@ -180,7 +189,10 @@ def _process(
         if target is not None
         else np.full(len(searched), np.nan)
     )
-    return _Processed(torch.cat(traits), masks, fitness, searched)
+    return ProcessedImages(torch.cat(traits), masks, fitness, searched)
+
+
+Runner = Callable[..., ProcessedImages]
 
 
 def _check_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -202,6 +214,7 @@ def common_traits(
     progress: bool = True,
     batch_size: int = 32,
     variance: float = 0.85,
+    runner: Runner | None = None,
 ) -> CommonTraits:
     """The common traits of ``n`` images of ``target_class`` drawn at random from ``image_paths``.
 
@@ -218,6 +231,10 @@ def common_traits(
         progress: progress bars.
         batch_size: images per forward pass when taking traits.
         variance: the PCA keeps the fewest PCs reaching this cumulative information ratio.
+        runner: runs the search and takes the traits, with :func:`process_images`'s arguments
+            (default: that function, in this process;
+            ``sxai_plugins.scale.ray_traits.RayRunner`` spreads the images over Ray actors).
+            The PCA runs here either way.
     """
     paths = _check_paths(image_paths)
     target = _target_index(model, target_class, use_ga)
@@ -229,7 +246,7 @@ def common_traits(
         log.warning(
             "asked for %d images of %s, only %d readable ones exist", n, target_class, len(chosen)
         )
-    done = _process(
+    done = (runner or process_images)(
         model,
         [loader.images[p] for p in chosen],
         target,
@@ -264,6 +281,7 @@ def stability(
     progress: bool = True,
     batch_size: int = 32,
     known: CommonTraits | None = None,
+    runner: Runner | None = None,
 ) -> Stability:
     """Spread of PC1 over ``repeats`` random samples for each size in ``sizes`` (paper: Ne = 3).
 
@@ -271,7 +289,8 @@ def stability(
     image any repeat needs (seeded by ``seed``), so repeats sharing an image share its result.
     ``known``: the result of :func:`common_traits` with the same model, seed, search settings and
     class; repeat 0 starts with its sample, so those images' traits are taken from it instead of
-    being searched again (the answers are the same either way).
+    being searched again (the answers are the same either way). ``runner``: as in
+    :func:`common_traits`.
     """
     paths = _check_paths(paths)
     sizes = sorted({int(s) for s in sizes})
@@ -290,7 +309,7 @@ def stability(
         while reused < min(len(union), len(known.paths)) and union[reused] == known.paths[reused]:
             reused += 1
     if reused < len(union):
-        done = _process(
+        done = (runner or process_images)(
             model,
             [loader.images[p] for p in union[reused:]],
             target,

@@ -119,6 +119,7 @@ def write_stability(
     candidates: list[Path],
     ga_config: Any,
     progress: bool,
+    runner: Any = None,
 ) -> tuple[list[str], dict]:
     """stability.json and its plot: PC1's spread over repeats at each Ns."""
     result = stability(
@@ -133,6 +134,7 @@ def write_stability(
         progress=progress,
         batch_size=run.batch_size,
         known=found,
+        runner=runner,
     )
     write_json(folder / "stability.json", result.to_dict())
     plot_stability(result, folder / "stability.png", title=f"{run.target_class} ({model.name})")
@@ -180,8 +182,10 @@ def write_common_traits(
     inverter: Any = None,
     ga_config: Any = None,
     progress: bool = True,
+    runner: Any = None,
 ) -> dict[str, Any]:
-    """Write every part of a run into ``folder`` and return the summary (also summary.json)."""
+    """Write every part of a run into ``folder`` and return the summary (also summary.json).
+    ``runner``: how the stability repeats' searches run (see :func:`common_traits`)."""
     files = ["summary.json", *write_tensors(folder, run, model, found)]
     if inverter is not None:
         files += write_inversions(folder, run, model, found, inverter, progress)
@@ -205,7 +209,7 @@ def write_common_traits(
     }
     if run.stability_sizes:
         written, summary["stability"] = write_stability(
-            folder, run, model, found, candidates, ga_config, progress
+            folder, run, model, found, candidates, ga_config, progress, runner
         )
         files += written
     if run.per_layer:

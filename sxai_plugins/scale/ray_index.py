@@ -1,0 +1,217 @@
+"""``sxai index SOURCE --engine ray --out DATASET``: the search index built by a Ray Data pipeline.
+
+The driver lists SOURCE (a folder, or a pyarrow-filesystem URI such as ``s3://bucket/prefix``)
+and anti-joins the listing with the dataset on (path, mtime_ns, size), with DuckDB: only new or
+changed files are scored. Rows of changed or removed files are dropped first, so an interrupted
+run never leaves two rows for one path. Then::
+
+    from_arrow(todo) ─► map_batches(_decode)  CPU tasks: read bytes, decode, resize (uint8)
+                     ─► map_batches(_Scorer)  actors: model + spaces loaded once per actor
+                                              (GPU actors with num_gpus > 0): one forward pass
+                                              per batch gives the prediction, A_s and P_s
+                     ─► iter_batches on the driver: whole Parquet part files, renamed into place
+
+A file that cannot be read or decoded becomes a row of ``failures/`` and never fails the job.
+Fault tolerance is Ray's: a dead actor is restarted (``max_restarts``) and its unfinished task
+retried (``max_task_retries``); a task's output reaches the driver once, when the task is done,
+so no row is lost or written twice. The numbers are those of the local engine (the same decoding
+and resizing, the same channels-last forward pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..models.inference import model_size
+from ..models.trait_model import TraitModel
+from ..search.index import IndexMeta, IndexReport
+from ..spaces.space import SpaceSet
+from ._decode import decode_batch, list_source
+from ._ray import FaultDrill, Workers, block_rows, plan_workers, put_model, ray_session
+
+DECODE_MEMORY = 256 * 2**20
+
+
+# ------------------------------------------------------------------------------------ scoring
+class _Scorer:
+    """A Ray Data actor: the model and the spaces, loaded once, score batches of decoded images."""
+
+    def __init__(self, payload: list, workers: Workers, fault_marker: str | None = None) -> None:
+        import ray
+
+        model, spaces = ray.get(payload[0]), ray.get(payload[1])
+        torch.set_num_threads(workers.threads)
+        self.device = torch.device(workers.device)
+        self.model = model.to(self.device).eval()
+        self.model.to(memory_format=torch.channels_last)
+        self.spaces = spaces
+        spaces.prepare(self.model)  # the pooled layers the spaces read, from the same pass
+        self.classes = np.array(model.class_names, dtype=object)
+        self.n_spaces = len(spaces.keys)
+        self.drill = FaultDrill(fault_marker)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.drill.tick()
+        errors = batch["error"]
+        ok = np.array([e == "" for e in errors], dtype=bool)
+        n = len(errors)
+        classes = np.full((n, len(self.classes)), np.nan)
+        probabilities = np.full((n, self.n_spaces), np.nan)
+        activations = np.full((n, self.n_spaces), np.nan)
+        predicted = np.full(n, "", dtype=object)
+        if ok.any():
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["image"][ok]))
+            images = (
+                pixels.to(self.device)
+                .permute(0, 3, 1, 2)
+                .float()
+                .div(255.0)
+                .contiguous(memory_format=torch.channels_last)
+            )
+            out = self.model(images)
+            act = self.spaces.activations(out).cpu()
+            probs = out.logits.float().softmax(dim=1).cpu()
+            classes[ok] = probs.double().numpy()
+            activations[ok] = act.double().numpy()
+            probabilities[ok] = self.spaces.probabilities_from_activations(act).double().numpy()
+            predicted[ok] = self.classes[probs.argmax(dim=1).numpy()]
+        out_batch = {
+            "path": batch["path"],
+            "mtime_ns": batch["mtime_ns"],
+            "size": batch["size"],
+            "predicted": predicted,
+            "error": errors,
+        }
+        out_batch |= {f"c{i}": classes[:, i] for i in range(classes.shape[1])}
+        out_batch |= {f"p{i}": probabilities[:, i] for i in range(self.n_spaces)}
+        out_batch |= {f"a{i}": activations[:, i] for i in range(self.n_spaces)}
+        return out_batch
+
+
+# ------------------------------------------------------------------------------------- driver
+def index_with_ray(
+    model: TraitModel,
+    spaces: SpaceSet,
+    source: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 32,
+    concurrency: int | None = None,
+    num_gpus_per_worker: float = 0,
+    address: str | None = None,
+    progress: bool = True,
+    rows_per_part: int = 100_000,
+    fault_marker: str | None = None,
+    on_part: Callable[[int], None] | None = None,
+) -> IndexReport:
+    """Score the images under ``source`` that are new or changed into the Parquet dataset ``out``.
+
+    Args:
+        source: a folder, or a pyarrow-filesystem URI (``s3://…``, ``gs://…``, ``file://…``).
+        out: the dataset folder (created if missing); it must have been built with this model
+            and these spaces.
+        batch_size: images per forward pass (and per decoding task's batch).
+        concurrency: scoring actors (default: one per ``num_gpus_per_worker`` GPUs, or one per
+            4 CPUs of the cluster).
+        num_gpus_per_worker: GPUs per scoring actor (0: score on CPUs).
+        address: the Ray cluster (``"auto"``: the running one; ``None``: ``RAY_ADDRESS`` or a new
+            local instance). An already initialised Ray is used as it is.
+        rows_per_part: rows per Parquet part file; an interruption loses at most the rows not
+            yet written, and a rerun scores them.
+        fault_marker: tests and drills only: see :class:`~sxai_plugins.scale._ray.FaultDrill`.
+        on_part: called with the number of parts written after each part.
+    """
+    from ..search.parquet import ParquetWriter
+
+    meta = IndexMeta.of(model, spaces)
+    writer = ParquetWriter(out, meta)
+    report = IndexReport()
+    listing, prefix, filesystem, unlisted = list_source(source)
+    report.found = listing.num_rows + len(unlisted)
+    report.failed.extend(unlisted)
+    todo, stale = writer.plan(listing, prefix)
+    listed = set(listing.column("path").to_pylist()) if stale else set()
+    writer.remove(stale)
+    report.removed = sum(1 for p in stale if p not in listed)
+    report.unchanged = listing.num_rows - todo.num_rows
+    if todo.num_rows == 0:
+        return report
+    with ray_session(address, progress=False) as ray:
+        workers = plan_workers(ray, concurrency, num_gpus_per_worker)
+        payload = [put_model(ray, model), ray.put(spaces)]
+        ds = (
+            ray.data.from_arrow(
+                todo,
+                override_num_blocks=max(
+                    1, -(-todo.num_rows // block_rows(todo.num_rows, batch_size))
+                ),
+            )
+            .map_batches(
+                decode_batch,
+                batch_size=batch_size,
+                batch_format="numpy",
+                fn_kwargs={"size": model_size(model), "filesystem": filesystem},
+                num_cpus=1,
+                # room for a batch's full-size decoded images; being unlike the actors' request,
+                # it also keeps decoding in its own tasks (Ray would fuse it into the actors,
+                # which would then decode and score in turn instead of at once)
+                memory=DECODE_MEMORY,
+            )
+            .map_batches(
+                _Scorer,
+                batch_size=batch_size,
+                batch_format="numpy",
+                fn_constructor_args=(payload, workers, fault_marker),
+                # Ray Data's actor pools restart dead actors and retry their tasks by default
+                # (max_restarts=-1, max_task_retries=-1): nothing to ask for here
+                compute=ray.data.ActorPoolStrategy(size=workers.concurrency),
+                num_gpus=workers.num_gpus or None,
+                num_cpus=1 if workers.num_gpus == 0 else None,
+            )
+        )
+        _collect(ds, writer, todo.num_rows, report, rows_per_part, progress, on_part)
+    return report
+
+
+def _collect(ds, writer, total, report, rows_per_part, progress, on_part) -> None:
+    """Stream the scored rows to the driver and write them as whole part files."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ..search.parquet import failures_schema, images_schema
+
+    image_columns = images_schema(writer.meta).names
+    failure_columns = failures_schema(writer.meta).names
+    pending: list = []
+    pending_rows = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_rows
+        if not pending:
+            return
+        table = pa.concat_tables(pending)
+        bad = pc.not_equal(table["error"], "")
+        images = table.filter(pc.invert(bad)).select(image_columns)
+        failures = table.filter(bad).select(failure_columns)
+        writer.add(images, failures)
+        report.scored += images.num_rows
+        report.failed.extend(zip(failures["path"].to_pylist(), failures["error"].to_pylist()))
+        report.batches += 1
+        pending, pending_rows = [], 0
+        if on_part is not None:
+            on_part(writer.parts)
+
+    with tqdm(total=total, desc="indexing", unit="img", disable=not progress) as bar:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            bar.update(batch.num_rows)
+            if pending_rows >= rows_per_part:
+                flush()
+        flush()
