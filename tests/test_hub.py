@@ -707,10 +707,14 @@ def test_default_spaces_round_trip_give_identical_probabilities_on_the_examples(
     cache = tmp_path / "empty-cache"
     pulled = spaces_hub.pull("sxai/lite0-catdog-spaces", cache_dir=cache, model=default_model)
     assert sorted(s.key for s in pulled) == sorted(s.key for s in local)
-    traits = score_paths(default_model, example_images(), progress=False).traits
+    layers = SpaceSet(local).layer_names  # what the bundled probes read besides the traits
+    assert layers
+    with default_model.pooling(layers):
+        features = score_paths(default_model, example_images(), progress=False).features(layers)
     by_key = {s.key: s for s in pulled}
-    want = SpaceSet(local).probabilities(traits)
-    have = SpaceSet([by_key[s.key] for s in local]).probabilities(traits)
+    want = SpaceSet(local).probabilities(features)
+    have = SpaceSet([by_key[s.key] for s in local]).probabilities(features)
+    assert all(by_key[s.key].layers == s.layers for s in local)
     assert torch.equal(want, have)
     assert want.shape == (6, 8)
 

@@ -499,7 +499,7 @@ def _check_width(x: torch.Tensor, dim: int, what: str, layers: Sequence[tuple[st
             if layers
             else ""
         )
-        raise SpaceError(f"{what} reads {read}, got shape {tuple(x.shape)}{hint}")
+        raise SpaceError(f"{what}: expected {read}, got shape {tuple(x.shape)}{hint}")
 
 
 def check_model_fits(
