@@ -126,7 +126,7 @@ def test_discovery_finds_a_cluster_per_planted_shape(tmp_path, planted, one_thre
     assert written["k"] == result.k and set(written["clusters"]) == set(result.clusters)
     assert "[names]" in (out / "concepts.toml").read_text()
     # the same seed gives the same discovery
-    again = discover(_tiny(), data, "cat", tmp_path / "again", CONFIG, progress=False)
+    discover(_tiny(), data, "cat", tmp_path / "again", CONFIG, progress=False)
     assert np.array_equal(load_segments(out)[2], load_segments(tmp_path / "again")[2])
 
 
