@@ -51,6 +51,7 @@ class DiscoverConfig:
     min_area: float = 0.002  # smaller segments are dropped (share of the image)
     embedding: str = "pooled"  # pooled (one pass per image) or crop (one pass per segment)
     pool_size: int = 448  # pooled: the side the image is fed at (more map cells than the input)
+    center: bool = True  # subtract each image's mean segment embedding before clustering
     pca_dims: int = 64
     ks: tuple[int, ...] = (10, 15, 20, 25, 30, 35, 40)
     min_images: int = 5  # a cluster in fewer images is rare
@@ -110,6 +111,17 @@ class Discovery:
             "clusters": {cid: asdict(s) for cid, s in self.clusters.items()},
             "timings": self.timings,
         }
+
+
+def center_per_image(embeddings: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Each segment's embedding minus the mean of its image's segments: what sets a part apart
+    from the rest of its image, not what the whole image looks like (without it, clusters gather
+    the segments of one image; measured in docs/results/discovered/README.md)."""
+    out = embeddings.astype(np.float32, copy=True)
+    for i in np.unique(image):
+        rows = image == i
+        out[rows] -= embeddings[rows].mean(axis=0)
+    return out
 
 
 def excluded_paths(files: Iterable[str | Path]) -> set[Path]:
@@ -243,6 +255,8 @@ def discover(
     timings["embed"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
+    if config.center:
+        embeddings = center_per_image(embeddings, table.image)
     reduced = reduce(embeddings, config.pca_dims, config.seed)
     clustering = cluster(reduced, config.ks, config.seed, progress=progress)
     stats = cluster_stats(
