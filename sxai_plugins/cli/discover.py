@@ -45,7 +45,7 @@ def _discover(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--k",
         type=positive_list(int),
-        default=[10, 15, 20, 25, 30, 35, 40],
+        default=[8, 10, 12, 15, 20],
         help="cluster counts to try; the best silhouette wins",
     )
     p.add_argument("--seed", type=int, default=0)

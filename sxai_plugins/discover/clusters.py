@@ -25,7 +25,7 @@ class Clustering:
     reduced: np.ndarray  # N×d, the embeddings clustered (L2-normalised, PCA-reduced)
     centres: np.ndarray  # k×d
     k: int
-    silhouette: dict[int, float] = field(default_factory=dict)
+    silhouette: dict[str, float] = field(default_factory=dict)  # "k" or "scale:k" -> score
 
 
 def reduce(embeddings: np.ndarray, dims: int, seed: int) -> np.ndarray:
@@ -70,8 +70,34 @@ def cluster(
         )
     best = max(candidates, key=lambda k: (round(scores[k], 4), -k))
     return Clustering(
-        fits[best].labels_.astype(np.int64), reduced, fits[best].cluster_centers_, best, scores
+        fits[best].labels_.astype(np.int64),
+        reduced,
+        fits[best].cluster_centers_,
+        best,
+        {str(k): v for k, v in scores.items()},
     )
+
+
+def cluster_by_scale(
+    reduced: np.ndarray,
+    scale: np.ndarray,
+    scale_names: Sequence[int],
+    ks: Sequence[int],
+    seed: int,
+    progress: bool = True,
+) -> Clustering:
+    """:func:`cluster` on the segments of each SLIC scale apart (k chosen per scale), so that a
+    cluster holds segments of one size: parts at fine scales, larger regions at coarse ones."""
+    assignment = np.zeros(len(reduced), dtype=np.int64)
+    centres, silhouette, offset = [], {}, 0
+    for s in np.unique(scale):
+        rows = np.flatnonzero(scale == s)
+        part = cluster(reduced[rows], ks, seed, progress=progress)
+        assignment[rows] = part.assignment + offset
+        centres.append(part.centres)
+        silhouette.update({f"{scale_names[s]}:{k}": v for k, v in part.silhouette.items()})
+        offset += part.k
+    return Clustering(assignment, reduced, np.concatenate(centres), offset, silhouette)
 
 
 def within_image_z(values: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -225,6 +251,7 @@ __all__ = [
     "ClusterStats",
     "Clustering",
     "cluster",
+    "cluster_by_scale",
     "cluster_mask",
     "cluster_stats",
     "rank_clusters",

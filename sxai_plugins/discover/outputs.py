@@ -154,7 +154,7 @@ def html_page(result: Discovery, folder: Path) -> str:
         n_images=len(result.images),
         n_segments=result.n_segments,
         k=result.k,
-        silhouette=[(k, f"{v:.3f}") for k, v in sorted(result.silhouette.items())],
+        silhouette=[(k, f"{v:.3f}") for k, v in result.silhouette.items()],
         config=result.config,
         clusters=clusters,
         timings={k: f"{v:.1f} s" for k, v in result.timings.items()},

@@ -31,7 +31,15 @@ from .._utils.errors import SxaiError
 from .._utils.io import atomic_folder, atomic_write, write_json
 from ..data.images import ImageLoadError, class_images, load_image, to_array
 from ..models.trait_model import TraitModel
-from .clusters import KEPT, ClusterStats, cluster, cluster_stats, rank_clusters, reduce
+from .clusters import (
+    KEPT,
+    ClusterStats,
+    cluster,
+    cluster_by_scale,
+    cluster_stats,
+    rank_clusters,
+    reduce,
+)
 from .segments import SegmentTable, crop_embeddings, pooled_embeddings, segment_images
 
 FORMAT = 1
@@ -51,9 +59,11 @@ class DiscoverConfig:
     min_area: float = 0.002  # smaller segments are dropped (share of the image)
     embedding: str = "pooled"  # pooled (one pass per image) or crop (one pass per segment)
     pool_size: int = 448  # pooled: the side the image is fed at (more map cells than the input)
+    crop_size: int = 112  # crop: the side each segment crop is fed at
     center: bool = True  # subtract each image's mean segment embedding before clustering
+    by_scale: bool = True  # cluster each SLIC scale's segments apart (k chosen per scale)
     pca_dims: int = 64
-    ks: tuple[int, ...] = (10, 15, 20, 25, 30, 35, 40)
+    ks: tuple[int, ...] = (8, 10, 12, 15, 20)  # per scale when by_scale
     min_images: int = 5  # a cluster in fewer images is rare
     min_image_fraction: float = 0.1  # ... or in fewer than this share of the images
     background_z: float = 0.0  # clusters whose class evidence is below this are background
@@ -87,7 +97,7 @@ class Discovery:
     images: list[str]  # paths relative to image_root
     config: dict
     k: int
-    silhouette: dict[int, float]
+    silhouette: dict[str, float]
     clusters: dict[str, ClusterStats]  # id -> figures; kept ones first, by rank
     n_segments: int
     timings: dict[str, float] = field(default_factory=dict)
@@ -106,7 +116,7 @@ class Discovery:
             "images": self.images,
             "config": self.config,
             "k": self.k,
-            "silhouette": {str(k): v for k, v in self.silhouette.items()},
+            "silhouette": dict(self.silhouette),
             "n_segments": self.n_segments,
             "clusters": {cid: asdict(s) for cid, s in self.clusters.items()},
             "timings": self.timings,
@@ -237,7 +247,14 @@ def discover(
         )
     else:
         embeddings, evidence = crop_embeddings(
-            model, arrays, labels, table, class_index, 4 * config.batch_size, progress
+            model,
+            arrays,
+            labels,
+            table,
+            class_index,
+            4 * config.batch_size,
+            progress,
+            config.crop_size,
         )
         with torch.inference_mode():
             from .segments import class_score
@@ -258,7 +275,12 @@ def discover(
     if config.center:
         embeddings = center_per_image(embeddings, table.image)
     reduced = reduce(embeddings, config.pca_dims, config.seed)
-    clustering = cluster(reduced, config.ks, config.seed, progress=progress)
+    if config.by_scale:
+        clustering = cluster_by_scale(
+            reduced, table.scale, config.scales, config.ks, config.seed, progress
+        )
+    else:
+        clustering = cluster(reduced, config.ks, config.seed, progress=progress)
     stats = cluster_stats(
         table,
         clustering,
@@ -372,7 +394,7 @@ def load_discovery(folder: str | Path) -> Discovery:
             list(data["images"]),
             dict(data["config"]),
             int(data["k"]),
-            {int(k): float(v) for k, v in data["silhouette"].items()},
+            {str(k): float(v) for k, v in data["silhouette"].items()},
             clusters,
             int(data["n_segments"]),
             dict(data.get("timings", {})),

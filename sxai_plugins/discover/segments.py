@@ -64,11 +64,14 @@ def segment_images(
     n = len(arrays)
     h, w = arrays[0].shape[:2]
     labels = np.zeros((n, len(scales), h, w), dtype=np.int16)
-    for s, count in enumerate(
-        tqdm(scales, desc="SLIC scales", unit="scale", disable=not progress or len(scales) < 2)
-    ):
-        for i, lab in enumerate(slic_many(arrays, count, compactness)):
-            labels[i, s] = lab
+    chunk = 16
+    with tqdm(total=n, desc="segmenting (SLIC)", unit="img", disable=not progress) as bar:
+        for start in range(0, n, chunk):
+            part = arrays[start : start + chunk]
+            for s, count in enumerate(scales):
+                for j, lab in enumerate(slic_many(part, count, compactness)):
+                    labels[start + j, s] = lab
+            bar.update(len(part))
     columns: dict[str, list] = {k: [] for k in SegmentTable.__dataclass_fields__}
     edge = np.zeros((h, w), dtype=bool)
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
@@ -195,10 +198,12 @@ def crop_embeddings(
     class_index: int,
     batch_size: int = 64,
     progress: bool = True,
+    crop_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings N×C, class evidence N): one forward pass per segment crop, batched."""
+    """(embeddings N×C, class evidence N): one forward pass per segment crop (``crop_size``
+    pixels, default the model's input), batched."""
     device = next(model.parameters()).device
-    size = model.input_size[1]
+    size = crop_size or model.input_size[1]
     out = np.zeros((len(table), model.trait_dim), dtype=np.float32)
     evidence = np.zeros(len(table), dtype=np.float32)
     with tqdm(total=len(table), desc="embedding crops", unit="seg", disable=not progress) as bar:
