@@ -40,12 +40,12 @@ def _discover(sub: argparse._SubParsersAction) -> None:
         "image; crop: one pass per segment, alone on grey",
     )
     p.add_argument(
-        "--scales", type=positive_list(int), default=[15, 50, 80], help="SLIC segment counts"
+        "--scales", type=positive_list(int), default=[25, 60, 120], help="SLIC segment counts"
     )
     p.add_argument(
         "--k",
         type=positive_list(int),
-        default=[8, 10, 12, 15, 20],
+        default=[12, 16, 20],
         help="cluster counts to try; the best silhouette wins",
     )
     p.add_argument("--seed", type=int, default=0)

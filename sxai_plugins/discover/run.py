@@ -55,7 +55,7 @@ class DiscoverConfig:
     """Every setting of a discovery; stored in ``discovery.json``."""
 
     n: int = 200  # images drawn (seeded) from the class
-    scales: tuple[int, ...] = (15, 50, 80)  # SLIC segment counts
+    scales: tuple[int, ...] = (25, 60, 120)  # SLIC segment counts (120: eye- and nose-sized)
     min_area: float = 0.002  # smaller segments are dropped (share of the image)
     embedding: str = "pooled"  # pooled (one pass per image) or crop (one pass per segment)
     pool_size: int = 448  # pooled: the side the image is fed at (more map cells than the input)
@@ -63,11 +63,11 @@ class DiscoverConfig:
     center: bool = True  # subtract each image's mean segment embedding before clustering
     by_scale: bool = True  # cluster each SLIC scale's segments apart (k chosen per scale)
     pca_dims: int = 64
-    ks: tuple[int, ...] = (8, 10, 12, 15, 20)  # per scale when by_scale
+    ks: tuple[int, ...] = (12, 16, 20)  # per scale when by_scale
     min_images: int = 5  # a cluster in fewer images is rare
     min_image_fraction: float = 0.1  # ... or in fewer than this share of the images
     background_z: float = 0.0  # clusters whose class evidence is below this are background
-    rank_images: int = 30  # images per cluster the removal drop is measured on
+    rank_images: int = 20  # images per cluster the removal drop is measured on
     sheet_crops: int = 24
     sheet_contexts: int = 8
     seed: int = 0
