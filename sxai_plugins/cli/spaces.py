@@ -64,6 +64,13 @@ def _space(sub: argparse._SubParsersAction) -> None:
         help="with --discovered: an image in which no cluster of a concept occurs counts as "
         "not showing it (default: unknown)",
     )
+    p.add_argument(
+        "--mask-core",
+        type=float,
+        default=0.5,
+        help="with --discovered: the share of each named cluster's segments, nearest its "
+        "centre, that make the masks (default 0.5; 1 keeps every segment)",
+    )
     p.add_argument("--image-root", help="folder the annotation file's image paths are relative to")
     p.add_argument(
         "--visibility",
@@ -284,6 +291,7 @@ def _run_space(args: argparse.Namespace) -> int:
             natural_negatives=args.natural_negatives,
             reference=reference,
             progress=progress,
+            core=args.mask_core,
         )
         source = {
             "discovered": {

@@ -16,12 +16,15 @@ from PIL import Image
 
 from .._utils.io import write_json
 from .clusters import cluster_mask
-from .run import Discovery, DiscoveryError, load_discovery, load_segments
+from .run import Discovery, DiscoveryError, load_discovery, load_segments, load_typicality
 
 NAMING_FILE = "concepts.toml"
 MASKS_FILE = "masks.coco.json"
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 CONCEPT_CATEGORY_OFFSET = 1000  # concept category ids start here, class ids at 1
+# A cluster's segments far from its centre are what k-means had to put somewhere: masks keep the
+# half nearest the centre (the contact sheet shows the nearest ones).
+CORE = 0.5
 
 
 @dataclass
@@ -91,14 +94,18 @@ def read_naming(folder: str | Path, naming: str | Path | None = None) -> Naming:
     return Naming(discovery, dict(concepts), path)
 
 
-def concept_masks(naming: Naming) -> dict[int, dict[str, np.ndarray]]:
+def concept_masks(naming: Naming, core: float = CORE) -> dict[int, dict[str, np.ndarray]]:
     """image index -> concept -> boolean mask at the discovery's resolution (the model's input):
-    the union of the image's segments in the clusters named after the concept."""
-    labels, table, assignment = load_segments(naming.discovery.folder)
+    the union of the image's segments in the clusters named after the concept, keeping each
+    cluster's ``core`` most typical share of segments (nearest its centre: what its contact sheet
+    shows; 1 keeps them all)."""
+    folder = naming.discovery.folder
+    labels, table, assignment = load_segments(folder)
+    typical = load_typicality(folder) <= core if core < 1 else np.ones(len(table), dtype=bool)
     ids = {cid: int(cid[1:]) for cid in naming.discovery.clusters}
     out: dict[int, dict[str, np.ndarray]] = defaultdict(dict)
     for concept, clusters in naming.concepts.items():
-        rows = np.flatnonzero(np.isin(assignment, [ids[c] for c in clusters]))
+        rows = np.flatnonzero(np.isin(assignment, [ids[c] for c in clusters]) & typical)
         for image in np.unique(table.image[rows]).tolist():
             out[image][concept] = cluster_mask(labels, table, rows, image)
     return dict(out)
@@ -117,7 +124,7 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
-def coco_document(namings: list[Naming]) -> tuple[dict, Path]:
+def coco_document(namings: list[Naming], core: float = CORE) -> tuple[dict, Path]:
     """A COCO document of every named concept's masks in the original images' pixels (RLE), and
     the folder its ``file_name``s are relative to. Each image carries an annotation of its class
     (its discovery's class) and one per concept found in it; an image in which no named cluster
@@ -142,7 +149,7 @@ def coco_document(namings: list[Naming]) -> tuple[dict, Path]:
     seen: dict[Path, int] = {}
     for naming in namings:
         discovery = naming.discovery
-        masks = concept_masks(naming)
+        masks = concept_masks(naming, core)
         for i in range(len(discovery.images)):
             path = discovery.image_path(i).resolve()
             if path in seen:
@@ -190,9 +197,9 @@ def coco_document(namings: list[Naming]) -> tuple[dict, Path]:
     return doc, root
 
 
-def write_masks(namings: list[Naming], path: str | Path) -> tuple[Path, Path]:
+def write_masks(namings: list[Naming], path: str | Path, core: float = CORE) -> tuple[Path, Path]:
     """:func:`coco_document` written (atomically) to ``path``; returns it and the image root."""
-    doc, root = coco_document(namings)
+    doc, root = coco_document(namings, core)
     return write_json(path, doc), root
 
 

@@ -327,6 +327,17 @@ def discover(
     )
     cluster_id = {s.index: cid for cid, s in clusters.items()}
     assignment = np.array([int(cid[1:]) for cid in map(cluster_id.get, clustering.assignment)])
+    # how typical each segment is of its cluster: its distance to the centre as a quantile of its
+    # cluster's distances (0 = the most typical); masks keep the core the contact sheet shows
+    distance = np.linalg.norm(
+        clustering.reduced - clustering.centres[clustering.assignment], axis=1
+    )
+    typicality = np.zeros(len(distance))
+    for c in range(clustering.k):
+        rows = np.flatnonzero(clustering.assignment == c)
+        if len(rows):
+            order = np.argsort(np.argsort(distance[rows], kind="stable"), kind="stable")
+            typicality[rows] = order / max(len(rows) - 1, 1)
 
     clock = time.perf_counter()
     from .outputs import contact_sheet, html_page, naming_file
@@ -348,7 +359,7 @@ def discover(
                 config.sheet_crops,
                 config.sheet_contexts,
             )
-        _save_segments(tmp / "segments.npz", labels, table, assignment)
+        _save_segments(tmp / "segments.npz", labels, table, assignment, typicality)
         atomic_write(tmp / "concepts.toml", lambda t: t.write_text(naming_file(result)))
         timings["write"] = time.perf_counter() - clock
         atomic_write(tmp / "index.html", lambda t: t.write_text(html_page(result, tmp)))
@@ -358,13 +369,19 @@ def discover(
 
 
 def _save_segments(
-    path: Path, labels: np.ndarray, table: SegmentTable, assignment: np.ndarray
+    path: Path,
+    labels: np.ndarray,
+    table: SegmentTable,
+    assignment: np.ndarray,
+    typicality: np.ndarray,
 ) -> None:
     arrays = {f"table_{k}": getattr(table, k) for k in SegmentTable.__dataclass_fields__}
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, labels=labels, cluster=assignment, **arrays)
+            np.savez_compressed(
+                handle, labels=labels, cluster=assignment, typicality=typicality, **arrays
+            )
 
     atomic_write(path, write)
 
@@ -409,13 +426,23 @@ def load_discovery(folder: str | Path) -> Discovery:
 
 
 def load_segments(folder: str | Path) -> tuple[np.ndarray, SegmentTable, np.ndarray]:
-    """(labels, table, cluster number of each segment) of a discovery folder."""
+    """(labels, table, cluster number of each segment) of a discovery folder (see
+    :func:`load_typicality` for how typical each segment is of its cluster)."""
     path = Path(folder) / "segments.npz"
     if not path.is_file():
         raise DiscoveryError(f"{path}: missing; run sxai discover again")
     with np.load(path) as data:
         table = SegmentTable(*(data[f"table_{k}"] for k in SegmentTable.__dataclass_fields__))
         return data["labels"], table, data["cluster"]
+
+
+def load_typicality(folder: str | Path) -> np.ndarray:
+    """Per segment, its distance to its cluster's centre as a quantile of the cluster's (0 = the
+    most typical segment)."""
+    with np.load(Path(folder) / "segments.npz") as data:
+        if "typicality" not in data:
+            raise DiscoveryError(f"{folder}: made by an older sxai discover; run it again")
+        return data["typicality"]
 
 
 __all__ = [
@@ -427,4 +454,5 @@ __all__ = [
     "excluded_paths",
     "load_discovery",
     "load_segments",
+    "load_typicality",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._utils.errors import SxaiError
-from .naming import MASKS_FILE, Naming, read_naming, write_masks
+from .naming import CORE, MASKS_FILE, Naming, read_naming, write_masks
 from .run import DiscoveryError
 
 
@@ -41,14 +41,15 @@ def probe_recipe(options: dict):
         ) from exc
 
 
-def discovered_annotations(namings: Sequence[Naming]):
-    """Each discovery's masks written to ``<folder>/masks.coco.json`` and read back as one
+def discovered_annotations(namings: Sequence[Naming], core: float = CORE):
+    """Each discovery's masks (each cluster's ``core`` most typical segments) written to
+    ``<folder>/masks.coco.json`` and read back as one
     :class:`~sxai_plugins.data.concepts.AnnotationSet`."""
     from ..data.concepts import AnnotationSet, load_coco
 
     sets = []
     for naming in namings:
-        path, root = write_masks([naming], naming.discovery.folder / MASKS_FILE)
+        path, root = write_masks([naming], naming.discovery.folder / MASKS_FILE, core)
         sets.append(load_coco(path, root))
     concepts = tuple(dict.fromkeys(c for s in sets for c in s.concepts))
     return AnnotationSet(
@@ -80,6 +81,7 @@ def build_discovered_spaces(
     natural_negatives: bool = False,
     reference=None,
     progress: bool = True,
+    core: float = CORE,
 ):
     """``(spaces, shared channels, namings)``: one probe space per (discovery class, concept named
     in it), from the named clusters of the discovery ``folders`` (one per class, or several)."""
@@ -109,7 +111,9 @@ def build_discovered_spaces(
     for naming in namings:
         concepts = by_class.setdefault(naming.discovery.class_name, [])
         concepts.extend(c for c in naming.concepts if c not in concepts)
-    annotations = discovered_annotations(namings)
+    if not 0 < core <= 1:
+        raise DiscoveryError(f"the mask core must be in (0, 1], got {core}")
+    annotations = discovered_annotations(namings, core)
     labelled = discovered_labelled(annotations, natural_negatives)
     names = recipe.train_maskings + (recipe.held_out_maskings if evaluate else ())
     maskings = [Masking.parse(m) for m in names]
@@ -144,6 +148,7 @@ def build_discovered_spaces(
                     "clusters": naming.concepts[space.concept],
                     "images": len(naming.discovery.images),
                     "natural_negatives": natural_negatives,
+                    "core": core,
                 }
     if reference is not None:
         _paths, traits, logits = reference
