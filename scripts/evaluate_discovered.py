@@ -42,6 +42,20 @@ def main() -> None:
     parser.add_argument("--discovered", action="append", default=[], help="discovery folders")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "dogs-vs-cats"))
     parser.add_argument("--out", help="write table.md and evaluation.json here")
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="NAME=CONCEPT",
+        help="also score spaces named NAME against the annotations of CONCEPT (e.g. "
+        "muzzle=nose, for a discovered concept that only overlaps an annotated one); "
+        "such rows are marked in the table",
+    )
+    parser.add_argument(
+        "--bank",
+        help="an extracted feature bank of the same images to reuse (the path of a cached "
+        "probe-features-<hash>, without suffix), e.g. one built from another checkout",
+    )
     args = parser.parse_args()
     data = Path(args.data)
     model = sx.create_model()
@@ -56,20 +70,33 @@ def main() -> None:
         overlap = {d.image_path(i).resolve() for i in range(len(d.images))} & evaluation_images
         if overlap:
             raise SystemExit(f"{folder}: {len(overlap)} discovery images are evaluation images")
-    bank = cached_probe_features(model, labelled, CONCEPTS)
+    if args.bank:
+        from sxai_plugins.spaces.probe_data import ProbeFeatures
+
+        bank = ProbeFeatures.load(args.bank)
+        if {im.path.resolve() for im in bank.images} != evaluation_images or not set(
+            m.name for m in HELD_OUT_MASKINGS
+        ) <= set(bank.maskings):
+            raise SystemExit(f"{args.bank}: not a bank of these images with the held-out maskings")
+    else:
+        bank = cached_probe_features(model, labelled, CONCEPTS)
     held_out = [m.name for m in HELD_OUT_MASKINGS]
     reference = {s.key: s.evaluation for s in sx.load_space_set([], model)}
     results = {}
+    against = dict(item.split("=", 1) for item in args.against)
     for space in load_spaces([args.spaces]):
-        if space.concept not in CONCEPTS:
+        target = space.concept if space.concept in CONCEPTS else against.get(space.concept)
+        if target not in CONCEPTS:
             print(f"{space.key}: no annotation of {space.concept!r} to evaluate against; skipped")
             continue
+        key = space.key if target == space.concept else f"{space.key} (vs {target} annotations)"
         p = space.probability(bank.traits).double().numpy()
-        results[space.key] = {
-            **space_metrics(bank, space.class_name, space.concept, p, held_out),
+        results[key] = {
+            **space_metrics(bank, space.class_name, target, p, held_out),
             "clusters": space.recipe.get("discovered", {}).get("clusters"),
             "annotated_out_of_fold": {
-                k: reference.get(space.key, {}).get(k) for k in ("drop", "auroc")
+                k: reference.get(f"{space.class_name}.{target}", {}).get(k)
+                for k in ("drop", "auroc")
             },
         }
     head = (
