@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from .._utils.io import atomic_write
 from .clusters import KEPT, Clustering, ClusterStats, representatives
-from .segments import NEUTRAL, SegmentTable, segment_crop
+from .segments import SegmentTable, segment_crop
 
 if TYPE_CHECKING:
     from .run import Discovery
@@ -161,4 +161,4 @@ def html_page(result: Discovery, folder: Path) -> str:
     )
 
 
-__all__ = ["contact_sheet", "html_page", "naming_file", "NEUTRAL"]
+__all__ = ["contact_sheet", "html_page", "naming_file"]

@@ -40,7 +40,13 @@ from .clusters import (
     rank_clusters,
     reduce,
 )
-from .segments import SegmentTable, crop_embeddings, pooled_embeddings, segment_images
+from .segments import (
+    SegmentTable,
+    class_score,
+    crop_embeddings,
+    pooled_embeddings,
+    segment_images,
+)
 
 FORMAT = 1
 EMBEDDINGS = ("pooled", "crop")
@@ -257,8 +263,6 @@ def discover(
             config.crop_size,
         )
         with torch.inference_mode():
-            from .segments import class_score
-
             device = next(model.parameters()).device
             scores = np.concatenate(
                 [
