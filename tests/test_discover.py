@@ -285,3 +285,19 @@ def test_a_class_the_model_does_not_know_is_refused(tmp_path, planted) -> None:
     data, _truth = planted
     with pytest.raises(DiscoveryError, match="not one of the model's classes"):
         discover(_tiny(), data, "bird", tmp_path / "d", CONFIG, progress=False)
+
+
+def test_crop_embedding_also_finds_a_cluster_per_planted_shape(
+    tmp_path, planted, one_thread
+) -> None:
+    from dataclasses import replace
+
+    data, truth = planted
+    out = tmp_path / "disc"
+    config = replace(CONFIG, embedding="crop", crop_size=SIZE, center=False)
+    result = discover(_tiny(), data, "cat", out, config, progress=False)
+    best = _shape_clusters(result, out, truth)
+    assert best["disc"][0] != best["square"][0]
+    for shape, (_cid, precision, found) in best.items():
+        assert precision >= 0.9, (shape, best)
+        assert found >= 0.7, (shape, best)
