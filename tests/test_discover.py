@@ -301,3 +301,17 @@ def test_crop_embedding_also_finds_a_cluster_per_planted_shape(
     for shape, (_cid, precision, found) in best.items():
         assert precision >= 0.9, (shape, best)
         assert found >= 0.7, (shape, best)
+
+
+def test_space_discovered_reports_a_bad_naming_file_in_one_line(
+    tmp_path, discovered, tiny_backbone, capsys
+) -> None:
+    from sxai_plugins.cli.main import main
+
+    out = _copy(discovered, tmp_path)
+    (out / "concepts.toml").write_text('[names]\nc0 = "two words"\n')
+    argv = ["space", "--discovered", str(out), "--out", str(tmp_path / "s"), "-b", tiny_backbone]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sxai: error: {out / 'concepts.toml'}: [names] c0 = 'two words'")
+    assert err.count("\n") == 1 and not (tmp_path / "s").exists()
