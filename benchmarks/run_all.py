@@ -11,6 +11,7 @@ for script in (
     "bench_spaces.py",
     "bench_detector.py",
     "bench_probe_build.py",
+    "bench_discover.py",
     "bench_index.py",
     "bench_inversion.py",
     "bench_genetic.py",

@@ -65,6 +65,17 @@ def commands(place: Path) -> dict[str, list]:
             "-b",
             BACKBONE,
         ],
+        "discover --out": [
+            "discover",
+            "--data",
+            place / "data",
+            "--class",
+            "cat",
+            "--out",
+            place / "out" / "disc",
+            "-b",
+            BACKBONE,
+        ],
     }
 
 
@@ -79,7 +90,7 @@ def place(open_tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "command", ["index --db", "explain --out", "report --out", "train-head --out"]
+    "command", ["index --db", "explain --out", "report --out", "train-head --out", "discover --out"]
 )
 def test_a_read_only_output_folder_is_refused_before_any_work(place, as_nobody, command):
     (place / "out").chmod(0o555)
@@ -99,6 +110,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(place, as_nobody, 
         ("explain --out", "file", "exists and is a file"),
         ("report --out", "folder", "is a folder"),
         ("train-head --out", "folder", "is a folder"),
+        ("discover --out", "file", "exists and is a file"),
     ],
 )
 def test_an_output_of_the_wrong_kind_is_refused_before_any_work(place, command, make, why):

@@ -56,6 +56,27 @@ def _space(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="TOML file with the keys: " + ", ".join(sorted(CONFIG_KEYS)))
     p.add_argument("--annotations", help="COCO annotation file")
+    p.add_argument(
+        "--discovered",
+        action="append",
+        metavar="DISC",
+        help="a folder written by sxai discover, its clusters named in DISC/concepts.toml "
+        "(repeatable, one per class): builds probe spaces from the named clusters' masks "
+        "(written to DISC/masks.coco.json) instead of --annotations",
+    )
+    p.add_argument(
+        "--natural-negatives",
+        action="store_true",
+        help="with --discovered: an image in which no cluster of a concept occurs counts as "
+        "not showing it (default: unknown)",
+    )
+    p.add_argument(
+        "--mask-core",
+        type=float,
+        default=0.5,
+        help="with --discovered: the share of each named cluster's segments, nearest its "
+        "centre, that make the masks (default 0.5; 1 keeps every segment)",
+    )
     p.add_argument("--image-root", help="folder the annotation file's image paths are relative to")
     p.add_argument(
         "--visibility",
@@ -122,6 +143,11 @@ def _space(sub: argparse._SubParsersAction) -> None:
 
 def _load_config(args: argparse.Namespace) -> dict:
     config: dict = {}
+    if getattr(args, "discovered", None) and (args.config or args.annotations):
+        raise SxaiError(
+            "--discovered builds spaces from named clusters; it does not combine with "
+            "--config or --annotations"
+        )
     if args.config:
         path = Path(args.config)
         try:
@@ -177,11 +203,14 @@ def _load_config(args: argparse.Namespace) -> dict:
         if value is not None:
             options[key] = value
     config["recipe_options"] = options
-    needed = (
-        ("annotations", "out")
-        if config.get("recipe", "probe") == "probe"
-        else ("annotations", "reference", "out")
-    )
+    if getattr(args, "discovered", None):
+        if config.get("recipe", "probe") != "probe":
+            raise SxaiError("--discovered builds probe spaces; leave out --recipe")
+        needed: tuple[str, ...] = ("out",)
+    elif config.get("recipe", "probe") == "probe":
+        needed = ("annotations", "out")
+    else:
+        needed = ("annotations", "reference", "out")
     missing = [k for k in needed if not config.get(k)]
     if missing:
         raise SxaiError(
@@ -270,11 +299,6 @@ def _space_run(args: argparse.Namespace, extractor) -> int:
     if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
         raise SxaiError(f"{out.parent}: cannot write there; choose another --out")
     model = model_from_args(args)
-    annotations = load_coco(
-        config["annotations"], config.get("image_root") or Path(config["annotations"]).parent
-    )
-    classes = config.get("classes") or list(model.class_names)
-    concepts = config.get("concepts") or list(annotations.concepts)
     mode = config.get("recipe", "probe")
     progress = not (args.quiet or args.json)
     # a probe that reads pooled layers is drawn over the reference images' features, not traits
@@ -289,22 +313,55 @@ def _space_run(args: argparse.Namespace, extractor) -> int:
         if config.get("reference")
         else None
     )
-    spaces, shared = build_from_config(
-        model,
-        annotations,
-        {**config, "recipe": mode},
-        classes,
-        concepts,
-        reference,
-        progress,
-        extractor=extractor,
-    )
+    if args.discovered:
+        from ..discover.spaces import build_discovered_spaces
+
+        spaces, shared, namings = build_discovered_spaces(
+            model,
+            args.discovered,
+            config["recipe_options"],
+            evaluate=config.get("evaluate", True),
+            folds=int(config.get("folds", 5)),
+            natural_negatives=args.natural_negatives,
+            reference=reference,
+            progress=progress,
+            core=args.mask_core,
+        )
+        source = {
+            "discovered": {
+                str(n.discovery.folder): {
+                    "class": n.discovery.class_name,
+                    "names": n.concepts,
+                    "masks": str(n.discovery.folder / "masks.coco.json"),
+                }
+                for n in namings
+            }
+        }
+    else:
+        annotations = load_coco(
+            config["annotations"], config.get("image_root") or Path(config["annotations"]).parent
+        )
+        classes = config.get("classes") or list(model.class_names)
+        concepts = config.get("concepts") or list(annotations.concepts)
+        spaces, shared = build_from_config(
+            model,
+            annotations,
+            {**config, "recipe": mode},
+            classes,
+            concepts,
+            reference,
+            progress,
+            extractor=extractor,
+        )
+        source = {
+            "annotations": str(config["annotations"]),
+            "visibility": config.get("visibility"),
+        }
     summary = {
         "backbone": model.name,
         "fingerprint": model.fingerprint(),
         "recipe": mode,
-        "annotations": str(config["annotations"]),
-        "visibility": config.get("visibility"),
+        **source,
         "reference": config.get("reference"),
         "spaces": {
             s.key: {

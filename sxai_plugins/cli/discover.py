@@ -1,0 +1,103 @@
+"""``sxai discover``: concepts of a class found without annotation (clusters of image segments),
+with contact sheets, an HTML page and a naming file to fill in."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import add_model_args, model_from_args, positive_int, positive_list
+
+
+def _discover(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "discover",
+        help="discover concepts of a class without annotation",
+        description="Segment N images of a class at several SLIC scales, embed every segment "
+        "with the model, cluster the segments (k-means, k by silhouette), drop clusters that are "
+        "background or appear in few images, rank the rest by how much removing them lowers the "
+        "class score, and write OUT/clusters/<id>.png (a contact sheet per cluster), "
+        "OUT/index.html, OUT/discovery.json, OUT/segments.npz and OUT/concepts.toml (OUT is "
+        'replaced whole). Name clusters in concepts.toml (c3 = "eyes"), then build spaces with '
+        "sxai space --discovered OUT --out SPACES.",
+    )
+    p.add_argument("--data", required=True, help="ImageFolder root (DATA/<class>/) or a folder")
+    p.add_argument("--class", dest="class_name", required=True, help="a class of the model")
+    p.add_argument("--out", "-o", required=True, help="discovery folder to write")
+    p.add_argument("--n", type=positive_int, default=200, help="images drawn (seeded; default 200)")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="leave out the images a file names (a COCO file, a JSON object keyed by image "
+        "path, or a text file of paths; relative to the file's folder); repeatable",
+    )
+    p.add_argument(
+        "--embedding",
+        choices=("pooled", "crop"),
+        default="pooled",
+        help="pooled (default): the last conv map averaged over each segment, one pass per "
+        "image; crop: one pass per segment, alone on grey",
+    )
+    p.add_argument(
+        "--scales", type=positive_list(int), default=[25, 60, 120], help="SLIC segment counts"
+    )
+    p.add_argument(
+        "--k",
+        type=positive_list(int),
+        default=[12, 16, 20],
+        help="cluster counts to try; the best silhouette wins",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the clusters as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_model_args(p)
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .._utils.io import check_output_folder, dumps_json
+    from ..discover.run import DiscoverConfig, discover
+
+    check_output_folder(args.out)
+    config = DiscoverConfig(
+        n=args.n,
+        scales=tuple(args.scales),
+        embedding=args.embedding,
+        ks=tuple(args.k),
+        seed=args.seed,
+    )
+    model = model_from_args(args)
+    result = discover(
+        model,
+        args.data,
+        args.class_name,
+        args.out,
+        config,
+        exclude=args.exclude,
+        progress=not (args.quiet or args.json),
+    )
+    if args.json:
+        print(dumps_json(result.to_json()))
+        return 0
+    n = len(result.images)
+    print(
+        f"{n} images of {result.class_name}, {result.n_segments} segments, k = {result.k} "
+        f"({sum(result.timings.values()):.0f} s)"
+    )
+    print(f"{'cluster':<8}{'status':<11}{'rank':>5}{'images':>9}{'drop':>8}{'evidence z':>12}")
+    for cid, s in result.clusters.items():
+        drop = "" if s.rank is None else f"{s.drop:.2f}"
+        print(
+            f"{cid:<8}{s.status:<11}{s.rank or '':>5}{f'{s.n_images}/{n}':>9}{drop:>8}"
+            f"{s.evidence_z:>12.2f}"
+        )
+    print(
+        f"wrote {args.out}: look at {args.out}/index.html, name clusters in "
+        f"{args.out}/concepts.toml, then: sxai space --discovered {args.out} --out SPACES"
+    )
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    _discover(subparsers)

@@ -1,0 +1,317 @@
+"""Concept discovery on synthetic images with two planted shapes: a cluster per shape, masks that
+cover the shape, spaces built from a naming file, and clear errors for bad naming files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_model
+from PIL import Image
+
+from sxai_plugins.discover.naming import concept_masks, read_naming, write_masks
+from sxai_plugins.discover.run import DiscoverConfig, DiscoveryError, discover, load_segments
+
+SIZE = 64
+N_IMAGES = 24
+# a fast setting for 64-pixel images: two SLIC scales, small k, no background filter (the tiny
+# model's head is untrained, so its class evidence means nothing)
+CONFIG = DiscoverConfig(
+    n=N_IMAGES,
+    scales=(12, 30),
+    min_area=0.01,
+    pool_size=SIZE,
+    pca_dims=8,
+    ks=(4, 6, 8),
+    background_z=-1e9,
+    rank_images=6,
+    sheet_crops=8,
+    sheet_contexts=4,
+)
+
+
+def _planted(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A textured grey image with a red disc and a blue square at random places, and their masks."""
+    image = 0.45 + 0.08 * rng.standard_normal((SIZE, SIZE, 3))
+    image = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    r = 9
+    cy, cx = rng.integers(r + 2, SIZE // 2 - 2), rng.integers(r + 2, SIZE - r - 2)
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+    top, left = rng.integers(SIZE // 2 + 2, SIZE - 18), rng.integers(2, SIZE - 18)
+    square = np.zeros((SIZE, SIZE), dtype=bool)
+    square[top : top + 16, left : left + 16] = True
+    image[disc] = (0.9, 0.1, 0.1)
+    image[square] = (0.1, 0.2, 0.9)
+    return np.clip(image, 0, 1), disc, square
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
+    """An ImageFolder root with N_IMAGES planted images of class 'cat', and their true masks."""
+    tmp_path = tmp_path_factory.mktemp("planted")
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "cat"
+    folder.mkdir(parents=True)
+    truth = {}
+    for i in range(N_IMAGES):
+        image, disc, square = _planted(rng)
+        name = f"img{i:02d}.png"
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / name)
+        truth[name] = {"disc": disc, "square": square}
+    return tmp_path / "data", truth
+
+
+@pytest.fixture(scope="module")
+def discovered(planted, tmp_path_factory) -> Path:
+    """One discovery of the planted images (tests that name clusters copy it first)."""
+    data, _truth = planted
+    out = tmp_path_factory.mktemp("discovered") / "disc"
+    torch.set_num_threads(1)
+    discover(_tiny(), data, "cat", out, CONFIG, progress=False)
+    return out
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "disc"))
+
+
+def _tiny():
+    return make_tiny_model(trait_dim=16, size=SIZE)
+
+
+def _shape_clusters(result, folder, truth) -> dict[str, tuple[str, float, float]]:
+    """For each shape, the cluster whose segments lie most inside it: (id, precision, share of
+    images in which it finds the shape)."""
+    labels, table, assignment = load_segments(folder)
+    names = [Path(p).name for p in result.images]
+    best = {}
+    _shape_clusters.all = {}
+    for shape in ("disc", "square"):
+        for cid in result.clusters:
+            rows = np.flatnonzero(assignment == int(cid[1:]))
+            if not len(rows):
+                continue
+            inside = []
+            for i in rows:
+                mask = table.mask(labels, i)
+                inside.append((mask & truth[names[table.image[i]]][shape]).sum() / mask.sum())
+            precision = float(np.mean(np.asarray(inside) > 0.5))
+            found = len(np.unique(table.image[rows][np.asarray(inside) > 0.5])) / len(names)
+            if precision >= 0.9:
+                _shape_clusters.all.setdefault(shape, []).append(cid)
+            if shape not in best or precision > best[shape][1]:
+                best[shape] = (cid, precision, found)
+    return best
+
+
+def test_discovery_finds_a_cluster_per_planted_shape(tmp_path, planted, one_thread) -> None:
+    data, truth = planted
+    out = tmp_path / "disc"
+    result = discover(_tiny(), data, "cat", out, CONFIG, progress=False)
+    best = _shape_clusters(result, out, truth)
+    # each shape has its own cluster, nearly all of whose segments lie on the shape, and which
+    # finds the shape in most images
+    assert best["disc"][0] != best["square"][0]
+    for shape, (_cid, precision, found) in best.items():
+        assert precision >= 0.9, (shape, best)
+        assert found >= 0.7, (shape, best)
+    # the outputs a person names clusters from
+    assert (out / "index.html").read_text().count("<h3 id=") == len(result.clusters)
+    for cid in result.clusters:
+        assert Image.open(out / "clusters" / f"{cid}.png").size[0] > 0
+    written = json.loads((out / "discovery.json").read_text())
+    assert written["k"] == result.k and set(written["clusters"]) == set(result.clusters)
+    assert "[names]" in (out / "concepts.toml").read_text()
+    # the same seed gives the same discovery
+    discover(_tiny(), data, "cat", tmp_path / "again", CONFIG, progress=False)
+    assert np.array_equal(load_segments(out)[2], load_segments(tmp_path / "again")[2])
+
+
+def _name(folder: Path, names: dict[str, str]) -> None:
+    lines = ["[names]"] + [f'{k} = "{v}"' for k, v in names.items()]
+    (folder / "concepts.toml").write_text("\n".join(lines) + "\n")
+
+
+def test_masks_of_a_named_cluster_cover_the_planted_shape(
+    tmp_path, planted, discovered, one_thread
+) -> None:
+    from pycocotools import mask as coco_mask
+
+    from sxai_plugins.data.concepts import load_coco
+    from sxai_plugins.discover.run import load_discovery
+
+    _data, truth = planted
+    out = _copy(discovered, tmp_path)
+    result = load_discovery(out)
+    best = _shape_clusters(result, out, truth)
+    _name(out, {best["disc"][0]: "disc", best["square"][0]: "square"})
+    naming = read_naming(out)
+    names = [Path(p).name for p in result.images]
+    # every segment of the cluster (core 1), and the default: the half nearest its centre
+    for core, share in ((1.0, 0.7), (0.5, 0.4)):
+        masks = concept_masks(naming, core=core)
+        for shape in ("disc", "square"):
+            ious = []
+            for i, name in enumerate(names):
+                mask = masks.get(i, {}).get(shape)
+                if mask is None:
+                    continue
+                gt = truth[name][shape]
+                ious.append((mask & gt).sum() / (mask | gt).sum())
+            assert len(ious) >= share * N_IMAGES, (shape, core)
+            assert np.mean(ious) >= 0.5, (shape, core, np.mean(ious))
+    # the COCO file holds the same masks as RLE (pycocotools), and sxai's COCO reader reads it
+    path, root = write_masks([naming], tmp_path / "masks.coco.json")
+    doc = json.loads(path.read_text())
+    ann = next(a for a in doc["annotations"] if "segmentation" in a)
+    image = next(im for im in doc["images"] if im["id"] == ann["image_id"])
+    rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
+    decoded = coco_mask.decode(rle).astype(bool)
+    index = names.index(Path(image["file_name"]).name)
+    concept = next(c["name"] for c in doc["categories"] if c["id"] == ann["category_id"])
+    assert np.array_equal(decoded, masks[index][concept])
+    annotations = load_coco(path, root)
+    assert set(annotations.concepts) == {"disc", "square"}
+    assert len(annotations.images_with("disc", "cat")) == sum("disc" in m for m in masks.values())
+
+
+@pytest.fixture
+def tiny_backbone(backbone_plugin):
+    with backbone_plugin("tiny_discover_net", lambda **_: _tiny(), "tiny CNN") as name:
+        yield name
+
+
+def test_space_discovered_builds_valid_spaces(
+    tmp_path, planted, tiny_backbone, capsys, monkeypatch, one_thread
+) -> None:
+    from sxai_plugins.cli.main import main
+    from sxai_plugins.spaces.space import load_spaces
+
+    monkeypatch.setenv("SXAI_CACHE", str(tmp_path / "cache"))
+    data, truth = planted
+    disc = tmp_path / "disc"
+    args = ["discover", "--data", str(data), "--class", "cat", "--out", str(disc), "-b"]
+    args += [tiny_backbone, "--n", str(N_IMAGES), "--scales", "12,30", "--k", "4,6,8", "--quiet"]
+    assert main(args) == 0
+    assert "concepts.toml" in capsys.readouterr().out
+    result_clusters = json.loads((disc / "discovery.json").read_text())["clusters"]
+    from sxai_plugins.discover.run import load_discovery
+
+    _shape_clusters(load_discovery(disc), disc, truth)
+    # every cluster on the disc (one per SLIC scale) is named after it
+    on_disc = _shape_clusters.all["disc"]
+    _name(disc, dict.fromkeys(on_disc, "disc"))
+    out = tmp_path / "spaces"
+    assert (
+        main(
+            [
+                "space",
+                "--discovered",
+                str(disc),
+                "--out",
+                str(out),
+                "-b",
+                tiny_backbone,
+                "--folds",
+                "2",
+                "--mask-core",
+                "1",
+                "--no-plots",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    spaces = load_spaces([out])
+    assert [s.key for s in spaces] == ["cat.disc"]
+    space = spaces[0]
+    assert space.format_version == 2 and space.probe is not None
+    assert space.recipe["discovered"]["clusters"] == on_disc
+    assert report["spaces"]["cat.disc"]["n_positive"] >= 8
+    assert (disc / "masks.coco.json").is_file()
+    assert set(result_clusters) >= set(on_disc)
+    # the probe reads the disc: P_s of an image falls when its disc is painted over
+    model = _tiny()
+    rng = np.random.default_rng(5)
+    image, disc_mask, _square = _planted(rng)
+    hidden = image.copy()
+    hidden[disc_mask] = image[~disc_mask].mean(axis=0)
+    x = torch.from_numpy(np.stack([image, hidden]).astype(np.float32)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        p = space.probability(model(x).traits)
+    assert p[0] > p[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[names\nc0 = 'x'", "not valid TOML"),
+        ('c0 = "eyes"\n', "unknown key(s) ['c0'] at the top level"),
+        ('[names]\nc999 = "eyes"\n', "'c999' is not a cluster of this discovery"),
+        ("[names]\nc0 = 3\n", "a name must be a quoted string"),
+        ('[names]\nc0 = "left eye"\n', "a concept name is one word"),
+        ('[names]\nc0 = "cat.eyes"\n', "a concept name is one word"),
+        ('[names]\nc0 = ""\n', "no cluster is named"),
+        ("title = 'x'\n", "unknown key(s) ['title']"),
+        ("", "no [names] table"),
+    ],
+)
+def test_bad_naming_files_are_clear_errors(tmp_path, discovered, text, message) -> None:
+    out = _copy(discovered, tmp_path)
+    (out / "concepts.toml").write_text(text)
+    with pytest.raises(DiscoveryError) as caught:
+        read_naming(out)
+    assert message in str(caught.value)
+    assert str(out / "concepts.toml") in str(caught.value)
+
+
+def test_missing_discovery_and_naming_files_are_clear_errors(tmp_path, discovered) -> None:
+    with pytest.raises(DiscoveryError, match="not a discovery folder"):
+        read_naming(tmp_path)
+    out = _copy(discovered, tmp_path)
+    (out / "concepts.toml").unlink()
+    with pytest.raises(DiscoveryError, match="no naming file"):
+        read_naming(out)
+
+
+def test_a_class_the_model_does_not_know_is_refused(tmp_path, planted) -> None:
+    data, _truth = planted
+    with pytest.raises(DiscoveryError, match="not one of the model's classes"):
+        discover(_tiny(), data, "bird", tmp_path / "d", CONFIG, progress=False)
+
+
+def test_crop_embedding_also_finds_a_cluster_per_planted_shape(
+    tmp_path, planted, one_thread
+) -> None:
+    from dataclasses import replace
+
+    data, truth = planted
+    out = tmp_path / "disc"
+    config = replace(CONFIG, embedding="crop", crop_size=SIZE, center=False)
+    result = discover(_tiny(), data, "cat", out, config, progress=False)
+    best = _shape_clusters(result, out, truth)
+    assert best["disc"][0] != best["square"][0]
+    for shape, (_cid, precision, found) in best.items():
+        assert precision >= 0.9, (shape, best)
+        assert found >= 0.7, (shape, best)
+
+
+def test_space_discovered_reports_a_bad_naming_file_in_one_line(
+    tmp_path, discovered, tiny_backbone, capsys
+) -> None:
+    from sxai_plugins.cli.main import main
+
+    out = _copy(discovered, tmp_path)
+    (out / "concepts.toml").write_text('[names]\nc0 = "two words"\n')
+    argv = ["space", "--discovered", str(out), "--out", str(tmp_path / "s"), "-b", tiny_backbone]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sxai: error: {out / 'concepts.toml'}: [names] c0 = 'two words'")
+    assert err.count("\n") == 1 and not (tmp_path / "s").exists()
