@@ -70,11 +70,20 @@ def _run_index(args: argparse.Namespace) -> int:
 
         ray_module()  # says how to install Ray before the model loads
         check_output_folder(args.out, "--out")
+        target = args.out
+    else:
+        if args.out or not args.db:
+            raise SxaiError(
+                "the local engine writes an SQLite index: pass --db FILE (--out DATASET_DIR is "
+                "for --engine ray)"
+            )
+        check_output_file(args.db, "--db")
+        target = args.db
+    model = model_from_args(args)
+    spaces = load_space_set(args.spaces, model, force=args.force)
+    if args.engine == "ray":
         from ..scale.ray_index import index_with_ray
 
-        target = args.out
-        model = model_from_args(args)
-        spaces = load_space_set(args.spaces, model, force=args.force)
         report = index_with_ray(
             model,
             spaces,
@@ -89,15 +98,6 @@ def _run_index(args: argparse.Namespace) -> int:
     else:
         from ..search.index import index_folder
 
-        if args.out or not args.db:
-            raise SxaiError(
-                "the local engine writes an SQLite index: pass --db FILE (--out DATASET_DIR is "
-                "for --engine ray)"
-            )
-        check_output_file(args.db, "--db")
-        target = args.db
-        model = model_from_args(args)
-        spaces = load_space_set(args.spaces, model, force=args.force)
         report = index_folder(
             model,
             spaces,

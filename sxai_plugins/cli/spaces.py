@@ -304,8 +304,7 @@ def _space_run(args: argparse.Namespace, extractor) -> int:
     # a probe that reads pooled layers is drawn over the reference images' features, not traits
     layers = config["recipe_options"].get("layers", ()) if mode == "probe" else ()
     try:
-        with model.pooling(layers):
-            pass
+        model.check_layers(layers)
     except ValueError as exc:
         raise SxaiError(f"recipe_options.layers: {exc}") from None
     reference = (

@@ -130,7 +130,7 @@ def assess(
     if paths is not None and len(paths) != len(images):
         raise ValueError(f"{len(paths)} paths for {len(images)} images")
     device = next(model.parameters()).device
-    with model.pooling(dict.fromkeys((*model.pooled_layers, *spaces.layer_names))):
+    with spaces.pooling(model):
         out = model(images.to(device))
     return assess_outputs(model, spaces, out, paths, detector)
 

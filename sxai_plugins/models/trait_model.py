@@ -127,9 +127,13 @@ class TraitModel(nn.Module):
     def pool_layers(self, layers: Sequence[str]) -> None:
         """Make every forward pass also return the mean- and max-pooled outputs of these modules
         of ``body`` (``TraitOutput.pooled``); ``()`` turns it off."""
+        self.check_layers(layers)
+        self.pooled_layers = tuple(layers)
+
+    def check_layers(self, layers: Sequence[str]) -> None:
+        """A ValueError naming the first of ``layers`` that is no module of ``body``."""
         for name in layers:
             _layer(self, name)
-        self.pooled_layers = tuple(layers)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits alone: a plain ``forward_func`` for Captum."""

@@ -203,7 +203,7 @@ def pgd_attack(
         k = model.num_classes
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            with model.pooling(spaces.layer_names):
+            with spaces.pooling(model):
                 out = model(x)  # one pass gives both: logits and what the spaces read
             return torch.cat([out.logits, out.features(spaces.layer_names)], dim=1)
 
@@ -511,7 +511,7 @@ def collect_attacks(
     total = len(paths) * len(eps) * len(attacks)
     with (
         tqdm(total=total, desc="attacking", unit="attack", disable=not progress) as bar,
-        model.pooling(spaces.layer_names),
+        spaces.pooling(model),
     ):
         for batch in iter_outputs(model, paths, batch_size, failures, keep_images=True):
             images, clean = batch.images, batch.output
@@ -558,7 +558,7 @@ def collect_attacks(
                             adaptive_confidence=adaptive_confidence,
                             detector=detector if attack == "score-aware" else None,
                         )
-                        with torch.no_grad(), model.pooling(spaces.layer_names):
+                        with torch.no_grad(), spaces.pooling(model):
                             out = model(x)
                         logits, traits = (
                             out.logits.float().cpu().numpy(),

@@ -553,7 +553,7 @@ def _index_into(
 
     with (
         tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar,
-        model.pooling(dict.fromkeys((*model.pooled_layers, *spaces.layer_names))),
+        spaces.pooling(model),
     ):
         for batch in iter_outputs(model, todo, batch_size, failures, precision=precision):
             out = batch.output

@@ -635,10 +635,17 @@ class SpaceSet:
         for space in self.spaces:
             space.check_compatible(model, force=force)
 
+    def _layers_with(self, model: Any) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*model.pooled_layers, *self.layer_names)))
+
     def prepare(self, model: Any) -> None:
         """Make ``model``'s forward passes return what these spaces read: the pooled outputs of
         ``layer_names`` besides the traits (nothing extra when the spaces read the traits alone)."""
-        model.pool_layers(tuple(dict.fromkeys((*model.pooled_layers, *self.layer_names))))
+        model.pool_layers(self._layers_with(model))
+
+    def pooling(self, model: Any):
+        """:meth:`prepare` for the duration of a ``with`` block (``TraitModel.pooling``)."""
+        return model.pooling(self._layers_with(model))
 
     def classes(self) -> list[str]:
         return sorted({s.class_name for s in self.spaces})
