@@ -112,6 +112,22 @@ def test_control_copies_do_not_change_the_probability(fitted) -> None:
     assert space_metrics(fresh, "cat", "eyes", p, RECIPE.held_out_maskings)["control_shift"] <= 0.05
 
 
+def test_per_masking_auroc_names_the_masking_whose_copies_still_show_the_concept() -> None:
+    """Scores where one held-out masking hides the concept and the other leaves it looking intact:
+    the pooled AUROC mixes both, the per-masking figures tell them apart."""
+    bank = synthetic_bank(200, seed=4)
+    hiding, leaky = "inpaint@20", "blur@20"  # the bank's copies of both are scored as held out
+    kind, masking = bank.column("kind"), bank.column("masking")
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.6, 1.0, len(bank.rows))  # originals, controls and leaky copies alike
+    hidden = (kind == MASKED) & (masking == hiding)
+    p[hidden] = rng.uniform(0.0, 0.4, hidden.sum())
+    metrics = space_metrics(bank, "cat", "eyes", p, (hiding, leaky))
+    assert metrics["auroc_by_masking"][hiding] == 1.0
+    assert 0.35 < metrics["auroc_by_masking"][leaky] < 0.65
+    assert metrics["auroc_by_masking"][leaky] < metrics["auroc"] < 1.0
+
+
 def test_without_control_copies_the_probe_reads_the_masking_artefact() -> None:
     """The same data without control copies: the artefact channels become evidence of absence
     (this is what the control copies are there to prevent)."""

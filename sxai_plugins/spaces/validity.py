@@ -8,7 +8,8 @@ their copies. Per space (class k, concept c), on those out-of-fold P_s:
 - ``drop``: the share of (class-k image showing c, held-out masking) pairs with P_s(original) >
   P_s(c hidden); also per masking;
 - ``auroc``: class-k images showing c against the negatives: their held-out-masked copies (each
-  image's copies weigh 1 together) and the class-k images where c is not visible;
+  image's copies weigh 1 together) and the class-k images where c is not visible; also per
+  masking, against that masking's copies alone (which masking makes the hard negatives);
 - ``auroc_natural``: the same against natural negatives only (``n_natural`` of them);
 - ``control_shift``: mean |P_s(control copy) − P_s(original)| over held-out maskings;
 - ``rival_auroc``: class-k images showing c against other classes' images showing c;
@@ -222,6 +223,10 @@ def space_metrics(
         for m in held_out_maskings
         if (masking[masked] == m).any()
     }
+    # Which masking makes the hard negatives: originals against that masking's copies alone.
+    auroc_per_masking = {
+        m: weighted_auroc(p[positive], p[masked[masking[masked] == m]]) for m in per_masking
+    }
     negatives = np.r_[p[masked], p[natural]]
     w_neg = np.r_[np.full(len(masked), 1.0 / n_maskings), np.ones(len(natural))]
     ece_p = np.r_[p[positive], p[natural], p[rival], p[masked]]
@@ -237,6 +242,7 @@ def space_metrics(
         "n_rival": int(len(rival)),
         "drop": float(drops.mean()) if len(drops) else float("nan"),
         "drop_by_masking": per_masking,
+        "auroc_by_masking": auroc_per_masking,
         "auroc": weighted_auroc(p[positive], negatives, w_neg),
         "auroc_natural": weighted_auroc(p[positive], p[natural]),
         "control_shift": float(shift.mean()) if len(shift) else float("nan"),
