@@ -6,11 +6,12 @@ visibility-labelled ones) of the shared data, with the metrics of annotated spac
 
 The discovered spaces were built from other images (``--discovered`` folders are checked: none of
 their images may be in the evaluation set), so every figure is held out. The feature bank is the
-one ``scripts/evaluate_spaces.py`` uses (cached): originals, copies with a concept hidden by the
-held-out maskings (inpainting at 20 segments, superpixel fill at 35), which no probe trained on,
-and control copies. Metrics are ``sxai_plugins.spaces.validity.space_metrics``: drop, AUROC
-(negatives = masked copies + natural images without the concept), AUROC against natural negatives
-only, control shift, rival AUROC, ECE. The reference column is the bundled (annotated) probe
+evaluation's (cached): originals, copies with a concept hidden by the held-out maskings
+(inpainting at 20 segments, superpixel fill at 35), which no probe trained on, and control copies,
+with the pooled outputs of the layers the spaces read. Metrics are
+``sxai_plugins.spaces.validity.space_metrics``: drop, AUROC (negatives = masked copies + natural
+images without the concept), AUROC against natural negatives only, control shift, rival AUROC,
+ECE. The reference column is the bundled (annotated) probe
 spaces' out-of-fold figures on the same images, as stored in their files.
 """
 
@@ -78,19 +79,27 @@ def main() -> None:
             m.name for m in HELD_OUT_MASKINGS
         ) <= set(bank.maskings):
             raise SystemExit(f"{args.bank}: not a bank of these images with the held-out maskings")
+    spaces = load_spaces([args.spaces])
+    # the pooled layers any of the spaces reads, in the order they first appear
+    layers = list(dict.fromkeys(name for space in spaces for name, _width in space.layers))
+    if args.bank:
+        if not set(layers) <= set(bank.pooled_layers):
+            raise SystemExit(f"{args.bank}: holds no pooled outputs of {', '.join(layers)}")
     else:
-        bank = cached_probe_features(model, labelled, CONCEPTS)
+        # the held-out maskings alone: no probe trained on them, and nothing else is scored
+        bank = cached_probe_features(model, labelled, CONCEPTS, HELD_OUT_MASKINGS, layers=layers)
     held_out = [m.name for m in HELD_OUT_MASKINGS]
     reference = {s.key: s.evaluation for s in sx.load_space_set([], model)}
     results = {}
     against = dict(item.split("=", 1) for item in args.against)
-    for space in load_spaces([args.spaces]):
+    for space in spaces:
         target = space.concept if space.concept in CONCEPTS else against.get(space.concept)
         if target not in CONCEPTS:
             print(f"{space.key}: no annotation of {space.concept!r} to evaluate against; skipped")
             continue
         key = space.key if target == space.concept else f"{space.key} (vs {target} annotations)"
-        p = space.probability(bank.traits).double().numpy()
+        features = bank.features([name for name, _width in space.layers])
+        p = space.probability(features).double().numpy()
         results[key] = {
             **space_metrics(bank, space.class_name, target, p, held_out),
             "clusters": space.recipe.get("discovered", {}).get("clusters"),
@@ -106,8 +115,9 @@ def main() -> None:
     lines = [head, "|" + "---|" * 10]
     for key, m in results.items():
         ref = m["annotated_out_of_fold"]
-        drop = _f(m["drop"])
-        auroc = _f(m["auroc"])
+        # a miss that two digits would round up to the target shows a third
+        drop = _f(m["drop"], 3 if round(m["drop"], 2) >= TARGET_DROP > m["drop"] else 2)
+        auroc = _f(m["auroc"], 3 if round(m["auroc"], 2) >= TARGET_AUROC > m["auroc"] else 2)
         if m["drop"] >= TARGET_DROP:
             drop = f"**{drop}**"
         if m["auroc"] >= TARGET_AUROC:

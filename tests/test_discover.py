@@ -247,6 +247,23 @@ def test_space_discovered_builds_valid_spaces(
     with torch.no_grad():
         p = space.probability(model(x).traits)
     assert p[0] > p[1]
+    # a config brings the recipe (the bundled spaces' kind: pooled layers, control weight) ...
+    config = tmp_path / "recipe.toml"
+    config.write_text('folds = 2\n[recipe_options]\nlayers = ["1"]\ncontrol_weight = 1.0\n')
+    argv = ["space", "--discovered", str(disc), "--config", str(config), "-b", tiny_backbone]
+    argv += ["--out", str(tmp_path / "layered"), "--mask-core", "1", "--no-plots", "--json"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (layered,) = load_spaces([tmp_path / "layered"])
+    assert [name for name, _width in layered.layers] == ["1"]
+    assert layered.recipe["control_weight"] == 1.0
+    # ... but not annotated images, which the named clusters replace
+    config.write_text('annotations = "coco.json"\n[recipe_options]\nlayers = ["1"]\n')
+    argv[argv.index("--out") + 1] = str(tmp_path / "refused")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: annotations name annotated images, which --discovered replaces" in err
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,8 @@ CONFIG_KEYS = {
     "folds",
 }
 RECIPES = ("probe", "tuned", "paper")
+# config keys that name where annotated images come from: --discovered brings its own
+DISCOVERED_EXCLUDES = {"annotations", "image_root", "visibility", "classes", "concepts"}
 
 
 def _space(sub: argparse._SubParsersAction) -> None:
@@ -143,10 +145,9 @@ def _space(sub: argparse._SubParsersAction) -> None:
 
 def _load_config(args: argparse.Namespace) -> dict:
     config: dict = {}
-    if getattr(args, "discovered", None) and (args.config or args.annotations):
+    if getattr(args, "discovered", None) and args.annotations:
         raise SxaiError(
-            "--discovered builds spaces from named clusters; it does not combine with "
-            "--config or --annotations"
+            "--discovered builds spaces from named clusters; it does not combine with --annotations"
         )
     if args.config:
         path = Path(args.config)
@@ -157,6 +158,15 @@ def _load_config(args: argparse.Namespace) -> dict:
         unknown = set(config) - CONFIG_KEYS
         if unknown:
             raise SxaiError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+        if getattr(args, "discovered", None):
+            # the named clusters are the annotations: a config brings the recipe and the outputs
+            sources = sorted(set(config) & DISCOVERED_EXCLUDES)
+            if sources:
+                raise SxaiError(
+                    f"{path}: {', '.join(sources)} name annotated images, which --discovered "
+                    "replaces with the named clusters; leave them out of a config used with "
+                    "--discovered (its [recipe_options], out, folds, ... apply)"
+                )
         for key in (
             "annotations",
             "image_root",
