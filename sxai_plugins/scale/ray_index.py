@@ -6,7 +6,7 @@ changed files are scored. Rows of changed or removed files are dropped first, so
 run never leaves two rows for one path. Then::
 
     from_arrow(todo) ─► map_batches(_decode)  CPU tasks: read bytes, decode, resize (uint8)
-                     ─► map_batches(_Scorer)  actors: model + spaces loaded once per actor
+                     ─► map_batches(Scorer)   actors (_score.py): model + spaces loaded once
                                               (GPU actors with num_gpus > 0): one forward pass
                                               per batch gives the prediction, A_s and P_s
                      ─► iter_batches on the driver: whole Parquet part files, renamed into place
@@ -23,8 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..models.inference import model_size
@@ -32,66 +30,10 @@ from ..models.trait_model import TraitModel
 from ..search.index import IndexMeta, IndexReport
 from ..spaces.space import SpaceSet
 from ._decode import decode_batch, list_source
-from ._ray import FaultDrill, Workers, block_rows, plan_workers, put_model, ray_session
+from ._ray import block_rows, plan_workers, put_model, ray_session
+from ._score import Scorer
 
 DECODE_MEMORY = 256 * 2**20
-
-
-# ------------------------------------------------------------------------------------ scoring
-class _Scorer:
-    """A Ray Data actor: the model and the spaces, loaded once, score batches of decoded images."""
-
-    def __init__(self, payload: list, workers: Workers, fault_marker: str | None = None) -> None:
-        import ray
-
-        model, spaces = ray.get(payload[0]), ray.get(payload[1])
-        torch.set_num_threads(workers.threads)
-        self.device = torch.device(workers.device)
-        self.model = model.to(self.device).eval()
-        self.model.to(memory_format=torch.channels_last)
-        self.spaces = spaces
-        spaces.prepare(self.model)  # the pooled layers the spaces read, from the same pass
-        self.classes = np.array(model.class_names, dtype=object)
-        self.n_spaces = len(spaces.keys)
-        self.drill = FaultDrill(fault_marker)
-
-    @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.drill.tick()
-        errors = batch["error"]
-        ok = np.array([e == "" for e in errors], dtype=bool)
-        n = len(errors)
-        classes = np.full((n, len(self.classes)), np.nan)
-        probabilities = np.full((n, self.n_spaces), np.nan)
-        activations = np.full((n, self.n_spaces), np.nan)
-        predicted = np.full(n, "", dtype=object)
-        if ok.any():
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["image"][ok]))
-            images = (
-                pixels.to(self.device)
-                .permute(0, 3, 1, 2)
-                .float()
-                .div(255.0)
-                .contiguous(memory_format=torch.channels_last)
-            )
-            out = self.model(images)
-            act = self.spaces.activations(out).cpu()
-            probs = out.logits.float().softmax(dim=1).cpu()
-            classes[ok] = probs.double().numpy()
-            activations[ok] = act.double().numpy()
-            probabilities[ok] = self.spaces.probabilities_from_activations(act).double().numpy()
-            predicted[ok] = self.classes[probs.argmax(dim=1).numpy()]
-        out_batch = {
-            "path": batch["path"],
-            "mtime_ns": batch["mtime_ns"],
-            "size": batch["size"],
-            "predicted": predicted,
-            "error": errors,
-        }
-        out_batch |= {f"c{i}": classes[:, i] for i in range(classes.shape[1])}
-        out_batch |= {f"p{i}": probabilities[:, i] for i in range(self.n_spaces)}
-        out_batch |= {f"a{i}": activations[:, i] for i in range(self.n_spaces)}
-        return out_batch
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -164,7 +106,7 @@ def index_with_ray(
                 memory=DECODE_MEMORY,
             )
             .map_batches(
-                _Scorer,
+                Scorer,
                 batch_size=batch_size,
                 batch_format="numpy",
                 fn_constructor_args=(payload, workers, fault_marker),

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from scipy.special import expit, ndtr
 
 from .._utils.errors import SpaceError
@@ -112,6 +111,10 @@ class Reference:
             )
         if not np.isfinite(a).all():
             raise SpaceError("the reference activations contain NaN or infinite values")
+        # imported here: scipy.stats costs about a second to import, which every process that
+        # only unpickles or applies spaces (e.g. each Ray scoring actor) would pay for nothing
+        from scipy import stats
+
         (_osm, _osr), (_slope, _intercept, r) = stats.probplot(a, dist="norm")
         return cls(mu, sigma, float(a.min()), float(a.max()), int(a.size), float(r * r))
 
