@@ -64,7 +64,8 @@ def _space(sub: argparse._SubParsersAction) -> None:
         metavar="DISC",
         help="a folder written by sxai discover, its clusters named in DISC/concepts.toml "
         "(repeatable, one per class): builds probe spaces from the named clusters' masks "
-        "(written to DISC/masks.coco.json) instead of --annotations",
+        "(written to DISC/masks.coco.json) instead of --annotations; a --config brings the "
+        "recipe ([recipe_options]) but no annotated images",
     )
     p.add_argument(
         "--natural-negatives",
