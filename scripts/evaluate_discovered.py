@@ -71,6 +71,9 @@ def main() -> None:
         overlap = {d.image_path(i).resolve() for i in range(len(d.images))} & evaluation_images
         if overlap:
             raise SystemExit(f"{folder}: {len(overlap)} discovery images are evaluation images")
+    spaces = load_spaces([args.spaces])
+    # the pooled layers any of the spaces reads, in the order they first appear
+    layers = list(dict.fromkeys(name for space in spaces for name, _width in space.layers))
     if args.bank:
         from sxai_plugins.spaces.probe_data import ProbeFeatures
 
@@ -79,10 +82,6 @@ def main() -> None:
             m.name for m in HELD_OUT_MASKINGS
         ) <= set(bank.maskings):
             raise SystemExit(f"{args.bank}: not a bank of these images with the held-out maskings")
-    spaces = load_spaces([args.spaces])
-    # the pooled layers any of the spaces reads, in the order they first appear
-    layers = list(dict.fromkeys(name for space in spaces for name, _width in space.layers))
-    if args.bank:
         if not set(layers) <= set(bank.pooled_layers):
             raise SystemExit(f"{args.bank}: holds no pooled outputs of {', '.join(layers)}")
     else:
