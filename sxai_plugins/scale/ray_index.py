@@ -5,11 +5,11 @@ and anti-joins the listing with the dataset on (path, mtime_ns, size), with Duck
 changed files are scored. Rows of changed or removed files are dropped first, so an interrupted
 run never leaves two rows for one path. Then::
 
-    from_arrow(todo) ─► map_batches(_decode)  CPU tasks: read bytes, decode, resize (uint8)
-                     ─► map_batches(Scorer)   actors (_score.py): model + spaces loaded once
-                                              (GPU actors with num_gpus > 0): one forward pass
-                                              per batch gives the prediction, A_s and P_s
-                     ─► iter_batches on the driver: whole Parquet part files, renamed into place
+    from_blocks(todo) ─► map_batches(_decode)  CPU tasks: read bytes, decode, resize (uint8)
+                      ─► map_batches(Scorer)   actors (_score.py): model + spaces loaded once
+                                               (GPU actors with num_gpus > 0): one forward pass
+                                               per batch gives the prediction, A_s and P_s
+                      ─► iter_batches on the driver: whole Parquet part files, renamed into place
 
 A file that cannot be read or decoded becomes a row of ``failures/`` and never fails the job.
 Fault tolerance is Ray's: a dead actor is restarted (``max_restarts``) and its unfinished task
@@ -87,13 +87,12 @@ def index_with_ray(
     with ray_session(address, progress=False) as ray:
         workers = plan_workers(ray, concurrency, num_gpus_per_worker)
         payload = [put_model(ray, model), ray.put(spaces)]
+        rows = block_rows(todo.num_rows, batch_size)
         ds = (
-            ray.data.from_arrow(
-                todo,
-                override_num_blocks=max(
-                    1, -(-todo.num_rows // block_rows(todo.num_rows, batch_size))
-                ),
-            )
+            # the blocks are cut here, their metadata read from the Arrow slices: from_arrow
+            # would run a remote metadata task first, whose worker start (about 1.5 s) delays
+            # the job before any image is read
+            ray.data.from_blocks([todo.slice(i, rows) for i in range(0, todo.num_rows, rows)])
             .map_batches(
                 decode_batch,
                 batch_size=batch_size,
