@@ -181,6 +181,44 @@ def test_masks_of_a_named_cluster_cover_the_planted_shape(
     assert len(annotations.images_with("disc", "cat")) == sum("disc" in m for m in masks.values())
 
 
+def test_two_discoveries_of_the_same_images_give_one_item_per_image(
+    tmp_path, planted, discovered, one_thread
+) -> None:
+    import shutil
+
+    from sxai_plugins.discover.run import load_discovery
+    from sxai_plugins.discover.spaces import discovered_annotations, discovered_labelled
+
+    _data, truth = planted
+    first = _copy(discovered, tmp_path)
+    second = Path(shutil.copytree(discovered, tmp_path / "second"))
+    best = _shape_clusters(load_discovery(first), first, truth)
+    # one discovery names the disc, the other the square and the disc again
+    _name(first, {best["disc"][0]: "disc"})
+    _name(second, {best["square"][0]: "square", best["disc"][0]: "disc"})
+    alone = {
+        shape: discovered_annotations([read_naming(folder)], core=1.0)
+        for shape, folder in (("disc", first), ("square", second))
+    }
+    both = discovered_annotations([read_naming(first), read_naming(second)], core=1.0)
+    paths = [a.image_path.resolve() for a in both]
+    assert len(paths) == len(set(paths)) == len({a.image_path.resolve() for a in alone["square"]})
+    assert set(both.concepts) == {"disc", "square"}
+    labelled = {item.path.resolve(): item for item in discovered_labelled(both)}
+    assert len(labelled) == len(paths)
+    squares = {a.image_path.resolve() for a in alone["square"] if a.has("square")}
+    discs = {a.image_path.resolve() for a in alone["disc"] if a.has("disc")}
+    for path, item in labelled.items():
+        # each image carries what either discovery found in it, and nothing it did not
+        assert item.visible.get("square", False) == (path in squares)
+        assert item.visible.get("disc", False) == (path in discs)
+    # a concept both discoveries name keeps the union of their masks (here the same masks)
+    a = next(a for a in both if a.has("disc"))
+    single = next(s for s in alone["disc"] if s.image_path.resolve() == a.image_path.resolve())
+    merged_mask, single_mask = a.geometry("disc").area_mask(), single.geometry("disc").area_mask()
+    assert np.array_equal(merged_mask, single_mask) and len(a.geometry("disc").masks) == 2
+
+
 @pytest.fixture
 def tiny_backbone(backbone_plugin):
     with backbone_plugin("tiny_discover_net", lambda **_: _tiny(), "tiny CNN") as name:
@@ -198,9 +236,11 @@ def test_space_discovered_builds_valid_spaces(
     disc = tmp_path / "disc"
     args = ["discover", "--data", str(data), "--class", "cat", "--out", str(disc), "-b"]
     args += [tiny_backbone, "--n", str(N_IMAGES), "--scales", "12,30", "--k", "4,6,8", "--quiet"]
-    assert main(args) == 0
+    assert main([*args, "--pool-size", str(SIZE)]) == 0
     assert "concepts.toml" in capsys.readouterr().out
-    result_clusters = json.loads((disc / "discovery.json").read_text())["clusters"]
+    written = json.loads((disc / "discovery.json").read_text())
+    assert written["config"]["pool_size"] == SIZE
+    result_clusters = written["clusters"]
     from sxai_plugins.discover.run import load_discovery
 
     _shape_clusters(load_discovery(disc), disc, truth)
@@ -234,6 +274,8 @@ def test_space_discovered_builds_valid_spaces(
     space = spaces[0]
     assert space.format_version == 2 and space.probe is not None
     assert space.recipe["discovered"]["clusters"] == on_disc
+    assert space.recipe["discovered"]["discoveries"] == {"disc": on_disc}
+    assert space.recipe["discovered"]["images"] == N_IMAGES
     assert report["spaces"]["cat.disc"]["n_positive"] >= 8
     assert (disc / "masks.coco.json").is_file()
     assert set(result_clusters) >= set(on_disc)

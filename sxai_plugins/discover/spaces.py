@@ -30,10 +30,34 @@ def discovered_annotations(namings: Sequence[Naming], core: float = CORE):
     concepts = tuple(dict.fromkeys(c for s in sets for c in s.concepts))
     return AnnotationSet(
         " + ".join(s.source for s in sets),
-        [a for s in sets for a in s.annotations],
+        _one_per_image([a for s in sets for a in s.annotations]),
         concepts,
         [p for s in sets for p in s.problems],
     )
+
+
+def _one_per_image(annotations):
+    """Annotations of an image found by several discoveries (one naming its eyes, another its
+    nose) merged into one, so the image is one item of the spaces' data (one fold, one original)."""
+    from dataclasses import replace
+
+    merged: dict = {}
+    for a in annotations:
+        key = a.image_path.resolve()
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = replace(a, concepts=dict(a.concepts))
+            continue
+        if seen.class_name != a.class_name:
+            raise DiscoveryError(
+                f"{a.image_path}: discovered as {seen.class_name!r} in one discovery and as "
+                f"{a.class_name!r} in another; an image has one class"
+            )
+        for concept, geometry in a.concepts.items():
+            own = seen.concepts.get(concept)
+            seen.concepts[concept] = geometry if own is None else own.merged(geometry)
+        seen.complete = seen.complete and a.complete
+    return list(merged.values())
 
 
 def discovered_labelled(annotations, natural_negatives: bool = False):
@@ -125,15 +149,26 @@ def build_discovered_spaces(
                     **results[space.key],
                 }
         spaces.extend(built)
-    for naming in namings:
-        for space in spaces:
-            if space.class_name == naming.discovery.class_name and space.concept in naming.concepts:
-                space.recipe["discovered"] = {
-                    "clusters": naming.concepts[space.concept],
-                    "images": len(naming.discovery.images),
-                    "natural_negatives": natural_negatives,
-                    "core": core,
+    for space in spaces:
+        sources = [
+            n
+            for n in namings
+            if n.discovery.class_name == space.class_name and space.concept in n.concepts
+        ]
+        space.recipe["discovered"] = {
+            "clusters": [c for n in sources for c in n.concepts[space.concept]],
+            # which discovery folder each cluster id belongs to, when several name the concept
+            "discoveries": {n.discovery.folder.name: n.concepts[space.concept] for n in sources},
+            "images": len(
+                {
+                    n.discovery.image_path(i).resolve()
+                    for n in sources
+                    for i in range(len(n.discovery.images))
                 }
+            ),
+            "natural_negatives": natural_negatives,
+            "core": core,
+        }
     if reference is not None:
         _paths, traits, logits = reference
         for space in spaces:
