@@ -2,7 +2,7 @@
 visibility-labelled ones) of the shared data, with the metrics of annotated spaces.
 
     python scripts/evaluate_discovered.py --spaces docs/results/discovered/spaces \
-        --discovered DISC_CAT --discovered DISC_DOG --out docs/results/discovered
+        --discovered DISC_CAT --discovered DISC_DOG [--discovered DISC_DOG_672] --out docs/results/discovered
 
 The discovered spaces were built from other images (``--discovered`` folders are checked: none of
 their images may be in the evaluation set), so every figure is held out. The feature bank is the
@@ -35,6 +35,14 @@ TARGET_DROP, TARGET_AUROC = 0.9, 0.8
 
 def _f(value, digits: int = 2) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _clusters(m: dict) -> str:
+    """The named clusters, each after its discovery folder's name (files written before spaces
+    recorded their discoveries: the cluster ids alone)."""
+    if not m.get("discoveries"):
+        return ", ".join(m["clusters"] or [])
+    return "; ".join(f"{folder}: {', '.join(ids)}" for folder, ids in m["discoveries"].items())
 
 
 def main() -> None:
@@ -102,6 +110,7 @@ def main() -> None:
         results[key] = {
             **space_metrics(bank, space.class_name, target, p, held_out),
             "clusters": space.recipe.get("discovered", {}).get("clusters"),
+            "discoveries": space.recipe.get("discovered", {}).get("discoveries"),
             "annotated_out_of_fold": {
                 k: reference.get(f"{space.class_name}.{target}", {}).get(k)
                 for k in ("drop", "auroc")
@@ -122,7 +131,7 @@ def main() -> None:
         if m["auroc"] >= TARGET_AUROC:
             auroc = f"**{auroc}**"
         lines.append(
-            f"| {key} | {', '.join(m['clusters'] or [])} | {m['n_positive']} / {m['n_natural']} / "
+            f"| {key} | {_clusters(m)} | {m['n_positive']} / {m['n_natural']} / "
             f"{m['n_rival']} | {drop} | {auroc} | {_f(m['auroc_natural'])} | "
             f"{_f(m['control_shift'], 3)} | {_f(m['rival_auroc'])} | {_f(m['ece'], 3)} | "
             f"{_f(ref.get('drop') or float('nan'))} / {_f(ref.get('auroc') or float('nan'))} |"
