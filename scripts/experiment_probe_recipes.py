@@ -85,6 +85,29 @@ EXPERIMENTS = {
 }
 
 
+def summary_line(name: str, metrics: dict) -> str:
+    """A configuration's row of ``summary.md``: mean AUROC, how many spaces meet each target, and
+    every miss."""
+    met = {
+        t: sum(t not in {m.split()[0] for m in misses(v)} for v in metrics.values())
+        for t in TARGETS
+    }
+    missed = "; ".join(f"{key}: {', '.join(misses(v))}" for key, v in metrics.items() if misses(v))
+    mean_auroc = np.mean([v["auroc"] for v in metrics.values()])
+    counts = " | ".join(f"{met[t]}/{len(metrics)}" for t in TARGETS)
+    return f"| {name} | {mean_auroc:.3f} | {counts} | {missed} |"
+
+
+def write_results(out: Path, results: dict, lines: list[str]) -> None:
+    """``results.json`` and ``summary.md`` into ``out``; every space's AUROC printed as JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print(
+        json.dumps({k: {s: round(v["auroc"], 4) for s, v in m.items()} for k, m in results.items()})
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
@@ -107,26 +130,9 @@ def main() -> None:
     for name, recipe in experiment.configurations.items():
         metrics = evaluate_recipes(bank, model.class_names, CONCEPTS, ["probe"], recipe)["probe"]
         results[name] = metrics
-        met = {
-            t: sum(t not in {m.split()[0] for m in misses(v)} for v in metrics.values())
-            for t in TARGETS
-        }
-        missed = "; ".join(
-            f"{key}: {', '.join(misses(v))}" for key, v in metrics.items() if misses(v)
-        )
-        mean_auroc = np.mean([v["auroc"] for v in metrics.values()])
-        lines.append(
-            f"| {name} | {mean_auroc:.3f} | "
-            + " | ".join(f"{met[t]}/8" for t in TARGETS)
-            + f" | {missed} |"
-        )
+        lines.append(summary_line(name, metrics))
         print(lines[-1], flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print(
-        json.dumps({k: {s: round(v["auroc"], 4) for s, v in m.items()} for k, m in results.items()})
-    )
+    write_results(out, results, lines)
 
 
 if __name__ == "__main__":
