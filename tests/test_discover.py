@@ -219,6 +219,24 @@ def test_two_discoveries_of_the_same_images_give_one_item_per_image(
     assert np.array_equal(merged_mask, single_mask) and len(a.geometry("disc").masks) == 2
 
 
+def test_an_image_given_two_classes_by_two_discoveries_is_refused(
+    tmp_path, planted, discovered
+) -> None:
+    import shutil
+
+    from sxai_plugins.discover.spaces import discovered_annotations
+
+    first = _copy(discovered, tmp_path)
+    second = Path(shutil.copytree(discovered, tmp_path / "second"))
+    meta = json.loads((second / "discovery.json").read_text())
+    (second / "discovery.json").write_text(json.dumps({**meta, "class": "dog"}))
+    cluster = next(iter(meta["clusters"]))
+    _name(first, {cluster: "disc"})
+    _name(second, {cluster: "disc"})
+    with pytest.raises(DiscoveryError, match="discovered as 'cat' in one discovery and as 'dog'"):
+        discovered_annotations([read_naming(first), read_naming(second)])
+
+
 @pytest.fixture
 def tiny_backbone(backbone_plugin):
     with backbone_plugin("tiny_discover_net", lambda **_: _tiny(), "tiny CNN") as name:
