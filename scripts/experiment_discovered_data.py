@@ -34,8 +34,7 @@ from sxai_plugins.spaces.probe_data import (
     cached_probe_features,
     load_labelled,
 )
-from sxai_plugins.spaces.probes import fit_probe, training_set
-from sxai_plugins.spaces.validity import TARGETS, assign_folds, space_metrics
+from sxai_plugins.spaces.validity import TARGETS, out_of_fold, space_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -67,32 +66,6 @@ def merged_bank(bank: ProbeFeatures, extra: ProbeFeatures) -> ProbeFeatures:
     )
 
 
-def out_of_fold(bank: ProbeFeatures, evaluated: int, classes, with_extra: bool) -> dict:
-    """P_s of the first ``evaluated`` images' rows, each from a probe that never saw its image;
-    the other images (discovered) train every fold's probe when ``with_extra``."""
-    fold_of_image = np.full(len(bank.images), -1)
-    fold_of_image[:evaluated] = assign_folds(
-        replace(bank, images=bank.images[:evaluated]), FOLDS, SEED
-    )
-    fold_of_row = fold_of_image[bank.column("image")]
-    features = bank.features(RECIPE.layers)
-    out = {}
-    for class_name in classes:
-        for concept in CONCEPTS:
-            p = np.full(len(bank.rows), np.nan)
-            for fold in range(FOLDS):
-                train = np.flatnonzero((fold_of_image != fold) & (fold_of_image >= 0))
-                if with_extra:
-                    train = np.r_[train, np.flatnonzero(fold_of_image < 0)]
-                data = training_set(bank, class_name, concept, RECIPE, train)
-                probe = fit_probe(features, data, RECIPE, where=f"{class_name}.{concept}")
-                test = np.flatnonzero(fold_of_row == fold)
-                p[test] = probe.probability(features[test])
-            out[f"{class_name}.{concept}"] = p
-            print(f"  {class_name}.{concept} done", flush=True)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--discovered", action="append", required=True, help="discovery folders")
@@ -122,13 +95,26 @@ def main() -> None:
         layers=RECIPE.layers,
     )
     merged = merged_bank(bank, extra)
-    n_rows = len(bank.rows)
+    n_rows, n_images = len(bank.rows), len(bank.images)
     results, lines = {}, []
     head = "| training images | mean AUROC | " + " | ".join(f"{t} met" for t in TARGETS)
     lines += [head + " | misses |", "|" + "---|" * (len(TARGETS) + 3)]
     for name, with_extra in (("annotated (other folds)", False), ("+ discovered", True)):
         print(name, flush=True)
-        predictions = out_of_fold(merged, len(bank.images), model.class_names, with_extra)
+        # the discovered images train every fold's probes (never scored), or are left out
+        scored_on, train_only = (
+            (merged, range(n_images, len(merged.images))) if with_extra else (bank, ())
+        )
+        predictions = out_of_fold(
+            scored_on,
+            model.class_names,
+            CONCEPTS,
+            "probe",
+            RECIPE,
+            FOLDS,
+            SEED,
+            train_only=train_only,
+        )
         metrics = {
             key: space_metrics(bank, *key.split(".", 1), p[:n_rows], RECIPE.held_out_maskings)
             for key, p in predictions.items()

@@ -517,3 +517,28 @@ def test_bank_keeps_its_feature_maps_beside_the_traits(tmp_path: Path) -> None:
     bank.save(tmp_path / "plain")
     with pytest.raises(SpaceError, match="without feature maps"):
         ProbeFeatures.load(tmp_path / "plain", maps=True)
+
+
+def test_train_only_images_train_every_fold_and_are_never_scored(monkeypatch) -> None:
+    from sxai_plugins.spaces import validity
+
+    bank = synthetic_bank(120, seed=6)
+    extra = list(range(90, 120))
+    image = bank.column("image")
+    alone = validity.out_of_fold(bank, ["cat"], ["eyes"], "probe", RECIPE, folds=3, progress=False)
+    trained_on = []
+
+    def recording(bank, class_name, concept, recipe, images=None):
+        trained_on.append(set(images.tolist()))
+        return training_set(bank, class_name, concept, recipe, images)
+
+    monkeypatch.setattr(validity, "training_set", recording)
+    with_extra = validity.out_of_fold(
+        bank, ["cat"], ["eyes"], "probe", RECIPE, folds=3, progress=False, train_only=extra
+    )["cat.eyes"]
+    assert len(trained_on) == 3 and all(set(extra) <= images for images in trained_on)
+    assert np.isnan(with_extra[np.isin(image, extra)]).all()
+    scored = ~np.isin(image, extra)
+    assert np.isfinite(with_extra[scored]).all()
+    # more training images change the fold models, so the scored rows' P_s moves
+    assert not np.allclose(with_extra[scored], alone["cat.eyes"][scored])

@@ -21,7 +21,7 @@ their copies. Per space (class k, concept c), on those out-of-fold P_s:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -156,9 +156,12 @@ def out_of_fold(
     reference: V1Material | None = None,
     progress: bool = True,
     qq_r2: dict[str, list[float]] | None = None,
+    train_only: Sequence[int] = (),
 ) -> dict[str, np.ndarray]:
     """Per space key, the out-of-fold P_s of every bank row (NaN where no fold model scored it).
-    For v1 recipes each fold space's reference Q-Q R² is appended to ``qq_r2[key]`` when given."""
+    For v1 recipes each fold space's reference Q-Q R² is appended to ``qq_r2[key]`` when given.
+    ``train_only``: images (indices into ``bank.images``) that train every fold's space and are
+    never scored; the folds of the others are what they would be without them."""
     from tqdm.auto import tqdm
 
     recipe = recipe or ProbeRecipe()
@@ -168,7 +171,11 @@ def out_of_fold(
         raise SpaceError(
             f"recipe {recipe_name!r} needs the reference images' traits (reference=...)"
         )
-    fold_of_image = assign_folds(bank, folds, seed)
+    scored = np.setdiff1d(np.arange(len(bank.images)), np.asarray(train_only, dtype=int))
+    fold_of_image = np.full(len(bank.images), -1)  # -1: trains every fold
+    fold_of_image[scored] = assign_folds(
+        replace(bank, images=[bank.images[i] for i in scored]), folds, seed
+    )
     fold_of_row = fold_of_image[bank.column("image")]
     out = {f"{k}.{c}": np.full(len(bank.rows), np.nan) for k in classes for c in concepts}
     features = bank.features(recipe.layers) if recipe_name == "probe" else bank.traits
