@@ -392,3 +392,129 @@ def test_space_discovered_reports_a_bad_naming_file_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"sxai: error: {out / 'concepts.toml'}: [names] c0 = 'two words'")
     assert err.count("\n") == 1 and not (tmp_path / "s").exists()
+
+
+def _cropped_truth(result, truth) -> dict[str, dict[str, np.ndarray]]:
+    """The planted masks as a zoomed discovery sees them: each image's box, resized to SIZE."""
+    from sxai_plugins.discover.run import box_pixels
+
+    out = {}
+    for path, box in zip(result.images, result.boxes, strict=True):
+        name = Path(path).name
+        left, top, right, bottom = box_pixels(box, SIZE, SIZE)
+        out[name] = {}
+        for shape, mask in truth[name].items():
+            region = Image.fromarray(mask[top:bottom, left:right].astype(np.uint8) * 255)
+            out[name][shape] = np.asarray(region.resize((SIZE, SIZE), Image.NEAREST)) >= 128
+    return out
+
+
+def test_a_zoomed_discovery_looks_inside_clusters_and_puts_its_masks_back(
+    tmp_path, planted, discovered, one_thread
+) -> None:
+    from sxai_plugins.discover.run import box_pixels, load_discovery
+    from sxai_plugins.discover.zoom import zoom_into
+
+    _data, truth = planted
+    parent = load_discovery(discovered)
+    _shape_clusters(parent, discovered, truth)
+    on_disc = _shape_clusters.all["disc"]  # one per SLIC scale
+    zoom = zoom_into(discovered, on_disc, margin=0.5, core=1.0)
+    # a box per image in which the cluster occurs, square in pixels, holding most of the disc
+    assert len(zoom.boxes) >= 0.7 * N_IMAGES
+    for path, box in zoom.boxes.items():
+        left, top, right, bottom = box_pixels(box, SIZE, SIZE)
+        assert abs((right - left) - (bottom - top)) <= 1
+        disc = truth[path.name]["disc"]
+        assert disc[top:bottom, left:right].sum() >= 0.9 * disc.sum()
+        assert (right - left) < SIZE  # a zoom, not the whole image
+    # around one segment (the most typical) the square is never larger than around them all
+    tight = zoom_into(discovered, on_disc, margin=0.5, core=1.0, around="typical")
+    assert set(tight.boxes) == set(zoom.boxes)
+    for path, box in tight.boxes.items():
+        assert box[2] - box[0] <= zoom.boxes[path][2] - zoom.boxes[path][0] + 1e-9
+    with pytest.raises(DiscoveryError, match="zoom around 'middle'"):
+        zoom_into(discovered, on_disc, around="middle")
+    out = tmp_path / "zoomed"
+    result = discover(_tiny(), None, "cat", out, CONFIG, progress=False, zoom=zoom)
+    assert sorted(result.images) == sorted(
+        p.resolve().relative_to(result.image_root).as_posix() for p in zoom.boxes
+    )
+    again = load_discovery(out)
+    assert again.boxes == result.boxes and again.config["zoom"]["clusters"] == on_disc
+    # the disc has a cluster of its own among the crops (most of its segments on the disc: in a
+    # crop the disc is large, and some of the segments it is cut into straddle its rim) ...
+    cid, precision, found = _shape_clusters(result, out, _cropped_truth(result, truth))["disc"]
+    assert precision >= 0.75 and found >= 0.9, (cid, precision, found)
+    # ... and its masks, put back into the whole images, cover the planted disc there
+    _name(out, {cid: "disc"})
+    path, _root = write_masks([read_naming(out)], tmp_path / "masks.coco.json", core=1.0)
+    doc = json.loads(path.read_text())
+    from pycocotools import mask as coco_mask
+
+    ious = []
+    for ann in (a for a in doc["annotations"] if "segmentation" in a):
+        image = next(im for im in doc["images"] if im["id"] == ann["image_id"])
+        rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
+        mask = coco_mask.decode(rle).astype(bool)
+        assert mask.shape == (SIZE, SIZE)
+        gt = truth[Path(image["file_name"]).name]["disc"]
+        ious.append((mask & gt).sum() / (mask | gt).sum())
+    assert len(ious) >= 0.7 * len(result.images)
+    assert np.mean(ious) >= 0.5, np.mean(ious)
+
+
+def test_square_box_is_square_in_pixels_widened_and_inside_the_image() -> None:
+    from sxai_plugins.discover.run import box_pixels
+    from sxai_plugins.discover.zoom import square_box
+
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[40:50, 20:40] = True  # 20 wide, 10 high, drawn over a 200 x 400 (h x w) image
+    box = square_box(mask, height=200, width=400, margin=0.5, min_side=0.1)
+    left, top, right, bottom = box_pixels(box, 400, 200)
+    # the mask spans x 80..160 and y 80..100 in image pixels: side 80 * 2 = 160, same centre
+    assert (left, top, right, bottom) == (40, 10, 200, 170)
+    # near an edge the square shifts inside the image rather than shrinking
+    mask[:] = False
+    mask[0:5, 95:100] = True
+    left, top, right, bottom = box_pixels(square_box(mask, 200, 400, 1.0, 0.1), 400, 200)
+    assert (right, top) == (400, 0) and right - left == bottom - top == 60
+    # a tiny part gets at least min_side of the shorter side
+    mask[:] = False
+    mask[50, 50] = True
+    left, top, right, bottom = box_pixels(square_box(mask, 200, 400, 0.0, 0.25), 400, 200)
+    assert right - left == bottom - top == 50
+    assert square_box(np.zeros((4, 4), dtype=bool), 10, 10, 0.2, 0.1) is None
+
+
+@pytest.mark.parametrize(
+    ("zoom", "message"),
+    [
+        ("{disc}", "write a discovery folder and the clusters"),
+        ("{disc}:", "write a discovery folder and the clusters"),
+        ("{disc}:c999", "c999 is not a cluster of that discovery"),
+        ("{tmp}:c0", "not a discovery folder"),
+    ],
+)
+def test_bad_zoom_arguments_are_clear_errors(
+    tmp_path, discovered, tiny_backbone, capsys, zoom, message
+) -> None:
+    from sxai_plugins.cli.main import main
+
+    argv = ["discover", "--zoom", zoom.format(disc=discovered, tmp=tmp_path)]
+    argv += ["--out", str(tmp_path / "z"), "-b", tiny_backbone]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "z").exists()
+
+
+def test_discover_needs_data_and_class_or_a_zoom(tmp_path, planted, tiny_backbone, capsys) -> None:
+    from sxai_plugins.cli.main import main
+
+    data, _truth = planted
+    base = ["discover", "--out", str(tmp_path / "z"), "-b", tiny_backbone]
+    assert main([*base, "--data", str(data)]) == 2
+    assert "give --data DIR and --class NAME" in capsys.readouterr().err
+    assert main([*base, "--data", str(data), "--zoom", "x:c0"]) == 2
+    assert "leave out --data" in capsys.readouterr().err

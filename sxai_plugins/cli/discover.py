@@ -20,8 +20,30 @@ def _discover(sub: argparse._SubParsersAction) -> None:
         'replaced whole). Name clusters in concepts.toml (c3 = "eyes"), then build spaces with '
         "sxai space --discovered OUT --out SPACES.",
     )
-    p.add_argument("--data", required=True, help="ImageFolder root (DATA/<class>/) or a folder")
-    p.add_argument("--class", dest="class_name", required=True, help="a class of the model")
+    p.add_argument("--data", help="ImageFolder root (DATA/<class>/) or a folder")
+    p.add_argument("--class", dest="class_name", help="a class of the model")
+    p.add_argument(
+        "--zoom",
+        metavar="DISC:IDS",
+        help="discover inside an earlier discovery instead of --data: each of its images "
+        "cropped to a square around the clusters IDS (e.g. disc-cat:c4,c5,c6, the face), so that "
+        "parts too small for a segment of their own in the whole image get one; masks of named "
+        "clusters are put back into the whole image",
+    )
+    p.add_argument(
+        "--zoom-margin",
+        type=float,
+        default=0.25,
+        help="with --zoom: widen each square by this share of its side on every side "
+        "(default 0.25)",
+    )
+    p.add_argument(
+        "--zoom-around",
+        choices=("all", "typical"),
+        default="all",
+        help="with --zoom: the square holds all of the clusters' segments in the image (all, "
+        "default) or only its most typical one (typical: a tight crop around one part)",
+    )
     p.add_argument("--out", "-o", required=True, help="discovery folder to write")
     p.add_argument("--n", type=positive_int, default=200, help="images drawn (seeded; default 200)")
     p.add_argument(
@@ -64,9 +86,31 @@ def _discover(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .._utils.io import check_output_folder, dumps_json
-    from ..discover.run import DiscoverConfig, discover
+    from ..discover.run import DiscoverConfig, DiscoveryError, discover
 
     check_output_folder(args.out)
+    zoom = None
+    if args.zoom and args.data:
+        raise DiscoveryError(
+            "--zoom takes its images from the discovery it names; leave out --data"
+        )
+    if args.zoom:
+        from ..discover.run import load_discovery
+        from ..discover.zoom import parse_zoom, zoom_into
+
+        parent, clusters = parse_zoom(args.zoom)
+        zoom = zoom_into(parent, clusters, args.zoom_margin, around=args.zoom_around)
+        parent_class = load_discovery(parent).class_name
+        if args.class_name not in (None, parent_class):
+            raise DiscoveryError(
+                f"--class {args.class_name} but --zoom {parent} discovered {parent_class}; "
+                "leave out --class (a zoom keeps its discovery's class)"
+            )
+        args.class_name = parent_class
+    elif not (args.data and args.class_name):
+        raise DiscoveryError(
+            "give --data DIR and --class NAME (or --zoom DISC:IDS to look inside a discovery)"
+        )
     config = DiscoverConfig(
         n=args.n,
         scales=tuple(args.scales),
@@ -84,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         config,
         exclude=args.exclude,
         progress=not (args.quiet or args.json),
+        zoom=zoom,
     )
     if args.json:
         print(dumps_json(result.to_json()))

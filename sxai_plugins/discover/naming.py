@@ -16,7 +16,15 @@ from PIL import Image
 
 from .._utils.io import write_json
 from .clusters import cluster_mask
-from .run import Discovery, DiscoveryError, load_discovery, load_segments, load_typicality
+from .run import (
+    Box,
+    Discovery,
+    DiscoveryError,
+    box_pixels,
+    load_discovery,
+    load_segments,
+    load_typicality,
+)
 
 NAMING_FILE = "concepts.toml"
 MASKS_FILE = "masks.coco.json"
@@ -117,6 +125,20 @@ def _display_size(path: Path) -> tuple[int, int]:
     return size(path)
 
 
+def _in_image(mask: np.ndarray, box: Box | None, height: int, width: int) -> np.ndarray:
+    """A mask at a discovery's resolution as a mask of the whole ``height``×``width`` image: a
+    zoomed discovery's masks cover its box of the image, the others the whole image."""
+    left, top, right, bottom = (
+        (0, 0, width, height) if box is None else box_pixels(box, width, height)
+    )
+    region = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        (right - left, bottom - top), Image.NEAREST
+    )
+    out = np.zeros((height, width), dtype=bool)
+    out[top:bottom, left:right] = np.asarray(region) >= 128
+    return out
+
+
 def _rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as coco_mask
 
@@ -179,8 +201,7 @@ def coco_document(namings: list[Naming], core: float = CORE) -> tuple[dict, Path
                 }
             )
             for concept, mask in sorted(masks.get(i, {}).items()):
-                big = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
-                rle = _rle(np.asarray(big) >= 128)
+                rle = _rle(_in_image(mask, discovery.box(i), h, w))
                 encoded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
                 doc["annotations"].append(
                     {

@@ -12,6 +12,11 @@ A discovery folder holds:
 - ``clusters/<id>.png``: a contact sheet per cluster; ``index.html``: all of them on one page;
 - ``concepts.toml``: the kept clusters with empty names, for the person to fill in.
 
+A discovery can also look *inside* another one (:mod:`.zoom`): each image cropped to the region of
+some of its clusters (a face, say), so that parts too small to get a segment of their own in the
+whole image (a cat's nose pad) get one in the crop. ``discovery.json`` then records each image's
+box, and the masks ``sxai space --discovered`` makes are put back into the whole image.
+
 Nothing here knows about any class: the class is a name of the model's head.
 """
 
@@ -22,6 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,8 +54,13 @@ from .segments import (
     segment_images,
 )
 
+if TYPE_CHECKING:
+    from .zoom import Zoom
+
 FORMAT = 1
 EMBEDDINGS = ("pooled", "crop")
+# a region of an image: (x0, y0, x1, y1) as shares of its width and height (as displayed)
+Box = tuple[float, float, float, float]
 
 
 class DiscoveryError(SxaiError, ValueError):
@@ -108,9 +119,14 @@ class Discovery:
     n_segments: int
     timings: dict[str, float] = field(default_factory=dict)
     folder: Path | None = None
+    boxes: list[Box] | None = None  # a zoomed discovery: the region of each image it looked at
 
     def image_path(self, i: int) -> Path:
         return self.image_root / self.images[i]
+
+    def box(self, i: int) -> Box | None:
+        """The region of image ``i`` this discovery segmented (None: the whole image)."""
+        return None if self.boxes is None else self.boxes[i]
 
     def to_json(self) -> dict:
         return {
@@ -126,6 +142,7 @@ class Discovery:
             "n_segments": self.n_segments,
             "clusters": {cid: asdict(s) for cid, s in self.clusters.items()},
             "timings": self.timings,
+            **({} if self.boxes is None else {"boxes": [list(b) for b in self.boxes]}),
         }
 
 
@@ -182,17 +199,38 @@ def choose_images(
     return sorted(pool[i] for i in picked)
 
 
+def box_pixels(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """``box`` in pixels of a ``width``×``height`` image: (left, top, right, bottom), at least one
+    pixel wide and high. Cropping for a zoomed discovery and putting its masks back both use it."""
+    left = min(int(np.floor(box[0] * width)), width - 1)
+    top = min(int(np.floor(box[1] * height)), height - 1)
+    right = max(int(np.ceil(box[2] * width)), left + 1)
+    bottom = max(int(np.ceil(box[3] * height)), top + 1)
+    return left, top, min(right, width), min(bottom, height)
+
+
 def _load_arrays(
-    paths: Sequence[Path], size: tuple[int, int], progress: bool
-) -> tuple[list[Path], list[np.ndarray], list[str]]:
-    ok, arrays, failures = [], [], []
-    for path in tqdm(paths, desc="loading images", unit="img", disable=not progress):
+    paths: Sequence[Path],
+    size: tuple[int, int],
+    progress: bool,
+    boxes: Sequence[Box] | None = None,
+) -> tuple[list[Path], list[np.ndarray], list[str], list[Box] | None]:
+    ok, arrays, failures, ok_boxes = [], [], [], []
+    for i, path in enumerate(tqdm(paths, desc="loading images", unit="img", disable=not progress)):
         try:
-            arrays.append(to_array(load_image(path, size), size))
+            if boxes is None:
+                image = load_image(path, size)
+            else:
+                # decoded whole: the crop is resized up to the model's input, not the image
+                image = load_image(path)
+                image = image.crop(box_pixels(boxes[i], *image.size))
+            arrays.append(to_array(image, size))
             ok.append(path)
+            if boxes is not None:
+                ok_boxes.append(boxes[i])
         except ImageLoadError as exc:
             failures.append(str(exc))
-    return ok, arrays, failures
+    return ok, arrays, failures, (None if boxes is None else ok_boxes)
 
 
 def _common_root(paths: Sequence[Path]) -> Path:
@@ -209,9 +247,13 @@ def discover(
     config: DiscoverConfig | None = None,
     exclude: Iterable[str | Path] = (),
     progress: bool = True,
+    zoom: Zoom | None = None,
 ) -> Discovery:
     """Discover the concepts of ``class_name`` in the images ``data/<class_name>/`` (or directly in
-    ``data``) and write the discovery folder ``out`` (replaced whole; see the module docstring)."""
+    ``data``) and write the discovery folder ``out`` (replaced whole; see the module docstring).
+
+    ``zoom`` (:func:`.zoom.zoom_into`): discover inside regions of another discovery's images
+    instead; ``data`` is then not read (the images are the zoom's)."""
     config = config or DiscoverConfig()
     if class_name not in model.class_names:
         raise DiscoveryError(
@@ -222,12 +264,17 @@ def discover(
     size = (model.input_size[1], model.input_size[2])
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    try:
-        candidates = class_images(data, class_name)
-    except ImageLoadError as exc:
-        raise DiscoveryError(str(exc)) from exc
+    if zoom is not None:
+        candidates = sorted(zoom.boxes)
+    else:
+        try:
+            candidates = class_images(data, class_name)
+        except ImageLoadError as exc:
+            raise DiscoveryError(str(exc)) from exc
     chosen = choose_images(candidates, config.n, config.seed, excluded_paths(exclude))
-    paths, arrays, failures = _load_arrays(chosen, size, progress)
+    paths, arrays, failures, boxes = _load_arrays(
+        chosen, size, progress, None if zoom is None else [zoom.boxes[p] for p in chosen]
+    )
     if len(arrays) < 2:
         raise DiscoveryError(
             f"only {len(arrays)} readable images of {class_name!r}; discovery needs at least 2"
@@ -322,12 +369,17 @@ def discover(
         model.fingerprint(),
         root,
         [p.resolve().relative_to(root).as_posix() for p in paths],
-        {**asdict(config), "failures": failures},
+        {
+            **asdict(config),
+            "failures": failures,
+            **({} if zoom is None else {"zoom": zoom.describe()}),
+        },
         clustering.k,
         clustering.silhouette,
         clusters,
         len(table),
         timings,
+        boxes=boxes,
     )
     cluster_id = {s.index: cid for cid, s in clusters.items()}
     assignment = np.array([int(cid[1:]) for cid in map(cluster_id.get, clustering.assignment)])
@@ -420,6 +472,7 @@ def load_discovery(folder: str | Path) -> Discovery:
             int(data["n_segments"]),
             dict(data.get("timings", {})),
             folder,
+            None if "boxes" not in data else [_box(b) for b in data["boxes"]],
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, DiscoveryError):
@@ -427,6 +480,13 @@ def load_discovery(folder: str | Path) -> Discovery:
         raise DiscoveryError(
             f"{path}: unreadable ({type(exc).__name__}: {exc}); run sxai discover again"
         ) from exc
+
+
+def _box(value) -> Box:
+    box = tuple(float(v) for v in value)
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise ValueError(f"a box is x0 < x1, y0 < y1 within [0, 1], got {value!r}")
+    return box
 
 
 def load_segments(folder: str | Path) -> tuple[np.ndarray, SegmentTable, np.ndarray]:
@@ -450,9 +510,11 @@ def load_typicality(folder: str | Path) -> np.ndarray:
 
 
 __all__ = [
+    "Box",
     "DiscoverConfig",
     "Discovery",
     "DiscoveryError",
+    "box_pixels",
     "choose_images",
     "discover",
     "excluded_paths",
