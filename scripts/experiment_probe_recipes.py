@@ -4,6 +4,7 @@ superpixel@35), every configuration of an experiment on one feature bank.
 
     python scripts/experiment_probe_recipes.py layers          [--data DIR] [--out DIR]
     python scripts/experiment_probe_recipes.py train-maskings  [--data DIR] [--out DIR]
+    python scripts/experiment_probe_recipes.py framing         [--data DIR] [--out DIR]
 
 - ``layers``: which features should the probes read? The GAP traits alone and with the mean- and
   max-pooled outputs of earlier stages of the body, at several control-copy weights (out:
@@ -14,6 +15,10 @@ superpixel@35), every configuration of an experiment on one feature bank.
   per-masking AUROC of the bundled spaces rises with the region's coarseness (superpixel@15 >
   @25 > @35), so the finest held-out masking is the hardest negative (out:
   docs/results/train-maskings; the bank adds superpixel@45 and blur@45 copies, about 20 minutes).
+- ``framing``: do crops that leave the concept out of the picture (a close-up of the face leaves
+  out the legs) teach the probes what masked copies cannot: natural images without the concept?
+  The bundled recipe against the same with framed crops at several weights (out:
+  docs/results/framing; the bank adds a framed-out and a framed-in crop per concept and image).
 
 Writes ``results.json`` (every metric of every space per configuration) and ``summary.md`` into
 ``--out``. Every configuration is scored on the same evaluation, so picking the best of them is
@@ -51,6 +56,7 @@ class Experiment:
     # what the shared bank must hold: every configuration's layers and maskings
     layers: tuple[str, ...] = ()
     extra_maskings: tuple[str, ...] = field(default=())
+    framing: bool = False  # the bank holds framed crops
 
 
 BUNDLED = ProbeRecipe(layers=blocks(4, 5, 6), control_weight=1.0)
@@ -81,6 +87,17 @@ EXPERIMENTS = {
         },
         layers=blocks(4, 5, 6),
         extra_maskings=("superpixel@45", "blur@45"),
+    ),
+    "framing": Experiment(
+        "framing",
+        {
+            "bundled (no framed crops)": BUNDLED,
+            "framed crops, weight 0.5": replace(BUNDLED, framed_weight=0.5),
+            "framed crops, weight 1": replace(BUNDLED, framed_weight=1.0),
+            "framed crops, weight 2": replace(BUNDLED, framed_weight=2.0),
+        },
+        layers=blocks(4, 5, 6),
+        framing=True,
     ),
 }
 
@@ -123,7 +140,9 @@ def main() -> None:
     )
     names = (*BASE_MASKINGS, *experiment.extra_maskings, *BUNDLED.held_out_maskings)
     maskings = [Masking.parse(name) for name in names]
-    bank = cached_probe_features(model, labelled, CONCEPTS, maskings, layers=experiment.layers)
+    bank = cached_probe_features(
+        model, labelled, CONCEPTS, maskings, layers=experiment.layers, framing=experiment.framing
+    )
     results, lines = {}, []
     head = "| recipe | mean AUROC | " + " | ".join(f"{t} met" for t in TARGETS) + " | misses |"
     lines += [head, "|" + "---|" * (len(TARGETS) + 3)]

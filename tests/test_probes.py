@@ -542,3 +542,103 @@ def test_train_only_images_train_every_fold_and_are_never_scored(monkeypatch) ->
     assert np.isfinite(with_extra[scored]).all()
     # more training images change the fold models, so the scored rows' P_s moves
     assert not np.allclose(with_extra[scored], alone["cat.eyes"][scored])
+
+
+def test_framed_boxes_leave_the_concept_out_and_keep_it_in() -> None:
+    from sxai_plugins.spaces.probe_data import framed_boxes
+
+    # legs along the bottom of a 400 x 300 picture (the mask drawn at 100 x 100)
+    region = np.zeros((100, 100), dtype=bool)
+    region[80:95, 20:60] = True
+    eyes = np.zeros((100, 100), dtype=bool)
+    eyes[10:20, 5:15] = True
+    out, kept = framed_boxes(region, eyes, width=400, height=300, min_side=0.45, clearance=0.03)
+    left, top, right, bottom = out
+    # a square above the legs, clear of them, pushed towards the eyes (left edge of the picture)
+    assert right - left == pytest.approx(bottom - top)
+    assert bottom <= 0.80 * 300 - 0.03 * 300 + 1e-6 and left == 0
+    assert right - left >= 0.45 * 300
+    # the framed-in square is as large and holds the whole region
+    k_left, k_top, k_right, k_bottom = kept
+    assert k_right - k_left == pytest.approx(right - left)
+    assert k_left <= 0.20 * 400 and k_right >= 0.60 * 400
+    assert k_top <= 0.80 * 300 and k_bottom >= 0.95 * 300 - 1e-6
+    # of the bands with room, the one whose square holds the other parts wins over a larger one
+    strip = np.zeros((100, 100), dtype=bool)
+    strip[:, 60:65] = True
+    face = np.zeros((100, 100), dtype=bool)
+    face[40:50, 80:90] = True
+    (left, _top, right, _bottom), _kept = framed_boxes(strip, face, 400, 300, min_side=0.3)
+    assert left >= 0.65 * 400 and right == 400
+    (left, _top, right, _bottom), _kept = framed_boxes(strip, None, 400, 300, min_side=0.3)
+    assert right <= 0.60 * 400  # without other parts: the larger band, on the left
+    # no room beside a concept that fills the picture, nothing to frame without one
+    full = np.ones((100, 100), dtype=bool)
+    assert framed_boxes(full, None, 400, 300) is None
+    assert framed_boxes(np.zeros((10, 10), dtype=bool), None, 400, 300) is None
+
+
+def test_framed_crops_show_the_picture_without_the_concept_and_with_it(tmp_path) -> None:
+    from sxai_plugins.data.concepts import load_coco
+    from sxai_plugins.spaces.probe_data import (
+        FRAMED_IN,
+        FRAMED_OUT,
+        _copies,
+        labelled_from_annotations,
+    )
+
+    coco = _synthetic_dataset(tmp_path / "data")
+    labelled = labelled_from_annotations(load_coco(coco, coco.parent))
+    yellow = np.array([250, 240, 30]) / 255
+    checked = 0
+    for index, item in enumerate(labelled):
+        copies = list(_copies(item, index, ["eyes"], [Masking("superpixel", 15)], (48, 48), 0))
+        assert not {r.kind for r, _ in copies} & {FRAMED_OUT, FRAMED_IN}  # only on request
+        framed = {
+            r.kind: a
+            for r, a in _copies(
+                item, index, ["eyes"], [Masking("superpixel", 15)], (48, 48), 0, True
+            )
+            if r.kind in (FRAMED_OUT, FRAMED_IN)
+        }
+        if not item.visible.get("eyes"):
+            assert not framed  # nothing to leave out
+            continue
+        if not framed:
+            continue  # no square of the minimum size beside this eye
+        # the eye square is nowhere in the framed-out crop, and whole in the framed-in one
+        near = {k: (np.abs(a - yellow).max(axis=2) < 0.12).sum() for k, a in framed.items()}
+        assert near[FRAMED_OUT] == 0, item.path
+        assert near[FRAMED_IN] > 0, item.path
+        checked += 1
+    assert checked >= 20
+
+
+def test_framed_crops_train_only_when_weighted() -> None:
+    from sxai_plugins.spaces.probe_data import FRAMED_IN, FRAMED_OUT
+
+    bank = synthetic_bank(40, seed=4)
+    extra = []
+    for i, image in enumerate(bank.images):
+        if image.visible["eyes"]:
+            extra += [
+                ProbeRow(i, FRAMED_OUT, "eyes", "", 0.4),
+                ProbeRow(i, FRAMED_IN, "eyes", "", 0.4),
+            ]
+    bank.rows += extra
+    bank.traits = torch.cat([bank.traits, torch.zeros(len(extra), C)])
+    kinds = bank.column("kind")
+    plain = training_set(bank, "cat", "eyes", RECIPE)
+    assert not set(kinds[plain.rows]) & {FRAMED_OUT, FRAMED_IN}
+    framed = training_set(
+        bank, "cat", "eyes", ProbeRecipe(**{**RECIPE.__dict__, "framed_weight": 0.5})
+    )
+    chosen = kinds[framed.rows]
+    cats = bank.image_column("class_name")[framed.rows] == "cat"
+    for kind, label in ((FRAMED_OUT, 0), (FRAMED_IN, 1)):
+        rows = chosen == kind
+        assert rows.sum() == sum(
+            1 for i, im in enumerate(bank.images) if im.class_name == "cat" and im.visible["eyes"]
+        )
+        assert (framed.labels[rows] == label).all() and (framed.weights[rows] == 0.5).all()
+        assert (framed.calibration[rows] == 0).all() and cats[rows].all()

@@ -127,6 +127,7 @@ def build_discovered_spaces(
         seed=seed,
         progress=progress,
         layers=recipe.layers,
+        framing=recipe.framed_weight > 0,
     )
     spaces = []
     for class_name, concepts in by_class.items():

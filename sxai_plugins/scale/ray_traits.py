@@ -209,6 +209,7 @@ class RayExtractor:
         progress: bool = True,
         keep_maps: bool = False,
         layers=(),
+        framing: bool = False,
     ):
         import pickle
 
@@ -222,6 +223,7 @@ class RayExtractor:
             "seed": seed,
             "keep_maps": keep_maps,
             "layers": tuple(layers),
+            "framing": framing,
         }
         images = list(images)
         with ray_session(self.address) as ray:
@@ -274,7 +276,7 @@ class RayExtractor:
             torch.cat(traits),
             tuple(concepts),
             tuple(m.name for m in maskings),
-            {"failures": failures, "seed": seed},
+            {"failures": failures, "seed": seed, "framing": framing},
             torch.cat(maps) if keep_maps else None,
             torch.cat(pooled) if layers else None,
             widths,

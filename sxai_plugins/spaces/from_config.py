@@ -80,6 +80,7 @@ def _build_probes(
             progress=progress,
             layers=recipe.layers,
             extractor=extractor,
+            framing=recipe.framed_weight > 0,
         )
     except ValueError as exc:  # a layer the model's body does not have
         raise SxaiError(f"recipe_options.layers: {exc}") from exc

@@ -9,7 +9,11 @@ Every row of a :class:`ProbeFeatures` bank is one image the model saw:
 - ``control``: the same image with a region of about the concept's size hidden by the same
   masking, a region that neither holds nor touches the concept (nor, where there is room, any
   other annotated part). A probe that drops on control copies has learnt "something was masked",
-  not "the eyes are gone".
+  not "the eyes are gone";
+- ``framed_out`` (on request, ``framing=True``): a square crop of the image that leaves the concept
+  out of the picture, as a close-up of the face leaves out the legs: a natural-looking image of the
+  class without the concept, where a masked copy is an image with a hole. ``framed_in``: a crop of
+  the same size that keeps the whole concept, so that a probe cannot read "zoomed in" as "absent".
 
 Images come from COCO concept annotations (points: they can be masked) and, optionally, from
 visibility labels without points (``visibility.json``: natural positives and negatives only).
@@ -38,6 +42,12 @@ from ..models.trait_model import TraitModel, pooled_layers
 from ..plugin.manager import get_masker
 
 ORIGINAL, MASKED, CONTROL = "original", "masked", "control"
+FRAMED_OUT, FRAMED_IN = "framed_out", "framed_in"
+# A framed crop's side is at least this share of the image's shorter side: a smaller crop is a
+# patch of fur, not a picture of the animal.
+FRAME_MIN_SIDE = 0.45
+# Share of the image kept clear between a framed-out crop and the concept's region.
+FRAME_CLEARANCE = 0.03
 # A control region may overshoot the concept's area by whole superpixels; past this it is too
 # different a perturbation to be a fair control.
 CONTROL_MAX_AREA_RATIO = 2.0
@@ -389,6 +399,71 @@ def _regions(
     }
 
 
+def _square_in(
+    lo: float, hi: float, side: float, length: float, centre: float
+) -> tuple[float, float]:
+    """A span of ``side`` within [lo, hi] (pixels along one axis of ``length``), centred as near
+    ``centre`` as it fits."""
+    start = min(max(centre - side / 2, lo), hi - side)
+    return max(start, 0.0), min(start + side, length)
+
+
+def framed_boxes(
+    region: np.ndarray,
+    others: np.ndarray | None,
+    width: int,
+    height: int,
+    min_side: float = FRAME_MIN_SIDE,
+    clearance: float = FRAME_CLEARANCE,
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(framed-out box, framed-in box) for a concept's ``region`` (a mask over the whole image at
+    any resolution; the image is ``width``×``height`` pixels), as (left, top, right, bottom) in
+    pixels; None where no square of ``min_side`` of the shorter side fits beside the region.
+
+    The framed-out square lies in the band above, below, left or right of the region
+    (``clearance`` of the image away from it), as near the other annotated parts (``others``) as
+    it fits, else in the band's middle: of the bands with room, the one whose square holds most of
+    the other parts (a close-up of the face, not of the floor), then the largest. The framed-in
+    square has the same side and holds the region, centred on it where the image allows."""
+    ys, xs = np.nonzero(region)
+    if not len(ys):
+        return None
+    rows, cols = region.shape
+    x0, x1 = xs.min() / cols * width, (xs.max() + 1) / cols * width
+    y0, y1 = ys.min() / rows * height, (ys.max() + 1) / rows * height
+    gap_x, gap_y = clearance * width, clearance * height
+    bands = {  # (x from, x to, y from, y to) of the room beside the region
+        "above": (0.0, width, 0.0, y0 - gap_y),
+        "below": (0.0, width, y1 + gap_y, height),
+        "left": (0.0, x0 - gap_x, 0.0, height),
+        "right": (x1 + gap_x, width, 0.0, height),
+    }
+    if others is not None and others.any():
+        oy, ox = np.nonzero(others)
+        oy, ox = (oy + 0.5) / rows * height, (ox + 0.5) / cols * width
+        cx, cy = ox.mean(), oy.mean()
+    else:
+        ox = oy = np.zeros(0)
+        cx, cy = width / 2, height / 2
+    best = None
+    for bx0, bx1, by0, by1 in bands.values():
+        side = min(bx1 - bx0, by1 - by0)
+        if side < min_side * min(width, height):
+            continue
+        left, right = _square_in(bx0, bx1, side, width, cx)
+        top, bottom = _square_in(by0, by1, side, height, cy)
+        holds = int(((ox >= left) & (ox < right) & (oy >= top) & (oy < bottom)).sum())
+        if best is None or (holds, side) > best[:2]:
+            best = (holds, side, (left, top, right, bottom))
+    if best is None:
+        return None
+    _holds, side, out = best
+    inside = max(side, x1 - x0, y1 - y0)
+    left, right = _square_in(0.0, width, min(inside, width), width, (x0 + x1) / 2)
+    top, bottom = _square_in(0.0, height, min(inside, height), height, (y0 + y1) / 2)
+    return out, (left, top, right, bottom)
+
+
 def _copies(
     item: LabelledImage,
     index: int,
@@ -396,13 +471,17 @@ def _copies(
     maskings: Sequence[Masking],
     size: tuple[int, int],
     seed: int,
+    framing: bool = False,
 ) -> Iterator[tuple[ProbeRow, np.ndarray]]:
-    """The original, then every masked and control copy of one image."""
-    image = to_array(load_image(item.path), size)
+    """The original, then every masked and control copy of one image (and, with ``framing``, its
+    framed-out and framed-in crops per concept)."""
+    picture = load_image(item.path)
+    image = to_array(picture, size)
     yield ProbeRow(index, ORIGINAL), image
     annotation = item.annotation
     if annotation is None:
         return
+    hidden: dict[str, np.ndarray] = {}  # per concept, the union of its regions over the maskings
     segments_by_count: dict[int, np.ndarray] = {}
     for masking in maskings:
         masker = get_masker(masking.masker)
@@ -414,6 +493,7 @@ def _copies(
         for concept, region in regions.items():
             if not region.any():
                 continue
+            hidden[concept] = region | hidden.get(concept, False)
             hide = _mask_with(masker, image, region, segments)
             yield ProbeRow(index, MASKED, concept, masking.name, float(region.mean())), hide
             rng = np.random.default_rng(stable_seed(seed, item.path.name, concept, masking.name))
@@ -425,6 +505,20 @@ def _copies(
                     ProbeRow(index, CONTROL, concept, masking.name, float(control.mean())),
                     _mask_with(masker, image, control, segments),
                 )
+    if not framing:
+        return
+    for concept, region in hidden.items():
+        others = [r for c, r in hidden.items() if c != concept]
+        boxes = framed_boxes(
+            region, np.logical_or.reduce(others) if others else None, *picture.size
+        )
+        if boxes is None:
+            continue
+        for kind, box in zip((FRAMED_OUT, FRAMED_IN), boxes, strict=True):
+            left, top, right, bottom = (round(v) for v in box)
+            crop = to_array(picture.crop((left, top, right, bottom)), size)
+            area = (right - left) * (bottom - top) / (picture.size[0] * picture.size[1])
+            yield ProbeRow(index, kind, concept, "", float(area)), crop
 
 
 def _mask_with(masker, image: np.ndarray, region: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -445,10 +539,12 @@ def extract_probe_features(
     workers: int | None = None,
     keep_maps: bool = False,
     layers: Sequence[str] = (),
+    framing: bool = False,
 ) -> ProbeFeatures:
     """Traits of every image and of its masked and control copies, in batched forward passes
     (with ``keep_maps``, also the last conv maps whose means they are, in float16; with ``layers``,
-    the mean- and max-pooled outputs of those modules of ``model.body`` from the same passes).
+    the mean- and max-pooled outputs of those modules of ``model.body`` from the same passes; with
+    ``framing``, the framed-out and framed-in crops too).
 
     The masking (SLIC, maskers) runs on ``workers`` threads while the model scores the previous
     batch; an image that cannot be read is reported and skipped like anywhere else in sxai.
@@ -485,7 +581,7 @@ def extract_probe_features(
 
     def work(i: int) -> list[tuple[ProbeRow, np.ndarray]] | str:
         try:
-            return list(_copies(images[i], i, concepts, maskings, size, seed))
+            return list(_copies(images[i], i, concepts, maskings, size, seed, framing))
         except ImageLoadError as exc:
             return str(exc)
 
@@ -517,7 +613,7 @@ def extract_probe_features(
         torch.cat(traits),
         tuple(concepts),
         tuple(m.name for m in maskings),
-        {"failures": failures, "seed": seed},
+        {"failures": failures, "seed": seed, "framing": framing},
         torch.cat(maps) if keep_maps else None,
         torch.cat(pooled) if layers else None,
         widths,
@@ -535,6 +631,7 @@ def cached_probe_features(
     maps: bool = False,
     layers: Sequence[str] = (),
     extractor: Callable[..., ProbeFeatures] | None = None,
+    framing: bool = False,
 ) -> ProbeFeatures:
     """:func:`extract_probe_features`, cached under ``cache_dir`` (default ``$SXAI_CACHE`` or
     ~/.cache/sxai) by model weights, head, images (path, size, mtime, labels, geometry), concepts,
@@ -544,10 +641,12 @@ def cached_probe_features(
     likewise: a cache without those layers' pooled outputs is extracted again.
     ``extractor``: what extracts on a cache miss, with :func:`extract_probe_features`'s arguments
     (default: that function, here; ``sxai_plugins.scale.ray_traits.RayExtractor`` spreads the
-    images over Ray actors and gives the same bank)."""
+    images over Ray actors and gives the same bank). ``framing``: the bank also holds the framed
+    crops (a bank with them is another cache entry)."""
     digest = hashlib.sha256(model.fingerprint().encode())
     digest.update(model.head.weight.detach().cpu().numpy().tobytes())
-    digest.update(json.dumps([list(concepts), [m.name for m in maskings], seed, 2]).encode())
+    key = [list(concepts), [m.name for m in maskings], seed, 2] + (["framing"] if framing else [])
+    digest.update(json.dumps(key).encode())
     for item in images:
         stat = item.path.stat()
         digest.update(
@@ -581,6 +680,7 @@ def cached_probe_features(
         progress=progress,
         keep_maps=maps,
         layers=layers,
+        framing=framing,
     )
     bank.save(path)
     return bank
@@ -588,6 +688,8 @@ def cached_probe_features(
 
 __all__ = [
     "CONTROL",
+    "FRAMED_IN",
+    "FRAMED_OUT",
     "HELD_OUT_MASKINGS",
     "MASKED",
     "ORIGINAL",
@@ -599,6 +701,7 @@ __all__ = [
     "cached_probe_features",
     "control_region",
     "extract_probe_features",
+    "framed_boxes",
     "labelled_from_annotations",
     "load_labelled",
     "load_visibility",

@@ -9,7 +9,10 @@ For a space (class k, concept c) an L2 logistic regression on the standardised t
 - **negatives**: the same images with c hidden by each training masking (weight 1 split over the
   maskings, so each image counts once), class-k images where c is not visible (weight
   ``natural_weight``), and images of other classes showing c (weight ``rival_weight``), so that
-  P(dog.ears) on a cat is low and the rival comparisons of the explanations mean something.
+  P(dog.ears) on a cat is low and the rival comparisons of the explanations mean something;
+- with ``framed_weight`` > 0, crops of the class-k images that leave c out of the picture
+  (negatives) and crops of the same size that keep it (positives), each at that weight: natural-
+  looking images without c, which masked copies are not (:mod:`.probe_data`).
 
 The regularisation C is chosen by cross-validated AUROC, grouped by image (all copies of an image in one
 fold). A Platt sigmoid fitted on cross-fitted out-of-fold scores turns the probe's logit into P_s,
@@ -30,7 +33,16 @@ import torch
 from scipy.special import expit
 
 from .._utils.errors import SpaceError
-from .probe_data import CONTROL, HELD_OUT_MASKINGS, MASKED, ORIGINAL, TRAIN_MASKINGS, ProbeFeatures
+from .probe_data import (
+    CONTROL,
+    FRAMED_IN,
+    FRAMED_OUT,
+    HELD_OUT_MASKINGS,
+    MASKED,
+    ORIGINAL,
+    TRAIN_MASKINGS,
+    ProbeFeatures,
+)
 
 # Fewer positives than this and a probe over ~1,000 channels is noise.
 MIN_POSITIVES = 8
@@ -46,6 +58,8 @@ class ProbeRecipe:
     control_weight: float = 0.5
     natural_weight: float = 2.0
     rival_weight: float = 1.0
+    # framed crops (out: c cropped away, in: kept) at this weight; 0 leaves them out
+    framed_weight: float = 0.0
     cs: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
     folds: int = 5
     n_ssn: int = 5
@@ -111,6 +125,12 @@ def training_set(
         (own & (kind == ORIGINAL) & (visible == 0), 0, recipe.natural_weight, 1.0),
         (~own & (kind == ORIGINAL) & (visible == 1), 0, recipe.rival_weight, 1.0),
     ]
+    if recipe.framed_weight > 0:
+        framed = own & (row_concept == concept)
+        parts += [
+            (framed & (kind == FRAMED_IN), 1, recipe.framed_weight, 0.0),
+            (framed & (kind == FRAMED_OUT), 0, recipe.framed_weight, 0.0),
+        ]
     rows, labels, weights, calibration = [], [], [], []
     for selected, label, weight, calib in parts:
         index = np.flatnonzero(selected & allowed)
