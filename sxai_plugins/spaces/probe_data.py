@@ -645,7 +645,9 @@ def cached_probe_features(
     crops (a bank with them is another cache entry)."""
     digest = hashlib.sha256(model.fingerprint().encode())
     digest.update(model.head.weight.detach().cpu().numpy().tobytes())
-    key = [list(concepts), [m.name for m in maskings], seed, 2] + (["framing"] if framing else [])
+    key = [list(concepts), [m.name for m in maskings], seed, 2]
+    if framing:  # the crops' geometry is part of what the bank holds
+        key.append(["framing", FRAME_MIN_SIDE, FRAME_CLEARANCE])
     digest.update(json.dumps(key).encode())
     for item in images:
         stat = item.path.stat()
