@@ -642,3 +642,41 @@ def test_framed_crops_train_only_when_weighted() -> None:
         )
         assert (framed.labels[rows] == label).all() and (framed.weights[rows] == 0.5).all()
         assert (framed.calibration[rows] == 0).all() and cats[rows].all()
+
+
+def test_a_bank_is_cached_per_concept_mask_not_only_per_point(tmp_path) -> None:
+    """Mask annotations (a discovery's, an edited COCO file's) key the cache like points do: an
+    edited mask extracts a new bank, the same masks reuse the cached one."""
+    from PIL import Image
+
+    from sxai_plugins.data.concepts import ConceptAnnotation, ConceptGeometry
+    from sxai_plugins.spaces.probe_data import cached_probe_features
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "cat.png"
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+
+    def labelled(rows: slice) -> list[LabelledImage]:
+        mask = np.zeros((32, 32), dtype=bool)
+        mask[rows, 4:12] = True
+        geometry = ConceptGeometry((32, 32), masks=[mask])
+        annotation = ConceptAnnotation(path, 1, "cat", 32, 32, {"eyes": geometry})
+        return [LabelledImage(path, "cat", {"eyes": True}, annotation)]
+
+    model = make_tiny_model(size=32)
+    maskings = [Masking("superpixel", 15)]
+    cache = tmp_path / "cache"
+
+    def extract(rows: slice):
+        return cached_probe_features(
+            model, labelled(rows), ["eyes"], maskings, progress=False, cache_dir=cache
+        )
+
+    first = extract(slice(4, 12))
+    assert len(list(cache.glob("*.json"))) == 1
+    assert torch.equal(extract(slice(4, 12)).traits, first.traits)  # cached
+    assert len(list(cache.glob("*.json"))) == 1
+    moved = extract(slice(20, 28))  # the same image, the eyes elsewhere
+    assert len(list(cache.glob("*.json"))) == 2
+    masked = np.flatnonzero(first.column("kind") == MASKED)
+    assert not torch.equal(moved.traits[masked], first.traits[masked])

@@ -620,6 +620,18 @@ def extract_probe_features(
     )
 
 
+def _digest_geometry(digest, geometry) -> None:
+    """Every element of a concept's geometry into the cache key: masks and outlines move a
+    concept's region as much as points do (an edited masks.coco.json must not reuse a bank)."""
+    digest.update(np.ascontiguousarray(geometry.points, dtype=np.float64).tobytes())
+    for polygon in geometry.polygons:
+        digest.update(b"polygon" + np.ascontiguousarray(polygon, dtype=np.float64).tobytes())
+    for mask in geometry.masks:
+        digest.update(b"mask" + str(mask.shape).encode() + np.packbits(mask).tobytes())
+    for box in geometry.boxes:
+        digest.update(b"box" + np.asarray(box, dtype=np.float64).tobytes())
+
+
 def cached_probe_features(
     model: TraitModel,
     images: Sequence[LabelledImage],
@@ -657,7 +669,7 @@ def cached_probe_features(
         )
         if item.annotation is not None:
             for c in concepts:
-                digest.update(np.ascontiguousarray(item.annotation.geometry(c).points).tobytes())
+                _digest_geometry(digest, item.annotation.geometry(c))
     folder = Path(cache_dir or os.environ.get("SXAI_CACHE", Path.home() / ".cache" / "sxai"))
     path = folder / f"probe-features-{digest.hexdigest()[:20]}"
     annotated = {im.path: im.annotation for im in images if im.annotation is not None}
