@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..spaces.probe_data import pixel_extent
 from .clusters import cluster_mask
 from .naming import CORE
 from .run import Box, DiscoveryError, load_discovery, load_segments, load_typicality
@@ -64,13 +65,10 @@ def square_box(
     any resolution over the whole image), its side the mask's longer extent times ``1 + 2 *
     margin`` and at least ``min_side`` of the image's shorter side, shifted to lie inside the
     image where it fits; as shares of the width and height. None for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
+    extent = pixel_extent(mask, width, height)
+    if extent is None:
         return None
-    rows, cols = mask.shape
-    # the mask's extent in image pixels
-    x0, x1 = xs.min() / cols * width, (xs.max() + 1) / cols * width
-    y0, y1 = ys.min() / rows * height, (ys.max() + 1) / rows * height
+    x0, y0, x1, y1 = extent
     side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
     side = min(max(side, min_side * min(height, width)), max(height, width))
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

@@ -399,6 +399,23 @@ def _regions(
     }
 
 
+def pixel_extent(
+    mask: np.ndarray, width: int, height: int
+) -> tuple[float, float, float, float] | None:
+    """The bounding box (x0, y0, x1, y1) of ``mask``, drawn at any resolution over a whole
+    ``width``×``height`` image, in that image's pixels; None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return None
+    rows, cols = mask.shape
+    return (
+        xs.min() / cols * width,
+        ys.min() / rows * height,
+        (xs.max() + 1) / cols * width,
+        (ys.max() + 1) / rows * height,
+    )
+
+
 def _square_in(
     lo: float, hi: float, side: float, length: float, centre: float
 ) -> tuple[float, float]:
@@ -425,12 +442,11 @@ def framed_boxes(
     it fits, else in the band's middle: of the bands with room, the one whose square holds most of
     the other parts (a close-up of the face, not of the floor), then the largest. The framed-in
     square has the same side and holds the region, centred on it where the image allows."""
-    ys, xs = np.nonzero(region)
-    if not len(ys):
+    extent = pixel_extent(region, width, height)
+    if extent is None:
         return None
+    x0, y0, x1, y1 = extent
     rows, cols = region.shape
-    x0, x1 = xs.min() / cols * width, (xs.max() + 1) / cols * width
-    y0, y1 = ys.min() / rows * height, (ys.max() + 1) / rows * height
     gap_x, gap_y = clearance * width, clearance * height
     bands = {  # (x from, x to, y from, y to) of the room beside the region
         "above": (0.0, width, 0.0, y0 - gap_y),
@@ -716,6 +732,7 @@ __all__ = [
     "control_region",
     "extract_probe_features",
     "framed_boxes",
+    "pixel_extent",
     "labelled_from_annotations",
     "load_labelled",
     "load_visibility",
