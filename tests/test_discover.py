@@ -4,6 +4,7 @@ cover the shape, spaces built from a naming file, and clear errors for bad namin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,15 @@ from conftest import make_tiny_model
 from PIL import Image
 
 from sxai_plugins.discover.naming import concept_masks, read_naming, write_masks
-from sxai_plugins.discover.run import DiscoverConfig, DiscoveryError, discover, load_segments
+from sxai_plugins.discover.run import (
+    DiscoverConfig,
+    DiscoveryError,
+    choose_images,
+    discover,
+    excluded_paths,
+    load_discovery,
+    load_segments,
+)
 
 SIZE = 64
 N_IMAGES = 24
@@ -356,6 +365,51 @@ def test_missing_discovery_and_naming_files_are_clear_errors(tmp_path, discovere
     (out / "concepts.toml").unlink()
     with pytest.raises(DiscoveryError, match="no naming file"):
         read_naming(out)
+
+
+def test_exclude_files_name_the_images_a_discovery_leaves_out(
+    tmp_path, planted, discovered
+) -> None:
+    data, truth = planted
+    folder = data / "cat"
+    names = sorted(truth)
+    coco = tmp_path / "held-out.coco.json"  # a COCO file's file_name is relative to its folder
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": str(folder / names[0])}]}))
+    labels = tmp_path / "visibility.json"
+    labels.write_text(json.dumps({str(folder / names[1]): {"visible": {"eyes": True}}}))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{os.path.relpath(folder / names[2], tmp_path)}\n\n")
+    excluded = excluded_paths([coco, labels, listing])
+    assert excluded == {(folder / n).resolve() for n in names[:3]}
+    chosen = choose_images(sorted(folder.glob("*.png")), 100, 0, excluded)
+    assert len(chosen) == N_IMAGES - 3 and not {p.resolve() for p in chosen} & excluded
+
+    # an earlier discovery, by its folder or its discovery.json: exactly the images it drew
+    drawn = {(folder / n).resolve() for n in load_discovery(discovered).images}
+    assert len(drawn) == N_IMAGES
+    assert excluded_paths([discovered]) == excluded_paths([discovered / "discovery.json"]) == drawn
+    with pytest.raises(DiscoveryError, match="every image of the class is excluded"):
+        discover(_tiny(), data, "cat", tmp_path / "d", CONFIG, exclude=[discovered], progress=False)
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("bad.json", "{not json", "not valid JSON"),
+        ("list.json", "[1, 2]", "expected a COCO file"),
+        ("strings.coco.json", '{"images": ["a.jpg"]}', "not COCO image objects"),
+    ],
+)
+def test_bad_exclude_files_are_clear_errors(tmp_path, name, text, message) -> None:
+    bad = tmp_path / name
+    bad.write_text(text)
+    with pytest.raises(DiscoveryError, match=message) as caught:
+        excluded_paths([bad])
+    assert str(bad) in str(caught.value)
+    with pytest.raises(DiscoveryError, match="cannot read it"):
+        excluded_paths([tmp_path / "missing.txt"])
+    with pytest.raises(DiscoveryError, match="not a discovery folder"):
+        excluded_paths([tmp_path])
 
 
 def test_a_class_the_model_does_not_know_is_refused(tmp_path, planted) -> None:

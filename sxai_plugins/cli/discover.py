@@ -52,7 +52,8 @@ def _discover(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FILE",
         help="leave out the images a file names (a COCO file, a JSON object keyed by image "
-        "path, or a text file of paths; relative to the file's folder); repeatable",
+        "path, or a text file of paths; relative to the file's folder) or an earlier discovery "
+        "drew (its folder); repeatable",
     )
     p.add_argument(
         "--embedding",

@@ -159,11 +159,16 @@ def center_per_image(embeddings: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 def excluded_paths(files: Iterable[str | Path]) -> set[Path]:
     """Resolved image paths named by files: a COCO file (its ``images``' ``file_name``, relative
-    to the file's folder), a JSON object keyed by image path (as ``visibility.json``), or a text
-    file of paths, one a line (relative to the file's folder)."""
+    to the file's folder), a JSON object keyed by image path (as ``visibility.json``), a text
+    file of paths, one a line (relative to the file's folder), or an earlier discovery (its folder
+    or its ``discovery.json``: the images it drew, so that a second discovery draws others)."""
     out: set[Path] = set()
     for file in files:
         file = Path(file)
+        if file.is_dir() or file.name == "discovery.json":
+            found = load_discovery(file if file.is_dir() else file.parent)
+            out.update((found.image_root / name).resolve() for name in found.images)
+            continue
         try:
             text = file.read_text()
         except OSError as exc:
@@ -174,12 +179,18 @@ def excluded_paths(files: Iterable[str | Path]) -> set[Path]:
             except json.JSONDecodeError as exc:
                 raise DiscoveryError(f"--exclude {file}: not valid JSON ({exc})") from exc
             if isinstance(data, dict) and isinstance(data.get("images"), list):
+                if not all(isinstance(e, dict) for e in data["images"]):
+                    raise DiscoveryError(
+                        f"--exclude {file}: 'images' holds entries that are not COCO image "
+                        "objects (with a file_name)"
+                    )
                 names = [str(e.get("file_name", "")) for e in data["images"]]
             elif isinstance(data, dict):
                 names = list(data)
             else:
                 raise DiscoveryError(
-                    f"--exclude {file}: expected a COCO file or an object keyed by image path"
+                    f"--exclude {file}: expected a COCO file, an object keyed by image path or "
+                    "a discovery folder"
                 )
         else:
             names = [line.strip() for line in text.splitlines() if line.strip()]
