@@ -373,8 +373,12 @@ def test_exclude_files_name_the_images_a_discovery_leaves_out(
     data, truth = planted
     folder = data / "cat"
     names = sorted(truth)
-    coco = tmp_path / "held-out.coco.json"  # a COCO file's file_name is relative to its folder
-    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": str(folder / names[0])}]}))
+    coco = tmp_path / "held-out.coco.json"  # file names relative to the file's folder
+    coco.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "file_name": os.path.relpath(folder / names[0], tmp_path)}]}
+        )
+    )
     labels = tmp_path / "visibility.json"
     labels.write_text(json.dumps({str(folder / names[1]): {"visible": {"eyes": True}}}))
     listing = tmp_path / "list.txt"
@@ -406,6 +410,9 @@ def test_bad_exclude_files_are_clear_errors(tmp_path, name, text, message) -> No
     with pytest.raises(DiscoveryError, match=message) as caught:
         excluded_paths([bad])
     assert str(bad) in str(caught.value)
+
+
+def test_exclude_of_a_missing_file_or_a_folder_that_is_no_discovery_is_refused(tmp_path) -> None:
     with pytest.raises(DiscoveryError, match="cannot read it"):
         excluded_paths([tmp_path / "missing.txt"])
     with pytest.raises(DiscoveryError, match="not a discovery folder"):
