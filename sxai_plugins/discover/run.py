@@ -167,7 +167,7 @@ def excluded_paths(files: Iterable[str | Path]) -> set[Path]:
         file = Path(file)
         if file.is_dir() or file.name == "discovery.json":
             found = load_discovery(file if file.is_dir() else file.parent)
-            out.update((found.image_root / name).resolve() for name in found.images)
+            out.update(found.image_path(i).resolve() for i in range(len(found.images)))
             continue
         try:
             text = file.read_text()
